@@ -1,0 +1,75 @@
+"""Argument and input checks shared by the models.
+
+Every check raises before any computation, with a message that states what was
+expected and what was received, so that a bad call fails at the caller's line
+instead of deep inside a matrix product.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def positive_int(name: str, value) -> int:
+    """Return ``value`` if it is an int >= 1, else raise naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"expected {name} to be an int >= 1, got {value!r} ({type(value).__name__})")
+    if value < 1:
+        raise ValueError(f"expected {name} >= 1, got {value}")
+    return value
+
+
+def dropout_prob(name: str, value) -> float:
+    """Return ``value`` as a float if it lies in [0, 1), else raise naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"expected {name} to be a float in [0, 1), got {value!r} ({type(value).__name__})")
+    if not 0.0 <= value < 1.0:
+        raise ValueError(f"expected {name} in [0, 1), got {value}")
+    return float(value)
+
+
+def shape_str(shape) -> str:
+    return "(" + ", ".join(str(s) for s in shape) + ")"
+
+
+def same_dtype_device(name: str, tensor: torch.Tensor, like: torch.Tensor) -> None:
+    """Raise unless ``tensor`` has the dtype and device of ``like`` (the module's weights)."""
+    if tensor.dtype != like.dtype:
+        raise TypeError(f"expected {name} of dtype {like.dtype} (the module's parameters), got {tensor.dtype}")
+    if tensor.device != like.device:
+        raise ValueError(f"expected {name} on device {like.device} (the module's parameters), got {tensor.device}")
+
+
+def sequence_input(
+    x, input_size: int, batch_first: bool, weight: torch.Tensor
+) -> None:
+    """Check a (B, T, D), (T, B, D) or unbatched (T, D) float input against the module."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"expected input to be a torch.Tensor, got {type(x).__name__}")
+    layout = "(B, T, D)" if batch_first else "(T, B, D)"
+    if x.dim() not in (2, 3):
+        raise ValueError(
+            f"expected a 3-D input {layout} or an unbatched 2-D input (T, D), "
+            f"got {x.dim()}-D input of shape {shape_str(x.shape)}"
+        )
+    if x.shape[-1] != input_size:
+        expected = layout.replace("D", str(input_size)) if x.dim() == 3 else f"(T, {input_size})"
+        raise ValueError(f"expected input of shape {expected}, got {shape_str(x.shape)}")
+    if x.dim() == 3:
+        batch, time = (x.shape[0], x.shape[1]) if batch_first else (x.shape[1], x.shape[0])
+    else:
+        batch, time = 1, x.shape[0]
+    if time == 0:
+        raise ValueError(f"expected a sequence of at least one time step, got T=0 in input of shape {shape_str(x.shape)}")
+    if batch == 0:
+        raise ValueError(f"expected a batch of at least one sequence, got B=0 in input of shape {shape_str(x.shape)}")
+    same_dtype_device("input", x, weight)
+
+
+def state(name: str, h, expected_shape: tuple, weight: torch.Tensor) -> None:
+    """Check a recurrent state tensor such as h0 (L, B, H) against the expected shape."""
+    if not isinstance(h, torch.Tensor):
+        raise TypeError(f"expected {name} to be a torch.Tensor, got {type(h).__name__}")
+    if tuple(h.shape) != tuple(expected_shape):
+        raise ValueError(f"expected {name} of shape {shape_str(expected_shape)}, got {shape_str(h.shape)}")
+    same_dtype_device(name, h, weight)

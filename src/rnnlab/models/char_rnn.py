@@ -1,0 +1,125 @@
+"""Character-level language model: embedding, stacked RNN, projection to the vocabulary,
+and temperature / top-k sampling that carries the hidden state from token to token."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import _checks
+from .rnn import RNN
+
+
+class CharRNN(nn.Module):
+    r"""Predicts the next character at every position of a sequence of character ids.
+
+    .. math::
+        e_t = E[x_t], \quad o_t, h = \mathrm{RNN}(e_{1..t}), \quad
+        \mathrm{logits}_t = W_{out}\, \mathrm{dropout}(o_t) + b_{out}
+
+    Args:
+        vocab_size: number of distinct characters V.
+        embed_dim: embedding size D (the RNN's input size).
+        hidden_size: hidden units H.
+        num_layers: stacked layers L. Default: 3.
+        dropout: dropout between RNN layers and before the output projection, in [0, 1).
+            Default: 0.2.
+
+    Inputs: idx, h0
+        - **idx**: (B, T) int64 character ids in [0, V).
+        - **h0**: (L, B, H) initial state, e.g. the ``h_n`` of the previous chunk.
+          Default: zeros.
+
+    Outputs: logits, h_n
+        - **logits**: (B, T, V) unnormalised next-character scores.
+        - **h_n**: (L, B, H) state after the last step.
+    """
+
+    def __init__(self, vocab_size: int, embed_dim: int, hidden_size: int,
+                 num_layers: int = 3, dropout: float = 0.2):
+        super().__init__()
+        self.vocab_size = _checks.positive_int("vocab_size", vocab_size)
+        self.embedding = nn.Embedding(vocab_size, _checks.positive_int("embed_dim", embed_dim))
+        self.rnn = RNN(embed_dim, hidden_size, num_layers, dropout=dropout)
+        self.dropout = nn.Dropout(dropout)
+        self.fc = nn.Linear(hidden_size, vocab_size)
+
+    def _check_ids(self, name: str, idx) -> None:
+        if not isinstance(idx, torch.Tensor):
+            raise TypeError(f"expected {name} to be a torch.Tensor of int64 ids, got {type(idx).__name__}")
+        if idx.dtype.is_floating_point or idx.dtype.is_complex or idx.dtype == torch.bool:
+            raise TypeError(f"expected {name} of integer dtype (character ids), got {idx.dtype}")
+        if idx.dim() != 2:
+            raise ValueError(f"expected {name} of shape (B, T), got {_checks.shape_str(idx.shape)}")
+        if idx.numel() == 0:
+            raise ValueError(f"expected a non-empty {name} of shape (B, T), got {_checks.shape_str(idx.shape)}")
+        low, high = torch.aminmax(idx)
+        if low < 0 or high >= self.vocab_size:
+            bad = int(low) if low < 0 else int(high)
+            raise ValueError(f"expected {name} ids in [0, {self.vocab_size}), got id {bad}")
+
+    def forward(self, idx: torch.Tensor, h0: torch.Tensor | None = None):
+        """Inputs: idx (B, T) int64; h0 (L, B, H) or None. Outputs: logits (B, T, V); h_n (L, B, H)."""
+        self._check_ids("idx", idx)
+        return self._logits(idx, h0)
+
+    def _logits(self, idx: torch.Tensor, h: torch.Tensor | None):
+        outputs, h_n = self.rnn(self.embedding(idx), h)  # (B, T, H), (L, B, H)
+        return self.fc(self.dropout(outputs)), h_n  # (B, T, V)
+
+    @torch.no_grad()
+    def generate(self, prompt: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
+                 top_k: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Sample ``max_new_tokens`` characters after ``prompt``.
+
+        The prompt runs through the network once; after that each new token is fed
+        alone with the carried hidden state, so generating N tokens costs N steps, not
+        O(N^2). Call ``model.eval()`` first unless you want dropout while sampling.
+
+        Args:
+            prompt: (B, T0) int64 ids, T0 >= 1.
+            max_new_tokens: number of tokens to append, >= 0.
+            temperature: > 0; logits are divided by it. Below 1 sharpens the distribution
+                toward greedy decoding, above 1 flattens it.
+            top_k: if given, sample only among the k most likely tokens, 1 <= k <= V.
+            generator: a ``torch.Generator`` for reproducible sampling.
+
+        Returns:
+            (B, T0 + max_new_tokens) int64: the prompt followed by the sampled ids.
+        """
+        self._check_ids("prompt", prompt)
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+            raise ValueError(f"expected max_new_tokens to be an int >= 0, got {max_new_tokens!r}")
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
+            raise ValueError(f"expected temperature > 0, got {temperature!r}")
+        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int)
+                                  or not 1 <= top_k <= self.vocab_size):
+            raise ValueError(f"expected top_k in [1, {self.vocab_size}] (the vocabulary size) or None, got {top_k!r}")
+
+        tokens = [prompt.long()]
+        logits, h = self._logits(prompt, None)  # (B, T0, V), (L, B, H)
+        for i in range(max_new_tokens):
+            next_token = self._sample(logits[:, -1], temperature, top_k, generator)  # (B, 1)
+            tokens.append(next_token)
+            if i + 1 < max_new_tokens:
+                logits, h = self._logits(next_token, h)  # (B, 1, V), (L, B, H)
+        return torch.cat(tokens, dim=1)  # (B, T0 + max_new_tokens)
+
+    @staticmethod
+    def _sample(logits: torch.Tensor, temperature: float, top_k: int | None,
+                generator: torch.Generator | None) -> torch.Tensor:
+        """Inputs: logits (B, V). Outputs: sampled ids (B, 1)."""
+        if not torch.isfinite(logits).all():
+            raise ValueError(
+                "expected finite logits while generating, got NaN or inf "
+                "(the model's weights have diverged; check training)"
+            )
+        # Subtract the row maximum before dividing: a tiny temperature then pushes the
+        # other logits to -inf (probability 0) instead of overflowing to +inf.
+        logits = (logits - logits.amax(dim=-1, keepdim=True)) / temperature
+        if top_k is not None:
+            kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        probs = F.softmax(logits, dim=-1)  # (B, V)
+        return torch.multinomial(probs, 1, generator=generator)  # (B, 1)

@@ -1,0 +1,213 @@
+"""RNNCell and RNN against torch.nn.RNN, the seed's step loop, gradcheck and dropout rules."""
+
+import itertools
+import random
+
+import pytest
+import torch
+from torch import nn
+
+from rnnlab.models import RNN, RNNCell
+
+TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
+
+
+def _random_sizes(seed):
+    rng = random.Random(seed)
+    return rng.randint(1, 5), rng.randint(1, 9), rng.randint(1, 7), rng.randint(1, 8)  # B, T, D, H
+
+
+def _grads(module):
+    return {name: p.grad.clone() for name, p in module.named_parameters()}
+
+
+CASES = list(itertools.product([1, 2, 3], [True, False], [True, False], [True, False], [True, False]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("num_layers,bias,batch_first,batched,give_h0", CASES)
+def test_parity_with_torch_rnn(dtype, num_layers, bias, batch_first, batched, give_h0):
+    torch.manual_seed(num_layers * 31 + bias * 7 + batch_first * 3 + batched)
+    B, T, D, H = _random_sizes(hash((num_layers, bias, batch_first, batched, give_h0)) % 1000)
+    ref = nn.RNN(D, H, num_layers, bias=bias, batch_first=batch_first).to(dtype)
+    mine = RNN.from_torch(ref)
+    assert (mine.num_layers, mine.bias, mine.batch_first) == (num_layers, bias, batch_first)
+
+    if batched:
+        shape = (B, T, D) if batch_first else (T, B, D)
+        h_shape = (num_layers, B, H)
+    else:
+        shape, h_shape = (T, D), (num_layers, H)
+    x = torch.randn(shape, dtype=dtype)
+    h0 = torch.randn(h_shape, dtype=dtype) if give_h0 else None
+
+    def run(module):
+        xi = x.clone().requires_grad_()
+        hi = h0.clone().requires_grad_() if give_h0 else None
+        out, h_n = module(xi) if hi is None else module(xi, hi)
+        # Weight the outputs so every position's gradient differs.
+        (out * torch.linspace(-1, 1, out.numel(), dtype=dtype).view_as(out)).sum().backward(retain_graph=True)
+        (h_n ** 2).sum().backward()
+        return out, h_n, xi.grad, (hi.grad if give_h0 else None)
+
+    out_r, hn_r, gx_r, gh_r = run(ref)
+    out_m, hn_m, gx_m, gh_m = run(mine)
+    tol = TOL[dtype]
+    assert out_m.shape == out_r.shape and hn_m.shape == hn_r.shape
+    torch.testing.assert_close(out_m, out_r, atol=tol, rtol=tol)
+    torch.testing.assert_close(hn_m, hn_r, atol=tol, rtol=tol)
+    torch.testing.assert_close(gx_m, gx_r, atol=tol, rtol=tol)
+    if give_h0:
+        torch.testing.assert_close(gh_m, gh_r, atol=tol, rtol=tol)
+    g_ref, g_mine = _grads(ref), _grads(mine)
+    for layer in range(num_layers):
+        pairs = [("weight_ih", "Wxh.weight"), ("weight_hh", "Whh.weight")]
+        if bias:
+            pairs += [("bias_ih", "Wxh.bias"), ("bias_hh", "Whh.bias")]
+        for theirs, ours in pairs:
+            torch.testing.assert_close(g_mine[f"cells.{layer}.{ours}"], g_ref[f"{theirs}_l{layer}"], atol=tol, rtol=tol)
+
+
+@pytest.mark.parametrize("num_layers,bias,batch_first", itertools.product([1, 3], [True, False], [True, False]))
+def test_to_torch_round_trip(num_layers, bias, batch_first):
+    mine = RNN(4, 6, num_layers, dropout=0.3 if num_layers > 1 else 0.0, bias=bias, batch_first=batch_first).double()
+    ref = mine.to_torch()
+    assert isinstance(ref, nn.RNN) and ref.nonlinearity == "tanh"
+    assert (ref.num_layers, ref.bias, ref.batch_first, ref.dropout) == (num_layers, bias, batch_first, mine.dropout_p)
+    assert ref.weight_ih_l0.dtype == torch.float64
+    back = RNN.from_torch(ref)
+    for (n1, p1), (n2, p2) in zip(mine.state_dict().items(), back.state_dict().items()):
+        assert n1 == n2 and torch.equal(p1, p2)
+    x = torch.randn(3, 5, 4, dtype=torch.float64)
+    if not batch_first:
+        x = x.transpose(0, 1)
+    mine.eval(), ref.eval()
+    torch.testing.assert_close(mine(x)[0], ref(x)[0], atol=1e-12, rtol=0)
+
+
+def test_from_torch_refuses_relu_bidirectional_and_other_modules():
+    with pytest.raises(ValueError, match="nonlinearity='tanh', got nonlinearity='relu'"):
+        RNN.from_torch(nn.RNN(3, 4, nonlinearity="relu"))
+    with pytest.raises(ValueError, match="unidirectional .* got bidirectional=True"):
+        RNN.from_torch(nn.RNN(3, 4, bidirectional=True))
+    with pytest.raises(TypeError, match="expected a torch.nn.RNN, got GRU"):
+        RNN.from_torch(nn.GRU(3, 4))
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_layer_major_forward_equals_seed_step_loop(batch_first):
+    torch.manual_seed(0)
+    rnn = RNN(5, 8, num_layers=3, batch_first=batch_first).double()
+    x = torch.randn(4, 11, 5, dtype=torch.float64)
+    if not batch_first:
+        x = x.transpose(0, 1)
+    h0 = torch.randn(3, 4, 8, dtype=torch.float64)
+    out_fast, hn_fast = rnn(x, h0)
+    out_loop, hn_loop = rnn.forward_stepwise(x, h0)
+    torch.testing.assert_close(out_fast, out_loop, atol=1e-12, rtol=0)
+    torch.testing.assert_close(hn_fast, hn_loop, atol=1e-12, rtol=0)
+    # The cell itself is the seed's formula.
+    cell = rnn.cells[0]
+    x_t, h = x.select(1 if batch_first else 0, 0), h0[0]
+    expected = torch.tanh(x_t @ cell.Wxh.weight.T + cell.Wxh.bias + h @ cell.Whh.weight.T + cell.Whh.bias)
+    torch.testing.assert_close(cell(x_t, h), expected, atol=1e-12, rtol=0)
+
+
+def test_step_streams_one_time_step_through_all_layers():
+    torch.manual_seed(1)
+    rnn = RNN(3, 6, num_layers=2).double()
+    x = torch.randn(2, 9, 3, dtype=torch.float64)
+    outputs, h_n = rnn(x)
+    h = None
+    for t in range(9):
+        h = rnn.step(x[:, t], h)
+        torch.testing.assert_close(h[-1], outputs[:, t], atol=1e-12, rtol=0)
+    torch.testing.assert_close(h, h_n, atol=1e-12, rtol=0)
+
+
+def test_streaming_in_chunks_equals_one_call():
+    torch.manual_seed(2)
+    rnn = RNN(4, 7, num_layers=2).double()
+    x = torch.randn(3, 20, 4, dtype=torch.float64)
+    full_out, full_h = rnn(x)
+    h, outs = None, []
+    for chunk in x.split([5, 1, 8, 6], dim=1):
+        out, h = rnn(chunk, h)
+        outs.append(out)
+    torch.testing.assert_close(torch.cat(outs, dim=1), full_out, atol=1e-12, rtol=0)
+    torch.testing.assert_close(h, full_h, atol=1e-12, rtol=0)
+
+
+def test_gradcheck_rnn_float64():
+    torch.manual_seed(3)
+    rnn = RNN(3, 4, num_layers=2).double()
+    x = torch.randn(2, 5, 3, dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(2, 2, 4, dtype=torch.float64, requires_grad=True)
+    params = tuple(rnn.parameters())
+
+    def fn(x, h0, *weights):
+        state = dict(zip((n for n, _ in rnn.named_parameters()), weights))
+        out, h_n = torch.func.functional_call(rnn, state, (x, h0))
+        return out, h_n
+
+    assert torch.autograd.gradcheck(fn, (x, h0, *[p.detach().clone().requires_grad_() for p in params]))
+
+
+def test_dropout_is_only_between_layers_and_only_in_training():
+    torch.manual_seed(4)
+    x = torch.randn(8, 12, 5)
+    # One layer: there is no "between layers", so dropout never applies, even in training.
+    single = RNN(5, 16, num_layers=1, dropout=0.9)
+    single.train()
+    out_train, h_train = single(x)
+    single.eval()
+    out_eval, h_eval = single(x)
+    torch.testing.assert_close(out_train, out_eval, atol=0, rtol=0)
+    torch.testing.assert_close(h_train, h_eval, atol=0, rtol=0)
+
+    stacked = RNN(5, 16, num_layers=2, dropout=0.5)
+    stacked.eval()
+    ref = stacked.to_torch().eval()
+    torch.testing.assert_close(stacked(x)[0], ref(x)[0])  # eval: no dropout at all
+    stacked.train()
+    torch.manual_seed(5)
+    out_a, hn_a = stacked(x)
+    torch.manual_seed(5)
+    out_b, _ = stacked(x)
+    torch.testing.assert_close(out_a, out_b, atol=0, rtol=0)  # same seed, same mask
+    assert not torch.allclose(out_a, stacked.eval()(x)[0])  # training applies dropout...
+    # ...to the first layer's output only: its final state is untouched by dropout, and
+    # the top layer's output is never zeroed (tanh of a random pre-activation is not 0).
+    torch.testing.assert_close(hn_a[0], stacked(x)[1][0])
+    assert (out_a != 0).all()
+
+
+def test_dropout_feeds_the_next_layer_with_inverted_scaling():
+    # Rebuild the two-layer computation by hand: layer 2 must see dropout(h1), with the
+    # same mask when the RNG is in the same state.
+    torch.manual_seed(6)
+    rnn = RNN(3, 4, num_layers=2, dropout=0.5).double().train()
+    first_layer, second_layer = _one_layer(rnn, 0), _one_layer(rnn, 1)
+    x = torch.randn(2, 6, 3, dtype=torch.float64)
+    torch.manual_seed(7)
+    out, _ = rnn(x)
+    torch.manual_seed(7)
+    first, _ = first_layer(x)
+    second, _ = second_layer(torch.nn.functional.dropout(first, 0.5, training=True))
+    torch.testing.assert_close(out, second, atol=1e-12, rtol=0)
+
+
+def _one_layer(rnn, layer):
+    single = RNN(rnn.cells[layer].input_size, rnn.hidden_size).double()
+    single.cells[0].load_state_dict(rnn.cells[layer].state_dict())
+    return single
+
+
+def test_rnn_cell_init_and_shapes():
+    cell = RNNCell(10, 64)
+    assert torch.count_nonzero(cell.Wxh.bias) == 0 and torch.count_nonzero(cell.Whh.bias) == 0
+    bound = (6 / (10 + 64)) ** 0.5  # Xavier-uniform bound
+    assert cell.Wxh.weight.abs().max() <= bound and cell.Wxh.weight.abs().max() > 0.8 * bound
+    assert cell(torch.randn(32, 10), torch.zeros(32, 64)).shape == (32, 64)
+    assert "bias=False" in repr(RNNCell(3, 4, bias=False))
+    assert "num_layers=2, dropout=0.2" in repr(RNN(10, 64, 2, dropout=0.2))
