@@ -36,7 +36,7 @@ class SequenceClassifier(nn.Module):
     def __init__(self, input_size: int, hidden_size: int, num_classes: int,
                  num_layers: int = 2, dropout: float = 0.2):
         super().__init__()
-        _checks.positive_int("num_classes", num_classes)
+        self.num_classes = _checks.positive_int("num_classes", num_classes)
         self.rnn = RNN(input_size, hidden_size, num_layers, dropout=dropout)
         self.fc = nn.Linear(hidden_size, num_classes)
         self.dropout = nn.Dropout(dropout)

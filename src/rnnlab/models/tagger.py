@@ -37,7 +37,7 @@ class SequenceTagger(nn.Module):
     def __init__(self, input_size: int, hidden_size: int, num_tags: int,
                  num_layers: int = 2, dropout: float = 0.2, bidirectional: bool = False):
         super().__init__()
-        _checks.positive_int("num_tags", num_tags)
+        self.num_tags = _checks.positive_int("num_tags", num_tags)
         rnn_cls = BidirectionalRNN if bidirectional else RNN
         self.rnn = rnn_cls(input_size, hidden_size, num_layers, dropout=dropout)
         self.dropout = nn.Dropout(dropout)

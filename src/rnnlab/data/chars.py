@@ -1,0 +1,150 @@
+"""Character corpora for language modelling: a user's text file or a generated one.
+
+The text is split contiguously into train/val/test (90/5/5 by default), so validation
+measures how well the model continues unseen text, not memorised windows. The
+vocabulary is the sorted set of characters in the training split; characters that
+only occur in val/test map to U+FFFD, which is then added to the vocabulary. A sample
+is a window of ``seq_len`` input ids and the same window shifted by one as targets.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.utils.data import Dataset, RandomSampler
+
+from ..models import _checks
+from ._loading import batched_loader
+from .grammar import generate_grammar_corpus
+
+UNKNOWN = "\ufffd"
+
+
+class CharWindows(Dataset):
+    """Windows of a 1-D id tensor: item i starts at ``i * stride``.
+
+    ``__getitem__`` takes a list of items and gathers them in one indexing operation.
+    Returns x (B, T) and y (B, T), y being x shifted one character ahead.
+    """
+
+    def __init__(self, ids: torch.Tensor, seq_len: int, stride: int):
+        if len(ids) < seq_len + 1:
+            raise ValueError(f"expected a text of at least seq_len + 1 = {seq_len + 1} characters, got {len(ids)}")
+        self.ids, self.seq_len, self.stride = ids, seq_len, stride
+        self.offsets = torch.arange(seq_len + 1)
+
+    def __len__(self) -> int:
+        return (len(self.ids) - self.seq_len - 1) // self.stride + 1
+
+    def __getitem__(self, items):
+        starts = torch.as_tensor(items).reshape(-1, 1) * self.stride  # (B, 1)
+        window = self.ids[starts + self.offsets]  # (B, T + 1)
+        return window[:, :-1], window[:, 1:]  # (B, T), (B, T)
+
+
+class CharDataModule(L.LightningDataModule):
+    """Character windows from ``path`` (UTF-8 text) or, if ``path`` is None, a generated corpus.
+
+    Args:
+        path: a UTF-8 text file, e.g. ``../shared/data/tinyshakespeare.txt``; None uses
+            the grammar corpus of :mod:`rnnlab.data.grammar`.
+        corpus_chars: size of the generated corpus (ignored with ``path``).
+        seq_len: characters per training window T.
+        batch_size: windows per batch.
+        splits: train/val/test fractions of the text, in order.
+        train_windows: ``"random"`` draws window starts uniformly at any position each
+            epoch; ``"strided"`` uses non-overlapping windows in shuffled order.
+        windows_per_epoch: training windows per epoch; None covers the training text
+            once (len(train) // seq_len).
+        seed: seed of the generated corpus.
+        num_workers: DataLoader worker processes.
+    """
+
+    def __init__(self, path: str | None = None, corpus_chars: int = 300_000, seq_len: int = 128,
+                 batch_size: int = 64, splits: tuple[float, float, float] = (0.9, 0.05, 0.05),
+                 train_windows: str = "random", windows_per_epoch: int | None = None,
+                 seed: int = 0, num_workers: int = 0):
+        super().__init__()
+        for name in ("corpus_chars", "seq_len", "batch_size"):
+            _checks.positive_int(name, locals()[name])
+        if windows_per_epoch is not None:
+            _checks.positive_int("windows_per_epoch", windows_per_epoch)
+        if train_windows not in ("random", "strided"):
+            raise ValueError(f"expected train_windows 'random' or 'strided', got {train_windows!r}")
+        splits = tuple(float(f) for f in splits)
+        if len(splits) != 3 or min(splits) <= 0 or abs(sum(splits) - 1) > 1e-6:
+            raise ValueError(f"expected splits of three positive fractions summing to 1, got {list(splits)}")
+        self.save_hyperparameters()
+        self.vocab: str | None = None
+        self.ids: dict[str, torch.Tensor] = {}
+
+    def _read_text(self) -> str:
+        if self.hparams.path is None:
+            return generate_grammar_corpus(self.hparams.corpus_chars, self.hparams.seed)
+        path = Path(self.hparams.path).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"data.path: expected a UTF-8 text file, got {str(path)!r}, which does not exist")
+        return path.read_text(encoding="utf-8")
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.ids:
+            return
+        text = self._read_text()
+        train_frac, val_frac, _ = self.hparams.splits
+        n_train, n_val = int(len(text) * train_frac), int(len(text) * val_frac)
+        parts = {"train": text[:n_train], "val": text[n_train:n_train + n_val], "test": text[n_train + n_val:]}
+        vocab = sorted(set(parts["train"]))
+        if set(parts["val"] + parts["test"]) - set(vocab):
+            vocab.append(UNKNOWN)
+        self.vocab = "".join(vocab)
+        stoi = {c: i for i, c in enumerate(self.vocab)}
+        unknown = stoi.get(UNKNOWN)
+        for split, part in parts.items():
+            self.ids[split] = torch.tensor([stoi.get(c, unknown) for c in part], dtype=torch.long)
+            if len(self.ids[split]) < self.hparams.seq_len + 1:
+                raise ValueError(
+                    f"data.seq_len: the {split} split has {len(part)} characters, fewer than "
+                    f"seq_len + 1 = {self.hparams.seq_len + 1}; use a longer text or a smaller seq_len"
+                )
+
+    @property
+    def vocab_size(self) -> int:
+        if self.vocab is None:
+            raise RuntimeError("the vocabulary is built in setup(); call datamodule.setup() first")
+        return len(self.vocab)
+
+    def model_settings(self) -> dict:
+        """Values the language model's config takes from this data (see rnnlab.train)."""
+        return {"net.vocab_size": self.vocab_size, "vocab": self.vocab}
+
+    def encode(self, text: str) -> torch.Tensor:
+        """Map text to ids (V for characters outside the vocabulary raises ValueError)."""
+        stoi = {c: i for i, c in enumerate(self.vocab)}
+        missing = sorted(set(text) - set(stoi))
+        if missing:
+            raise ValueError(f"expected characters from the corpus vocabulary, got {missing!r}")
+        return torch.tensor([stoi[c] for c in text], dtype=torch.long)
+
+    def train_dataloader(self):
+        hp = self.hparams
+        if hp.train_windows == "random":
+            windows = CharWindows(self.ids["train"], hp.seq_len, stride=1)
+            per_epoch = hp.windows_per_epoch or max(1, len(self.ids["train"]) // hp.seq_len)
+            sampler = RandomSampler(windows, replacement=True, num_samples=per_epoch)
+        else:
+            windows = CharWindows(self.ids["train"], hp.seq_len, stride=hp.seq_len)
+            sampler = RandomSampler(windows, num_samples=hp.windows_per_epoch,
+                                    replacement=hp.windows_per_epoch is not None and hp.windows_per_epoch > len(windows))
+        return batched_loader(windows, hp.batch_size, shuffle=True, sampler=sampler, num_workers=hp.num_workers)
+
+    def _eval_loader(self, split: str):
+        windows = CharWindows(self.ids[split], self.hparams.seq_len, stride=self.hparams.seq_len)
+        return batched_loader(windows, self.hparams.batch_size, shuffle=False, num_workers=self.hparams.num_workers)
+
+    def val_dataloader(self):
+        return self._eval_loader("val")
+
+    def test_dataloader(self):
+        return self._eval_loader("test")

@@ -1,0 +1,151 @@
+"""What every rnnlab task shares: building the network and optimizer from config,
+hyperparameters a checkpoint can rebuild from, and the run's data config in the checkpoint.
+
+A task is a ``LightningModule`` that owns the loss, the metrics and their logging; the
+network it trains is any ``nn.Module`` of the right kind, described by a Hydra config.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from torchmetrics import MaxMetric, MeanMetric, MetricCollection, MinMetric
+
+STAGES = ("train", "val", "test")
+
+
+def _key(stage: str) -> str:
+    # nn.ModuleDict keys must not shadow nn.Module attributes such as ``train``.
+    return f"{stage}_split"
+
+
+def plain(value):
+    """A DictConfig/ListConfig as plain dicts and lists (checkpoints hold only plain types)."""
+    if isinstance(value, DictConfig) or OmegaConf.is_list(value):
+        return OmegaConf.to_container(value, resolve=True)
+    return value
+
+
+class RNNTask(L.LightningModule):
+    """Base class of the tasks.
+
+    Args:
+        net: the network: a Hydra config (a mapping with ``_target_``), built here so
+            that the checkpoint's hyperparameters can rebuild it, or a ready module
+            (then ``load_from_checkpoint`` needs ``net=`` again).
+        optimizer: a Hydra config with ``_partial_: true`` (e.g. ``torch.optim.Adam``
+            with ``lr``), or a callable taking the parameters.
+        scheduler: optional, like ``optimizer`` but for a learning-rate scheduler taking
+            the optimizer; stepped every epoch (``ReduceLROnPlateau`` watches ``monitor``).
+
+    Subclasses set ``monitor`` (main validation metric) and ``monitor_mode`` ("min"/"max"),
+    implement :meth:`loss_and_outputs`, and may return torchmetrics from
+    :meth:`make_metrics` and add derived values in :meth:`epoch_values`.
+
+    Logged: ``train/loss`` every step; at the end of each epoch ``<stage>/loss`` (the
+    exact mean over the epoch's samples or tokens; ``train/loss_epoch`` for training),
+    every metric as ``<stage>/<name>``, and ``<monitor>_best``, the best validation
+    value so far.
+    """
+
+    monitor: ClassVar[str]
+    monitor_mode: ClassVar[str]
+
+    def __init__(self, net: Mapping | nn.Module, optimizer: Mapping | Callable,
+                 scheduler: Mapping | Callable | None = None, **hparams: Any):
+        super().__init__()
+        self.net = instantiate(net) if isinstance(net, Mapping) else net
+        self._optimizer, self._scheduler = optimizer, scheduler
+        saved = {"optimizer": plain(optimizer), "scheduler": plain(scheduler), **hparams}
+        if isinstance(net, Mapping):
+            saved = {"net": plain(net), **saved}
+        self.save_hyperparameters({k: v for k, v in saved.items() if not callable(v) or isinstance(v, Mapping)})
+        # The data config of the run, put into checkpoints by on_save_checkpoint so that
+        # eval and generate can rebuild the data too. Set by rnnlab.train.train().
+        self.data_config: dict | None = None
+        self.losses = nn.ModuleDict({_key(stage): MeanMetric() for stage in STAGES})
+        metrics = self.make_metrics()
+        self.metrics = (nn.ModuleDict({_key(stage): metrics.clone(prefix=f"{stage}/") for stage in STAGES})
+                        if metrics else None)
+        self.monitor_best = MaxMetric() if self.monitor_mode == "max" else MinMetric()
+
+    # ------------------------------------------------------------ subclass API
+    def make_metrics(self) -> MetricCollection | None:
+        return None
+
+    def loss_and_outputs(self, batch) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, int | torch.Tensor]:
+        """Return (mean loss, predictions and targets for the metrics, loss weight)."""
+        raise NotImplementedError
+
+    def epoch_values(self, stage: str, loss: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Values to log at the end of an epoch of ``stage`` given its mean loss."""
+        values = {f"{stage}/loss" if stage != "train" else "train/loss_epoch": loss}
+        if self.metrics is not None:
+            values.update(self.metrics[_key(stage)].compute())
+        return values
+
+    # ------------------------------------------------------- shared loop logic
+    def _step(self, batch, stage: str) -> torch.Tensor:
+        loss, preds, target, weight = self.loss_and_outputs(batch)
+        self.losses[_key(stage)].update(loss.detach(), weight=weight)
+        if self.metrics is not None:
+            self.metrics[_key(stage)].update(preds.detach(), target)
+        return loss
+
+    def training_step(self, batch, batch_idx):
+        loss = self._step(batch, "train")
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        self._step(batch, "val")
+
+    def test_step(self, batch, batch_idx):
+        self._step(batch, "test")
+
+    def _end_epoch(self, stage: str) -> dict[str, torch.Tensor]:
+        values = self.epoch_values(stage, self.losses[_key(stage)].compute())
+        self.log_dict(values, prog_bar=stage == "val")
+        self.losses[_key(stage)].reset()
+        if self.metrics is not None:
+            self.metrics[_key(stage)].reset()
+        return values
+
+    def on_train_start(self) -> None:
+        self.monitor_best.reset()  # forget what the sanity-check validation saw
+
+    def on_train_epoch_end(self) -> None:
+        self._end_epoch("train")
+
+    def on_validation_epoch_end(self) -> None:
+        values = self._end_epoch("val")
+        self.monitor_best.update(values[self.monitor])
+        self.log(f"{self.monitor}_best", self.monitor_best.compute(), prog_bar=True)
+
+    def on_test_epoch_end(self) -> None:
+        self._end_epoch("test")
+
+    def configure_optimizers(self):
+        build = instantiate(self._optimizer) if isinstance(self._optimizer, Mapping) else self._optimizer
+        optimizer = build(params=self.parameters())
+        if self._scheduler is None:
+            return optimizer
+        build = instantiate(self._scheduler) if isinstance(self._scheduler, Mapping) else self._scheduler
+        scheduler = build(optimizer=optimizer)
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": scheduler, "monitor": self.monitor, "interval": "epoch"}}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["rnnlab"] = {
+            "task": f"{type(self).__module__}.{type(self).__qualname__}",
+            "data": self.data_config,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.data_config = checkpoint.get("rnnlab", {}).get("data")

@@ -1,0 +1,93 @@
+"""Character language modelling: next-character cross-entropy, bits per character,
+perplexity, and a text sample logged to TensorBoard after every validation epoch."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from .base import RNNTask
+
+
+class LanguageModelTask(RNNTask):
+    """Trains a :class:`rnnlab.models.CharRNN`-like network: idx (B, T) -> (logits (B, T, V), h_n).
+
+    Logs for every stage the loss in nats per character (``/loss``), bits per character
+    (``/bpc`` = loss / ln 2) and perplexity (``/ppl`` = e^loss), each the exact mean over
+    all characters of the epoch, and ``val/bpc_best``.
+
+    Args:
+        net, optimizer, scheduler: see :class:`RNNTask`.
+        vocab: the characters of the vocabulary in id order (filled in from the data at
+            training time); stored in the checkpoint so generation can decode.
+        sample_prompt: text the validation sample starts from.
+        sample_length: characters generated per sample.
+        sample_temperature: sampling temperature (> 0).
+        sample_seed: generator seed, fixed so samples of successive epochs are comparable.
+    """
+
+    monitor, monitor_mode = "val/bpc", "min"
+
+    def __init__(self, net, optimizer, scheduler=None, vocab: str | None = None,
+                 sample_prompt: str = "\n", sample_length: int = 200,
+                 sample_temperature: float = 0.8, sample_seed: int = 0):
+        super().__init__(net, optimizer, scheduler, vocab=vocab, sample_prompt=sample_prompt,
+                         sample_length=sample_length, sample_temperature=sample_temperature,
+                         sample_seed=sample_seed)
+        if vocab is not None and len(vocab) != self.net.vocab_size:
+            raise ValueError(f"model.vocab has {len(vocab)} characters but model.net.vocab_size={self.net.vocab_size}")
+        if not sample_temperature > 0:
+            raise ValueError(f"model.sample_temperature: expected > 0, got {sample_temperature}")
+        if vocab is not None:
+            missing = sorted(set(sample_prompt) - set(vocab))
+            if missing or not sample_prompt:
+                raise ValueError(f"model.sample_prompt: expected non-empty text over the corpus vocabulary, "
+                                 f"got {sample_prompt!r} (characters not in the vocabulary: {missing})")
+        self.vocab = vocab
+
+    def loss_and_outputs(self, batch):
+        x, y = batch  # (B, T), (B, T)
+        logits, _ = self.net(x)  # (B, T, V)
+        loss = F.cross_entropy(logits.flatten(0, 1), y.flatten())  # mean over B*T characters
+        return loss, None, None, y.numel()
+
+    def epoch_values(self, stage: str, loss: torch.Tensor) -> dict[str, torch.Tensor]:
+        values = super().epoch_values(stage, loss)
+        values[f"{stage}/bpc"] = loss / math.log(2)
+        values[f"{stage}/ppl"] = torch.exp(loss)
+        return values
+
+    def encode(self, text: str) -> torch.Tensor:
+        stoi = {c: i for i, c in enumerate(self.vocab)}
+        return torch.tensor([[stoi[c] for c in text]], dtype=torch.long, device=self.device)  # (1, T0)
+
+    def decode(self, ids) -> str:
+        return "".join(self.vocab[i] for i in ids)
+
+    def sample(self, prompt: str, length: int, temperature: float, seed: int, top_k: int | None = None) -> str:
+        """Generate ``length`` characters after ``prompt``; returns prompt + generated text."""
+        if self.vocab is None:
+            raise ValueError("this model has no vocabulary (model.vocab is None), so it cannot decode text")
+        generator = torch.Generator(device=self.device).manual_seed(seed)
+        was_training = self.training
+        self.eval()
+        ids = self.net.generate(self.encode(prompt), length, temperature=temperature, top_k=top_k,
+                                generator=generator)  # (1, T0 + length)
+        self.train(was_training)
+        return self.decode(ids[0].tolist())
+
+    def on_validation_epoch_end(self) -> None:
+        super().on_validation_epoch_end()
+        if self.vocab is None or self.trainer.sanity_checking:
+            return
+        hp = self.hparams
+        text = self.sample(hp.sample_prompt, hp.sample_length, hp.sample_temperature, hp.sample_seed)
+        for logger in self.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                # Indent by four spaces: TensorBoard renders text as Markdown, and a code
+                # block keeps the line breaks and spacing of the sample.
+                block = "\n".join("    " + line for line in text.split("\n"))
+                logger.experiment.add_text("samples/val", block, global_step=self.global_step)

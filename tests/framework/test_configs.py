@@ -1,0 +1,94 @@
+"""Every config composes, every model instantiates with its data, and fast_dev_run works."""
+
+import pytest
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from rnnlab.data import CharDataModule, SyntheticSequenceDataModule, TaggingDataModule
+from rnnlab.models import CharRNN, SequenceClassifier, SequenceTagger
+from rnnlab.tasks import ClassificationTask, LanguageModelTask, TaggingTask
+from rnnlab.train import fill_model_from_data, instantiate_group, train
+
+from helpers import CONF_DIR, compose_config
+
+MODELS = {
+    "classifier": ("synthetic", ClassificationTask, SequenceClassifier, SyntheticSequenceDataModule),
+    "tagger": ("tagging", TaggingTask, SequenceTagger, TaggingDataModule),
+    "birnn_tagger": ("tagging", TaggingTask, SequenceTagger, TaggingDataModule),
+    "char_rnn": ("chars", LanguageModelTask, CharRNN, CharDataModule),
+}
+
+
+def test_every_model_config_is_listed():
+    assert sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml")) == sorted(MODELS)
+
+
+@pytest.mark.parametrize("model", sorted(MODELS))
+def test_model_selects_its_data_and_everything_instantiates(model, train_config):
+    data_name, task_cls, net_cls, data_cls = MODELS[model]
+    cfg = train_config(f"model={model}", data=data_name)
+    assert cfg.data._target_.endswith(data_cls.__name__)
+    OmegaConf.resolve(cfg.model)
+    datamodule = instantiate(cfg.data)
+    datamodule.setup("fit")
+    fill_model_from_data(cfg.model, datamodule)
+    task = instantiate(cfg.model)
+    assert isinstance(task, task_cls) and isinstance(task.net, net_cls)
+    trainer = instantiate(cfg.trainer, callbacks=instantiate_group(cfg.callbacks),
+                          logger=instantiate_group(cfg.logger))
+    assert trainer.max_epochs == cfg.trainer.max_epochs
+    assert {type(c).__name__ for c in trainer.callbacks} >= {"ModelCheckpoint", "LearningRateMonitor",
+                                                             "ParameterHistograms"}
+    checkpoint = next(c for c in trainer.callbacks if type(c).__name__ == "ModelCheckpoint")
+    assert (checkpoint.monitor, checkpoint.mode) == (task.monitor, task.monitor_mode)
+
+
+def test_data_override_beats_the_models_choice(train_config):
+    cfg = train_config("model=tagger", "data=synthetic")
+    assert cfg.data._target_.endswith("SyntheticSequenceDataModule")
+
+
+@pytest.mark.parametrize("config_name,overrides", [
+    ("eval", ["ckpt_path=x.ckpt"]),
+    ("generate", ["ckpt_path=x.ckpt"]),
+    *[("train", [f"debug={d}"]) for d in ("fdr", "overfit", "limit", "profiler")],
+    *[("train", [f"trainer={t}"]) for t in ("cpu", "gpu")],
+    *[("train", [f"logger={lg}"]) for lg in ("csv", "tensorboard", "many")],
+    *[("train", [f"callbacks={c}"]) for c in ("none", "with_early_stopping")],
+    *[("train", [f"experiment={p.stem}"]) for p in sorted((CONF_DIR / "experiment").glob("*.yaml"))],
+])
+def test_every_config_composes_and_resolves(config_name, overrides, tmp_path):
+    cfg = compose_config(config_name, overrides, tmp_path)
+    for key in cfg:
+        if key != "hydra" and OmegaConf.is_config(cfg[key]):
+            OmegaConf.to_container(cfg[key], resolve=True)  # raises on any broken interpolation
+
+
+def test_configs_mirror_constructors():
+    """Each model/data config holds _target_ plus constructor arguments and nothing else."""
+    import inspect
+
+    from hydra.utils import get_class
+
+    for group in ("model", "data"):
+        for path in (CONF_DIR / group).glob("*.yaml"):
+            node = OmegaConf.load(path)
+            for sub in ([node, node.net] if group == "model" and "net" in node else [node]):
+                if "_target_" not in sub:
+                    continue
+                params = inspect.signature(get_class(sub._target_).__init__).parameters
+                keys = {k for k in sub if not k.startswith("_")} - {"defaults"}
+                assert keys <= set(params), f"{path.name}: unknown keys {keys - set(params)}"
+
+
+@pytest.mark.parametrize("model", sorted(MODELS))
+def test_fast_dev_run(model, train_config):
+    cfg = train_config(f"model={model}", "debug=fdr", data=MODELS[model][0])
+    metrics, _ = train(cfg)
+    assert "test/loss" in metrics
+
+
+def test_unknown_optimized_metric_is_a_clear_error(train_config):
+    cfg = train_config("debug=fdr", "optimized_metric=val/nonexistent")
+    with pytest.raises(ValueError, match=r"optimized_metric='val/nonexistent' was not logged; logged metrics: \[.*'test/acc'"):
+        train(cfg)

@@ -1,0 +1,35 @@
+"""Test helpers: compose the real configs from conf/ with test overrides."""
+
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import open_dict
+
+import rnnlab.config  # noqa: F401  (registers the ${rnnlab.*} resolvers)
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF_DIR = ROOT / "conf"
+SHAKESPEARE = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
+
+# Small, fast versions of every dataset and a quiet CPU trainer.
+TINY = {
+    "synthetic": ["data.num_train=512", "data.num_val=128", "data.num_test=128"],
+    "tagging": ["data.num_train=512", "data.num_val=128", "data.num_test=128"],
+    "chars": ["data.corpus_chars=20000", "data.seq_len=32", "data.windows_per_epoch=256"],
+}
+QUIET = ["trainer.accelerator=cpu", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
+         "callbacks.rich_progress_bar=null", "callbacks.rich_model_summary=null"]
+
+
+def compose_config(config_name: str, overrides: list[str], output_dir: Path):
+    """Compose conf/<config_name>.yaml as Hydra would, with outputs under ``output_dir``."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(output_dir)
+        cfg.paths.log_dir = str(output_dir)
+    return cfg
