@@ -114,3 +114,40 @@ def test_strided_training_windows_do_not_overlap():
     starts = torch.cat([x[:, 0] for x, _ in dm.train_dataloader()])
     assert len(starts) == (len(dm.ids["train"]) - 11) // 10 + 1
     assert len(set(starts.tolist())) == len(starts) and bool((starts % 10 == 0).all())
+
+
+def test_epoch_order_is_a_function_of_seed_and_epoch():
+    from rnnlab.data._loading import EpochSampler
+
+    a, b = EpochSampler(100, shuffle=True, seed=1), EpochSampler(100, shuffle=True, seed=1)
+    first = list(a)
+    assert sorted(first) == list(range(100)) and first == list(b)
+    a.set_epoch(1)
+    assert list(a) != first  # a new epoch, a new order...
+    a.set_epoch(0)
+    assert list(a) == first  # ...and epoch 0 again is epoch 0, whatever ran before
+    assert list(EpochSampler(100, shuffle=True, seed=2)) != first
+
+
+@pytest.mark.parametrize("pad", [True, False])
+def test_ddp_shards_split_one_permutation(pad):
+    from rnnlab.data._loading import EpochSampler
+
+    whole = list(EpochSampler(101, shuffle=True, seed=5))
+    shards = [list(EpochSampler(101, shuffle=True, seed=5, rank=r, world_size=2, pad=pad)) for r in range(2)]
+    assert [len(s) for s in shards] == ([51, 51] if pad else [51, 50])
+    assert set(shards[0]) | set(shards[1]) == set(whole)
+    if not pad:
+        assert sorted(shards[0] + shards[1]) == sorted(whole)  # evaluation counts each item once
+
+
+def test_loader_sampler_takes_lightnings_set_epoch():
+    from lightning.fabric.utilities.data import _set_sampler_epoch  # what the fit loop calls
+
+    dm = _setup(SyntheticSequenceDataModule(num_train=64, num_val=8, num_test=8, batch_size=64))
+    loader = dm.train_dataloader()
+    first = next(iter(loader))[1]
+    _set_sampler_epoch(loader, 1)
+    assert not torch.equal(next(iter(loader))[1], first)
+    _set_sampler_epoch(loader, 0)
+    assert torch.equal(next(iter(loader))[1], first)

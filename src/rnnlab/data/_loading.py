@@ -1,17 +1,23 @@
-"""Batching for in-memory tensors without per-sample collation.
+"""Batching for in-memory tensors: whole batches by index, epoch-seeded order, DDP shards.
 
 A ``DataLoader`` with ``batch_size=B`` fetches B samples one by one and stacks them
 (``default_collate``): B Python calls and one copy per batch. For data that already
 sits in a tensor, indexing it with the batch's index tensor is a single gather. Passing
-a ``BatchSampler`` as ``sampler`` and ``batch_size=None`` makes the loader hand the whole
+a batch sampler as ``sampler`` and ``batch_size=None`` makes the loader hand the whole
 index list to ``__getitem__`` at once and skip collation.
+
+The order of an epoch is a pure function of (seed, epoch, rank), not of a random
+generator's running state. So a run resumed from a checkpoint at epoch e sees exactly
+the batches an uninterrupted run would, and under DDP every process takes its own shard
+of the same permutation. Lightning calls ``set_epoch`` on the loader's sampler before
+each training epoch; rnnlab's configs therefore set ``use_distributed_sampler: false``.
 """
 
 from __future__ import annotations
 
 import lightning as L
 import torch
-from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler, TensorDataset
+from torch.utils.data import BatchSampler, DataLoader, Sampler, TensorDataset
 
 
 class IndexedTensorDataset(TensorDataset):
@@ -23,15 +29,73 @@ class IndexedTensorDataset(TensorDataset):
         return tuple(t[index] for t in self.tensors)
 
 
-def batched_loader(dataset, batch_size: int, shuffle: bool, drop_last: bool = False,
-                   num_workers: int = 0, sampler=None) -> DataLoader:
-    """A DataLoader that fetches whole batches by index from ``dataset``.
+class EpochSampler(Sampler[int]):
+    """Indices in [0, size) for one epoch, seeded by (seed, epoch), sharded by rank.
 
-    ``sampler`` (indices one by one) replaces the default random or sequential order.
+    Args:
+        size: number of items to draw from.
+        shuffle: permute the items (else keep their order).
+        num_samples: items per epoch over all ranks; None means each item once.
+        replacement: draw ``num_samples`` items uniformly with replacement.
+        seed: base seed of the order.
+        rank, world_size: this process's shard. Training shards are padded (by wrapping
+            around) to equal length, as DDP needs the same number of steps everywhere;
+            evaluation shards (``pad=False``) are not, so no item counts twice.
     """
-    base = sampler or (RandomSampler(dataset) if shuffle else SequentialSampler(dataset))
-    return DataLoader(dataset, sampler=BatchSampler(base, batch_size, drop_last), batch_size=None,
+
+    def __init__(self, size: int, shuffle: bool, num_samples: int | None = None, replacement: bool = False,
+                 seed: int = 0, rank: int = 0, world_size: int = 1, pad: bool = True):
+        self.size, self.shuffle, self.replacement = size, shuffle, replacement
+        self.num_samples = num_samples if num_samples is not None else size
+        self.seed, self.rank, self.world_size, self.pad = seed, rank, world_size, pad
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _epoch_indices(self) -> torch.Tensor:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        if self.replacement:
+            return torch.randint(self.size, (self.num_samples,), generator=g)
+        order = torch.randperm(self.size, generator=g) if self.shuffle else torch.arange(self.size)
+        repeats = -(-self.num_samples // self.size)  # ceil: more samples than items wraps around
+        return order.repeat(repeats)[: self.num_samples]
+
+    def __iter__(self):
+        indices = self._epoch_indices()
+        if self.world_size > 1:
+            if self.pad:
+                per_rank = -(-len(indices) // self.world_size)
+                indices = indices.repeat(2)[: per_rank * self.world_size]
+            indices = indices[self.rank::self.world_size]
+        return iter(indices.tolist())
+
+    def __len__(self) -> int:
+        if self.world_size == 1:
+            return self.num_samples
+        if self.pad:
+            return -(-self.num_samples // self.world_size)
+        return len(range(self.rank, self.num_samples, self.world_size))
+
+
+class EpochBatchSampler(BatchSampler):
+    """A ``BatchSampler`` that passes ``set_epoch`` on to its :class:`EpochSampler`."""
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+
+def batched_loader(dataset, batch_size: int, sampler: EpochSampler, num_workers: int = 0) -> DataLoader:
+    """A DataLoader that fetches whole batches of ``sampler``'s indices from ``dataset``."""
+    return DataLoader(dataset, sampler=EpochBatchSampler(sampler, batch_size, drop_last=False), batch_size=None,
                       num_workers=num_workers, persistent_workers=num_workers > 0)
+
+
+def shard(module: L.LightningDataModule) -> dict:
+    """This process's (rank, world_size) and the run's seed, from the attached trainer."""
+    trainer = getattr(module, "_trainer", None)
+    rank, world_size = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+    return {"rank": rank, "world_size": world_size, "seed": torch.initial_seed() % 2**31}
 
 
 class GeneratedSplitsDataModule(L.LightningDataModule):
@@ -55,15 +119,16 @@ class GeneratedSplitsDataModule(L.LightningDataModule):
             g = torch.Generator().manual_seed(hp.seed * 1000 + offset)
             self.splits[split] = IndexedTensorDataset(*self.generate(n, g))
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        return batched_loader(self.splits[split], self.hparams.batch_size, shuffle=shuffle,
-                              num_workers=self.hparams.num_workers)
+    def _loader(self, split: str, train: bool) -> DataLoader:
+        dataset = self.splits[split]
+        sampler = EpochSampler(len(dataset), shuffle=train, pad=train, **shard(self))
+        return batched_loader(dataset, self.hparams.batch_size, sampler, num_workers=self.hparams.num_workers)
 
     def train_dataloader(self):
-        return self._loader("train", shuffle=True)
+        return self._loader("train", train=True)
 
     def val_dataloader(self):
-        return self._loader("val", shuffle=False)
+        return self._loader("val", train=False)
 
     def test_dataloader(self):
-        return self._loader("test", shuffle=False)
+        return self._loader("test", train=False)

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from torch.utils.data import Dataset, RandomSampler
+from torch.utils.data import Dataset
 
 from ..models import _checks
-from ._loading import batched_loader
+from ._loading import EpochSampler, batched_loader, shard
 from .grammar import generate_grammar_corpus
 
 UNKNOWN = "\ufffd"
@@ -132,16 +132,16 @@ class CharDataModule(L.LightningDataModule):
         if hp.train_windows == "random":
             windows = CharWindows(self.ids["train"], hp.seq_len, stride=1)
             per_epoch = hp.windows_per_epoch or max(1, len(self.ids["train"]) // hp.seq_len)
-            sampler = RandomSampler(windows, replacement=True, num_samples=per_epoch)
+            sampler = EpochSampler(len(windows), shuffle=True, num_samples=per_epoch, replacement=True, **shard(self))
         else:
             windows = CharWindows(self.ids["train"], hp.seq_len, stride=hp.seq_len)
-            sampler = RandomSampler(windows, num_samples=hp.windows_per_epoch,
-                                    replacement=hp.windows_per_epoch is not None and hp.windows_per_epoch > len(windows))
-        return batched_loader(windows, hp.batch_size, shuffle=True, sampler=sampler, num_workers=hp.num_workers)
+            sampler = EpochSampler(len(windows), shuffle=True, num_samples=hp.windows_per_epoch, **shard(self))
+        return batched_loader(windows, hp.batch_size, sampler, num_workers=hp.num_workers)
 
     def _eval_loader(self, split: str):
         windows = CharWindows(self.ids[split], self.hparams.seq_len, stride=self.hparams.seq_len)
-        return batched_loader(windows, self.hparams.batch_size, shuffle=False, num_workers=self.hparams.num_workers)
+        sampler = EpochSampler(len(windows), shuffle=False, pad=False, **shard(self))
+        return batched_loader(windows, self.hparams.batch_size, sampler, num_workers=self.hparams.num_workers)
 
     def val_dataloader(self):
         return self._eval_loader("val")
