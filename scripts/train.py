@@ -2,19 +2,18 @@
 
     python scripts/train.py model=classifier
     python scripts/train.py model=char_rnn data.path=../shared/data/tinyshakespeare.txt
-    python scripts/train.py -m model=classifier model.net.hidden_size=32,64,128
+    python scripts/train.py -m model=classifier model.net.hidden_size=32,64,128 model.net.num_layers=1,2,3
 """
 
 import hydra
 from omegaconf import DictConfig
 
-from rnnlab.train import train
+from rnnlab.sweeps import run_job
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    _, value = train(cfg)
-    return value
+    return run_job(cfg)
 
 
 if __name__ == "__main__":

@@ -3,12 +3,42 @@
 - ``${rnnlab.monitor:<task _target_>}``: the task's main validation metric (``val/acc``...).
 - ``${rnnlab.monitor_mode:<task _target_>}``: ``max`` or ``min`` for that metric.
 - ``${rnnlab.mul:a,b}``: a * b (e.g. the number of tags of the tagging task).
+- ``${rnnlab.cwd:}``: the absolute working directory. Unlike ``${hydra:runtime.cwd}`` it
+  also resolves where Hydra's runtime config is not set yet, as in ``hydra.sweep.dir``.
 """
 
 from __future__ import annotations
 
-from hydra.utils import get_class
+import os
+
+from hydra.errors import InstantiationException
+from hydra.utils import get_class, instantiate
 from omegaconf import OmegaConf
+
+
+class ConfigError(ValueError):
+    """A config value that cannot be used, naming its key: ``model.net: expected hidden_size >= 1, got 0``."""
+
+    def __init__(self, key: str, reason: str):
+        super().__init__(f"{key}: {reason}")
+        self.key, self.reason = key, reason
+
+
+def instantiate_node(node, key: str, **kwargs):
+    """``hydra.utils.instantiate`` whose errors name the config key instead of a chain of
+    InstantiationExceptions: a ValueError or TypeError from the constructor becomes a
+    :class:`ConfigError` for ``key`` (nested builds give ``model.net: ...``)."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as err:
+        cause: BaseException = err
+        while isinstance(cause, InstantiationException) and cause.__cause__ is not None:
+            cause = cause.__cause__
+        if isinstance(cause, ConfigError):
+            raise ConfigError(f"{key}.{cause.key}", cause.reason) from None
+        if isinstance(cause, (ValueError, TypeError)):
+            raise ConfigError(key, str(cause)) from None
+        raise
 
 
 def _task_attr(target: str, attr: str):
@@ -26,6 +56,7 @@ def register_resolvers() -> None:
         "rnnlab.monitor": lambda target: _task_attr(target, "monitor"),
         "rnnlab.monitor_mode": lambda target: _task_attr(target, "monitor_mode"),
         "rnnlab.mul": lambda a, b: a * b,
+        "rnnlab.cwd": os.getcwd,
     }
     for name, fn in resolvers.items():
         if not OmegaConf.has_resolver(name):

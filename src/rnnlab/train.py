@@ -8,20 +8,42 @@ test the best checkpoint, and return the metric a sweeper optimises.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Mapping
 
 import lightning as L
+import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch.utils.tensorboard.summary import hparams as hparams_summary
 
-from . import config as _config  # noqa: F401  (registers the ${rnnlab.*} resolvers)
+from .config import instantiate_node
 from .tasks.base import RNNTask, plain
 
 log = logging.getLogger(__name__)
+
+
+class JobSkipped(RuntimeError):
+    """A run that cannot happen on this machine (e.g. a GPU run without a GPU)."""
+
+
+def check_launch(cfg: DictConfig) -> None:
+    """Refuse, before any work, runs this machine or launcher cannot do."""
+    accelerator = str(cfg.trainer.get("accelerator", "auto"))
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise JobSkipped(f"trainer.accelerator={accelerator} but no CUDA GPU is available on this machine")
+    strategy = str(cfg.trainer.get("strategy", "auto"))
+    multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    launched = any(v in os.environ for v in ("LOCAL_RANK", "SLURM_NTASKS"))
+    if multirun and strategy.startswith("ddp") and strategy != "ddp_spawn" and not launched:
+        # Lightning starts the other DDP ranks by re-running the command line; in a local
+        # multirun that command is the whole sweep, so every rank would start a sweep.
+        raise ValueError(f"trainer.strategy={strategy} cannot start its processes inside a local multirun; "
+                         "use trainer.strategy=ddp_spawn, or the SLURM launcher (hydra/launcher=slurm)")
 
 
 def instantiate_group(group: DictConfig | None) -> list:
@@ -29,7 +51,8 @@ def instantiate_group(group: DictConfig | None) -> list:
     entries set to null are skipped (that is how a config switches one off)."""
     if not group:
         return []
-    return [instantiate(entry) for entry in group.values() if entry is not None and "_target_" in entry]
+    return [instantiate_node(entry, str(name)) for name, entry in group.items()
+            if entry is not None and "_target_" in entry]
 
 
 def fill_model_from_data(model_cfg: DictConfig, datamodule: L.LightningDataModule) -> None:
@@ -98,23 +121,25 @@ def log_hparams(loggers: list[Logger], params: dict, metric_names: list[str]) ->
 def train(cfg: DictConfig) -> tuple[dict[str, float], float]:
     """Fit and test as configured; return (all final metrics, the optimized metric's value)."""
     start = time.perf_counter()
+    check_launch(cfg)
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
 
-    datamodule: L.LightningDataModule = instantiate(cfg.data)
+    datamodule: L.LightningDataModule = instantiate_node(cfg.data, "data")
     datamodule.prepare_data()
     datamodule.setup("fit")
     fill_model_from_data(cfg.model, datamodule)
-    task: RNNTask = instantiate(cfg.model)
+    task: RNNTask = instantiate_node(cfg.model, "model")
     task.data_config = plain(cfg.data)
 
     callbacks = instantiate_group(cfg.get("callbacks"))
     loggers = instantiate_group(cfg.get("logger"))
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer: L.Trainer = instantiate_node(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False)
 
-    stem = task.monitor.split("/", 1)[1]
-    log_hparams(loggers, flat_hparams(cfg),
-                [task.monitor, f"{task.monitor}_best", "val/loss", f"test/{stem}", "test/loss"])
+    if trainer.is_global_zero:
+        stem = task.monitor.split("/", 1)[1]
+        log_hparams(loggers, flat_hparams(cfg),
+                    [task.monitor, f"{task.monitor}_best", "val/loss", f"test/{stem}", "test/loss"])
 
     if cfg.get("train", True):
         trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
@@ -139,6 +164,7 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], float]:
     if name is not None:
         lines.append(f"Optimized metric {name}: {value:.4f}")
     # Through logging, so Hydra sends it to the console and to <run>/train.log alike.
-    log.info("\n".join(lines))
+    if trainer.is_global_zero:
+        log.info("\n".join(lines))
     metrics["time/wall_s"] = elapsed
     return metrics, value

@@ -17,6 +17,8 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torchmetrics import MaxMetric, MeanMetric, MetricCollection, MinMetric
 
+from ..config import instantiate_node
+
 STAGES = ("train", "val", "test")
 
 
@@ -60,7 +62,7 @@ class RNNTask(L.LightningModule):
     def __init__(self, net: Mapping | nn.Module, optimizer: Mapping | Callable,
                  scheduler: Mapping | Callable | None = None, **hparams: Any):
         super().__init__()
-        self.net = instantiate(net) if isinstance(net, Mapping) else net
+        self.net = instantiate_node(net, "net") if isinstance(net, Mapping) else net
         self._optimizer, self._scheduler = optimizer, scheduler
         saved = {"optimizer": plain(optimizer), "scheduler": plain(scheduler), **hparams}
         if isinstance(net, Mapping):
@@ -111,7 +113,9 @@ class RNNTask(L.LightningModule):
 
     def _end_epoch(self, stage: str) -> dict[str, torch.Tensor]:
         values = self.epoch_values(stage, self.losses[_key(stage)].compute())
-        self.log_dict(values, prog_bar=stage == "val")
+        # torchmetrics already synced these across DDP ranks in compute(), so every rank holds
+        # the same value; sync_dist only tells Lightning so (a mean of equal numbers).
+        self.log_dict(values, prog_bar=stage == "val", sync_dist=True)
         self.losses[_key(stage)].reset()
         if self.metrics is not None:
             self.metrics[_key(stage)].reset()
@@ -126,7 +130,7 @@ class RNNTask(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         values = self._end_epoch("val")
         self.monitor_best.update(values[self.monitor])
-        self.log(f"{self.monitor}_best", self.monitor_best.compute(), prog_bar=True)
+        self.log(f"{self.monitor}_best", self.monitor_best.compute(), prog_bar=True, sync_dist=True)
 
     def on_test_epoch_end(self) -> None:
         self._end_epoch("test")

@@ -1,0 +1,21 @@
+"""Write summary.csv, summary.md and summary.png for a finished sweep.
+
+    python scripts/summarize.py outputs/train/multiruns/<time>
+"""
+
+import argparse
+import logging
+
+from rnnlab.sweeps import summarize
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("sweep_dir", help="a multirun directory holding one sub-directory per job")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    summarize(args.sweep_dir)
+
+
+if __name__ == "__main__":
+    main()
