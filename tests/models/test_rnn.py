@@ -85,13 +85,13 @@ def test_to_torch_round_trip(num_layers, bias, batch_first):
     torch.testing.assert_close(mine(x)[0], ref(x)[0], atol=1e-12, rtol=0)
 
 
-def test_from_torch_refuses_relu_bidirectional_and_other_modules():
-    with pytest.raises(ValueError, match="nonlinearity='tanh', got nonlinearity='relu'"):
-        RNN.from_torch(nn.RNN(3, 4, nonlinearity="relu"))
+def test_from_torch_refuses_bidirectional_projections_and_other_modules():
     with pytest.raises(ValueError, match="unidirectional .* got bidirectional=True"):
         RNN.from_torch(nn.RNN(3, 4, bidirectional=True))
-    with pytest.raises(TypeError, match="expected a torch.nn.RNN, got GRU"):
-        RNN.from_torch(nn.GRU(3, 4))
+    with pytest.raises(ValueError, match="without projections, got proj_size=2"):
+        RNN.from_torch(nn.LSTM(3, 4, proj_size=2))
+    with pytest.raises(TypeError, match="expected a torch.nn.RNN, GRU or LSTM, got Linear"):
+        RNN.from_torch(nn.Linear(3, 4))
 
 
 @pytest.mark.parametrize("batch_first", [True, False])

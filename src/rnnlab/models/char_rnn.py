@@ -25,23 +25,24 @@ class CharRNN(nn.Module):
         num_layers: stacked layers L. Default: 3.
         dropout: dropout between RNN layers and before the output projection, in [0, 1).
             Default: 0.2.
+        cell: ``"rnn_tanh"``, ``"rnn_relu"``, ``"gru"`` or ``"lstm"``. Default: ``"rnn_tanh"``.
 
     Inputs: idx, h0
         - **idx**: (B, T) int64 character ids in [0, V).
-        - **h0**: (L, B, H) initial state, e.g. the ``h_n`` of the previous chunk.
-          Default: zeros.
+        - **h0**: (L, B, H) initial state, e.g. the ``h_n`` of the previous chunk; a tuple
+          (h0, c0) for the LSTM. Default: zeros.
 
     Outputs: logits, h_n
         - **logits**: (B, T, V) unnormalised next-character scores.
-        - **h_n**: (L, B, H) state after the last step.
+        - **h_n**: (L, B, H) state after the last step; (h_n, c_n) for the LSTM.
     """
 
     def __init__(self, vocab_size: int, embed_dim: int, hidden_size: int,
-                 num_layers: int = 3, dropout: float = 0.2):
+                 num_layers: int = 3, dropout: float = 0.2, cell: str = "rnn_tanh"):
         super().__init__()
         self.vocab_size = _checks.positive_int("vocab_size", vocab_size)
         self.embedding = nn.Embedding(vocab_size, _checks.positive_int("embed_dim", embed_dim))
-        self.rnn = RNN(embed_dim, hidden_size, num_layers, dropout=dropout)
+        self.rnn = RNN(embed_dim, hidden_size, num_layers, dropout=dropout, cell=cell)
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(hidden_size, vocab_size)
 

@@ -15,7 +15,8 @@ class SequenceClassifier(nn.Module):
     .. math::
         \mathrm{logits} = W_{fc}\, \mathrm{dropout}(h^{(L)}_T) + b_{fc}
 
-    The final state is a compressed summary of the whole input. With
+    The final state (each sequence's own last valid step) is a compressed summary of the
+    whole input. With
     ``SequenceClassifier(10, 64, 2)`` (the seed task) the model has 13,314 parameters.
 
     Args:
@@ -25,23 +26,26 @@ class SequenceClassifier(nn.Module):
         num_layers: stacked layers L. Default: 2.
         dropout: dropout between RNN layers and before the classifier head, in [0, 1).
             Default: 0.2.
+        cell: ``"rnn_tanh"``, ``"rnn_relu"``, ``"gru"`` or ``"lstm"``. Default: ``"rnn_tanh"``.
 
-    Inputs: x
-        - **x**: (B, T, D).
+    Inputs: x, lengths
+        - **x**: (B, T, D), padded past each sequence's length.
+        - **lengths**: (B,) int64 valid steps per sequence, or None (all T).
 
     Outputs: logits
         - **logits**: (B, C).
     """
 
     def __init__(self, input_size: int, hidden_size: int, num_classes: int,
-                 num_layers: int = 2, dropout: float = 0.2):
+                 num_layers: int = 2, dropout: float = 0.2, cell: str = "rnn_tanh"):
         super().__init__()
         self.num_classes = _checks.positive_int("num_classes", num_classes)
-        self.rnn = RNN(input_size, hidden_size, num_layers, dropout=dropout)
+        self.rnn = RNN(input_size, hidden_size, num_layers, dropout=dropout, cell=cell)
         self.fc = nn.Linear(hidden_size, num_classes)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Inputs: x (B, T, D). Outputs: logits (B, C)."""
-        _, h_n = self.rnn(x)  # h_n: (L, B, H)
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """Inputs: x (B, T, D); lengths (B,) or None. Outputs: logits (B, C)."""
+        _, h_n = self.rnn(x, lengths=lengths)  # (L, B, H), or (h_n, c_n) for the LSTM
+        h_n = h_n[0] if isinstance(h_n, tuple) else h_n
         return self.fc(self.dropout(h_n[-1]))  # (B, C)

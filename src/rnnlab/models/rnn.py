@@ -1,4 +1,4 @@
-"""The multi-layer Elman RNN: a stack of :class:`RNNCell` unrolled over time.
+"""The multi-layer RNN: a stack of cells (Elman tanh/ReLU, GRU or LSTM) unrolled over time.
 
 Two forms of the same computation live here:
 
@@ -15,25 +15,27 @@ Both give the same numbers (the tests check it, and check both against ``torch.n
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from . import _checks
-from .cell import RNNCell
+from .cell import CELLS, make_cell
+
+State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]  # h (L, B, H), or (h, c) for the LSTM
 
 
 class RNN(nn.Module):
-    r"""A multi-layer Elman RNN with tanh non-linearity, built from :class:`RNNCell`.
+    r"""A multi-layer recurrent network built from one kind of cell.
 
-    For each layer l and time step t:
+    For each layer l and time step t, with the default Elman tanh cell:
 
     .. math::
         h^{(l)}_t = \tanh(W^{(l)}_{xh} x^{(l)}_t + b^{(l)}_{xh} + W^{(l)}_{hh} h^{(l)}_{t-1} + b^{(l)}_{hh})
 
     where :math:`x^{(0)}_t` is the input and :math:`x^{(l)}_t = \mathrm{dropout}(h^{(l-1)}_t)`
-    for l > 0. Dropout acts between layers only, never along time within a layer
-    (dropping along time would corrupt the hidden-state trajectory), and only in
-    training mode. Equivalent plain loop (``forward_stepwise``)::
+    for l > 0 (the GRU and LSTM cells replace the update, see :mod:`rnnlab.models.cell`).
+    Dropout acts between layers only, never along time within a layer (dropping along time
+    would corrupt the hidden-state trajectory), and only in training mode. Equivalent plain
+    loop (``forward_stepwise``)::
 
         for t in range(T):
             x_t = x[:, t]
@@ -51,20 +53,24 @@ class RNN(nn.Module):
         bias: if ``False`` the cells have no biases. Default: ``True``.
         batch_first: if ``True`` inputs and outputs are (B, T, ·), else (T, B, ·).
             States are (L, B, H) either way. Default: ``True``.
+        cell: ``"rnn_tanh"`` (the seed's Elman cell), ``"rnn_relu"``, ``"gru"`` or
+            ``"lstm"``. Default: ``"rnn_tanh"``.
 
-    Inputs: x, h0
+    Inputs: x, h0, lengths
         - **x**: (B, T, D) if ``batch_first`` else (T, B, D); or unbatched (T, D).
-        - **h0**: (L, B, H) initial states, or (L, H) for unbatched input.
-          Default: zeros.
+        - **h0**: (L, B, H) initial states, or (L, H) for unbatched input; for the LSTM a
+          tuple (h0, c0) of such tensors. Default: zeros.
+        - **lengths**: (B,) int64, the number of valid steps of each sequence of a padded
+          batch, each in [1, T]. Default: every sequence has T steps.
 
     Outputs: outputs, h_n
         - **outputs**: (B, T, H) if ``batch_first`` else (T, B, H), or (T, H) unbatched:
-          the top layer's hidden state at every step.
-        - **h_n**: (L, B, H), or (L, H) unbatched: every layer's state after the last step.
+          the top layer's hidden state at every step; zero past a sequence's length.
+        - **h_n**: (L, B, H), or (L, H) unbatched: every layer's state after each
+          sequence's last valid step; for the LSTM a tuple (h_n, c_n).
 
     Attributes:
-        cells: ``nn.ModuleList`` of L :class:`RNNCell`; ``cells[0]`` maps D -> H and the
-            others H -> H.
+        cells: ``nn.ModuleList`` of L cells; ``cells[0]`` maps D -> H and the others H -> H.
 
     Example::
 
@@ -82,145 +88,197 @@ class RNN(nn.Module):
         dropout: float = 0.0,
         bias: bool = True,
         batch_first: bool = True,
+        cell: str = "rnn_tanh",
     ):
         super().__init__()
         self.input_size = _checks.positive_int("input_size", input_size)
         self.hidden_size = _checks.positive_int("hidden_size", hidden_size)
         self.num_layers = _checks.positive_int("num_layers", num_layers)
         self.dropout_p = _checks.dropout_prob("dropout", dropout)
-        self.bias = bool(bias)
-        self.batch_first = bool(batch_first)
+        if cell not in CELLS:
+            raise ValueError(f"expected cell in {sorted(CELLS)}, got {cell!r}")
+        self.bias, self.batch_first, self.cell = bool(bias), bool(batch_first), cell
         self.cells = nn.ModuleList(
-            RNNCell(input_size if layer == 0 else hidden_size, hidden_size, bias=bias)
+            make_cell(cell, input_size if layer == 0 else hidden_size, hidden_size, bias=bias)
             for layer in range(num_layers)
         )
         self.dropout = nn.Dropout(dropout) if dropout > 0 and num_layers > 1 else None
 
-    # ------------------------------------------------------------------ inputs
-    def _prepare(self, x: torch.Tensor, h0: torch.Tensor | None):
-        """Validate, add a batch dimension to unbatched input, and build h0.
+    @property
+    def is_lstm(self) -> bool:
+        return self.cell == "lstm"
 
-        Returns (x, h0, unbatched) with x 3-D in the module's layout and h0 (L, B, H).
+    # ------------------------------------------------------------------ inputs
+    def _check_state(self, name: str, state, shape: tuple) -> tuple[torch.Tensor, ...]:
+        """Validate a public state (tensor, or (h, c) for the LSTM) and return it as a tuple."""
+        w = self.cells[0].Wxh.weight
+        if self.is_lstm:
+            if not isinstance(state, (tuple, list)) or len(state) != 2:
+                raise TypeError(f"expected {name} as a tuple (h, c) for cell='lstm', got {type(state).__name__}")
+            names = (f"{name}[0] (h)", f"{name}[1] (c)")
+        else:
+            if isinstance(state, (tuple, list)):
+                raise TypeError(f"expected {name} as one tensor for cell={self.cell!r}, got a {type(state).__name__}")
+            state, names = (state,), (name,)
+        for n, s in zip(names, state):
+            _checks.state(n, s, shape, w)
+        return tuple(state)
+
+    def _prepare(self, x: torch.Tensor, h0: State | None, lengths: torch.Tensor | None = None):
+        """Validate, add a batch dimension to unbatched input, build h0 and the length mask.
+
+        Returns (x, state, mask, unbatched): x 3-D in the module's layout, state a tuple of
+        (L, B, H) tensors, mask (T, B, 1) bool or None.
         """
         w = self.cells[0].Wxh.weight
         _checks.sequence_input(x, self.input_size, self.batch_first, w)
         unbatched = x.dim() == 2
         if unbatched:
+            if lengths is not None:
+                raise ValueError("expected lengths only with batched 3-D input, got lengths with unbatched (T, D) input")
             x = x.unsqueeze(0 if self.batch_first else 1)  # (1, T, D) or (T, 1, D)
-        batch = x.shape[0] if self.batch_first else x.shape[1]
+        batch, time = (x.shape[0], x.shape[1]) if self.batch_first else (x.shape[1], x.shape[0])
         if h0 is None:
-            h0 = x.new_zeros(self.num_layers, batch, self.hidden_size)  # (L, B, H)
+            zeros = x.new_zeros(self.num_layers, batch, self.hidden_size)  # (L, B, H)
+            state = (zeros, zeros) if self.is_lstm else (zeros,)
         elif unbatched:
-            _checks.state("h0", h0, (self.num_layers, self.hidden_size), w)
-            h0 = h0.unsqueeze(1)  # (L, 1, H)
+            state = self._check_state("h0", h0, (self.num_layers, self.hidden_size))
+            state = tuple(s.unsqueeze(1) for s in state)  # each (L, 1, H)
         else:
-            _checks.state("h0", h0, (self.num_layers, batch, self.hidden_size), w)
-        return x, h0, unbatched
+            state = self._check_state("h0", h0, (self.num_layers, batch, self.hidden_size))
+        mask = None if lengths is None else _length_mask(lengths, batch, time, x.device)
+        return x, state, mask, unbatched
+
+    def _public(self, state: tuple[torch.Tensor, ...], unbatched: bool) -> State:
+        if unbatched:
+            state = tuple(s.squeeze(1) for s in state)  # each (L, H)
+        return state if self.is_lstm else state[0]
 
     # ----------------------------------------------------------- fast forward
-    def forward(self, x: torch.Tensor, h0: torch.Tensor | None = None):
-        """Inputs: x (B, T, D) [batch_first] or (T, B, D) or (T, D); h0 (L, B, H) or None.
+    def forward(self, x: torch.Tensor, h0: State | None = None, lengths: torch.Tensor | None = None):
+        """Inputs: x (B, T, D) [batch_first] or (T, B, D) or (T, D); h0 (L, B, H) [or (h0, c0)] or None;
+        lengths (B,) or None.
 
-        Outputs: outputs (B, T, H) / (T, B, H) / (T, H); h_n (L, B, H) or (L, H).
+        Outputs: outputs (B, T, H) / (T, B, H) / (T, H); h_n (L, B, H) or (L, H) [or (h_n, c_n)].
         """
-        x, h0, unbatched = self._prepare(x, h0)
+        x, state, mask, unbatched = self._prepare(x, h0, lengths)
         time_dim = 1 if self.batch_first else 0
         layer_input = x
-        h_n = []
+        finals = []
         for layer, cell in enumerate(self.cells):
             if layer > 0 and self.dropout is not None:
                 layer_input = self.dropout(layer_input)
-            layer_input, h_last = _layer_forward(cell, layer_input, h0[layer], time_dim)
-            h_n.append(h_last)
+            layer_input, final = cell.forward_sequence(layer_input, tuple(s[layer] for s in state), time_dim, mask)
+            finals.append(final)
         outputs = layer_input
-        h_n = torch.stack(h_n)  # (L, B, H)
+        h_n = tuple(torch.stack(parts) for parts in zip(*finals))  # each (L, B, H)
         if unbatched:
-            return outputs.squeeze(time_dim ^ 1), h_n.squeeze(1)  # (T, H), (L, H)
-        return outputs, h_n
+            outputs = outputs.squeeze(time_dim ^ 1)  # (T, H)
+        return outputs, self._public(h_n, unbatched)
 
     # ------------------------------------------------ seed's step-by-step loop
-    def step(self, x_t: torch.Tensor, h: torch.Tensor | None = None) -> torch.Tensor:
+    def step(self, x_t: torch.Tensor, h: State | None = None) -> State:
         """Advance every layer by one time step, as in the seed article's loop.
 
-        Inputs: x_t (B, D); h (L, B, H) or None for zeros.
-        Outputs: h (L, B, H), the new state of every layer; ``h[-1]`` is the output.
+        Inputs: x_t (B, D); h (L, B, H) [or (h, c) for the LSTM] or None for zeros.
+        Outputs: the new state of every layer, same form as h; ``h[-1]`` (or ``h[0][-1]``)
+        is the output.
         """
         w = self.cells[0].Wxh.weight
         if not isinstance(x_t, torch.Tensor) or x_t.dim() != 2 or x_t.shape[1] != self.input_size:
             got = _checks.shape_str(x_t.shape) if isinstance(x_t, torch.Tensor) else type(x_t).__name__
             raise ValueError(f"expected x_t of shape (B, {self.input_size}), got {got}")
         _checks.same_dtype_device("x_t", x_t, w)
+        shape = (self.num_layers, x_t.shape[0], self.hidden_size)
         if h is None:
-            h = x_t.new_zeros(self.num_layers, x_t.shape[0], self.hidden_size)
+            zeros = x_t.new_zeros(shape)
+            state = (zeros, zeros) if self.is_lstm else (zeros,)
         else:
-            _checks.state("h", h, (self.num_layers, x_t.shape[0], self.hidden_size), w)
-        states = []
+            state = self._check_state("h", h, shape)
+        new_states = []
         layer_input = x_t
         for layer, cell in enumerate(self.cells):
-            h_layer = cell(layer_input, h[layer])
-            states.append(h_layer)
-            layer_input = h_layer
+            layer_state = tuple(s[layer] for s in state)
+            new = cell(layer_input, layer_state if self.is_lstm else layer_state[0])
+            new = new if self.is_lstm else (new,)
+            new_states.append(new)
+            layer_input = new[0]
             if self.dropout is not None and layer < self.num_layers - 1:
                 layer_input = self.dropout(layer_input)
-        return torch.stack(states)  # (L, B, H)
+        return self._public(tuple(torch.stack(parts) for parts in zip(*new_states)), False)  # each (L, B, H)
 
-    def forward_stepwise(self, x: torch.Tensor, h0: torch.Tensor | None = None):
-        """The seed's time-major loop over :meth:`step`; same contract as :meth:`forward`."""
-        x, h, unbatched = self._prepare(x, h0)
+    def forward_stepwise(self, x: torch.Tensor, h0: State | None = None):
+        """The seed's time-major loop over :meth:`step`; same contract as :meth:`forward`
+        (without ``lengths``)."""
+        x, state, _, unbatched = self._prepare(x, h0)
         time_dim = 1 if self.batch_first else 0
+        h = self._public(state, False)
         outputs = []
         for x_t in x.unbind(time_dim):  # each (B, D)
             h = self.step(x_t, h)
-            outputs.append(h[-1])
+            outputs.append(h[0][-1] if self.is_lstm else h[-1])
         outputs = torch.stack(outputs, dim=time_dim)  # (B, T, H) or (T, B, H)
         if unbatched:
-            return outputs.squeeze(time_dim ^ 1), h.squeeze(1)
+            outputs = outputs.squeeze(time_dim ^ 1)
+            h = tuple(s.squeeze(1) for s in h) if self.is_lstm else h.squeeze(1)
         return outputs, h
 
     # ------------------------------------------------ weights from/to torch.nn
-    @classmethod
-    def from_torch(cls, module: nn.RNN) -> "RNN":
-        """Build an :class:`RNN` holding a copy of a ``torch.nn.RNN``'s weights.
+    _TORCH = {"rnn_tanh": nn.RNN, "rnn_relu": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
 
-        The module must be unidirectional with tanh non-linearity; the result has the
-        same sizes, ``num_layers``, ``dropout``, ``bias``, ``batch_first``, dtype and device.
+    @classmethod
+    def from_torch(cls, module: nn.RNNBase) -> "RNN":
+        """Build an :class:`RNN` holding a copy of a ``torch.nn.RNN``/``GRU``/``LSTM``'s weights.
+
+        The module must be unidirectional (and an LSTM without ``proj_size``); the result
+        has the same cell, sizes, ``num_layers``, ``dropout``, ``bias``, ``batch_first``,
+        dtype and device. PyTorch's gate order (r, z, n for the GRU; i, f, g, o for the
+        LSTM) is the cells' own, so the weights copy as they are.
         """
-        if not isinstance(module, nn.RNN):
-            raise TypeError(f"expected a torch.nn.RNN, got {type(module).__name__}")
-        if module.nonlinearity != "tanh":
-            raise ValueError(f"expected a torch.nn.RNN with nonlinearity='tanh', got nonlinearity={module.nonlinearity!r}")
+        if isinstance(module, nn.LSTM):
+            cell = "lstm"
+            if module.proj_size:
+                raise ValueError(f"expected a torch.nn.LSTM without projections, got proj_size={module.proj_size}")
+        elif isinstance(module, nn.GRU):
+            cell = "gru"
+        elif isinstance(module, nn.RNN):
+            cell = f"rnn_{module.nonlinearity}"
+        else:
+            raise TypeError(f"expected a torch.nn.RNN, GRU or LSTM, got {type(module).__name__}")
         if module.bidirectional:
             raise ValueError(
-                "expected a unidirectional torch.nn.RNN, got bidirectional=True "
+                "expected a unidirectional torch.nn module, got bidirectional=True "
                 "(use rnnlab.models.BidirectionalRNN, whose layers are stacked differently)"
             )
         ref = module.weight_ih_l0
-        rnn = cls(module.input_size, module.hidden_size, module.num_layers,
-                  dropout=module.dropout, bias=module.bias, batch_first=module.batch_first)
+        rnn = cls(module.input_size, module.hidden_size, module.num_layers, dropout=module.dropout,
+                  bias=module.bias, batch_first=module.batch_first, cell=cell)
         rnn.to(device=ref.device, dtype=ref.dtype)
         with torch.no_grad():
-            for layer, cell in enumerate(rnn.cells):
-                cell.Wxh.weight.copy_(getattr(module, f"weight_ih_l{layer}"))
-                cell.Whh.weight.copy_(getattr(module, f"weight_hh_l{layer}"))
-                if module.bias:
-                    cell.Wxh.bias.copy_(getattr(module, f"bias_ih_l{layer}"))
-                    cell.Whh.bias.copy_(getattr(module, f"bias_hh_l{layer}"))
+            for mine, theirs in rnn._weight_pairs(module):
+                mine.copy_(theirs)
         return rnn
 
-    def to_torch(self) -> nn.RNN:
-        """Return a ``torch.nn.RNN`` (tanh) with a copy of these weights, dtype and device."""
+    def to_torch(self) -> nn.RNNBase:
+        """Return the matching ``torch.nn.RNN``/``GRU``/``LSTM`` with a copy of these weights, dtype and device."""
         ref = self.cells[0].Wxh.weight
-        module = nn.RNN(self.input_size, self.hidden_size, self.num_layers, nonlinearity="tanh",
-                        bias=self.bias, batch_first=self.batch_first, dropout=self.dropout_p)
+        kwargs = {"nonlinearity": self.cell[4:]} if self.cell.startswith("rnn_") else {}
+        module = self._TORCH[self.cell](self.input_size, self.hidden_size, self.num_layers, bias=self.bias,
+                                        batch_first=self.batch_first, dropout=self.dropout_p, **kwargs)
         module.to(device=ref.device, dtype=ref.dtype)
         with torch.no_grad():
-            for layer, cell in enumerate(self.cells):
-                getattr(module, f"weight_ih_l{layer}").copy_(cell.Wxh.weight)
-                getattr(module, f"weight_hh_l{layer}").copy_(cell.Whh.weight)
-                if self.bias:
-                    getattr(module, f"bias_ih_l{layer}").copy_(cell.Wxh.bias)
-                    getattr(module, f"bias_hh_l{layer}").copy_(cell.Whh.bias)
+            for mine, theirs in self._weight_pairs(module):
+                theirs.copy_(mine)
         return module
+
+    def _weight_pairs(self, module: nn.RNNBase):
+        """(our parameter, torch's parameter) for every weight and bias, layer by layer."""
+        for layer, cell in enumerate(self.cells):
+            yield cell.Wxh.weight, getattr(module, f"weight_ih_l{layer}")
+            yield cell.Whh.weight, getattr(module, f"weight_hh_l{layer}")
+            if self.bias:
+                yield cell.Wxh.bias, getattr(module, f"bias_ih_l{layer}")
+                yield cell.Whh.bias, getattr(module, f"bias_hh_l{layer}")
 
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}"
@@ -232,25 +290,20 @@ class RNN(nn.Module):
             s += ", bias=False"
         if not self.batch_first:
             s += ", batch_first=False"
+        if self.cell != "rnn_tanh":
+            s += f", cell={self.cell!r}"
         return s
 
 
-def _layer_forward(cell: RNNCell, x: torch.Tensor, h: torch.Tensor, time_dim: int):
-    """Run one layer over a whole sequence.
-
-    Inputs: x (B, T, D) if time_dim == 1 else (T, B, D); h (B, H) initial state.
-    Outputs: outputs in the layout of x with last dim H; h (B, H) after the last step.
-    """
-    # Hoist the input projection out of the time loop: one (B*T, D) x (D, H) product
-    # instead of T small ones, with both biases folded into it.
-    bias = cell.Wxh.bias + cell.Whh.bias if cell.bias else None
-    projected = F.linear(x, cell.Wxh.weight, bias)  # (B, T, H) or (T, B, H)
-    w_hh_t = cell.Whh.weight.t()  # (H, H)
-    outputs = []
-    # unbind + one stack, not projected[:, t] indexing: the backward of a strided slice
-    # writes a full-size zero gradient per step (O(T^2) memory traffic); unbind's does not.
-    for p_t in projected.unbind(time_dim):  # each (B, H)
-        # tanh_ in place is safe: addmm's backward needs its inputs, not its output.
-        h = torch.addmm(p_t, h, w_hh_t).tanh_()  # (B, H)
-        outputs.append(h)
-    return torch.stack(outputs, dim=time_dim), h
+def _length_mask(lengths, batch: int, time: int, device: torch.device) -> torch.Tensor:
+    """Check ``lengths`` (B,) and return the mask (T, B, 1): True at valid steps."""
+    if not isinstance(lengths, torch.Tensor) or lengths.dtype != torch.int64:
+        got = lengths.dtype if isinstance(lengths, torch.Tensor) else type(lengths).__name__
+        raise TypeError(f"expected lengths as an int64 tensor of shape ({batch},), got {got}")
+    if tuple(lengths.shape) != (batch,):
+        raise ValueError(f"expected lengths of shape ({batch},), got {_checks.shape_str(lengths.shape)}")
+    low, high = torch.aminmax(lengths)
+    if low < 1 or high > time:
+        raise ValueError(f"expected lengths in [1, {time}] (T), got values from {int(low)} to {int(high)}")
+    lengths = lengths.to(device)
+    return (torch.arange(time, device=device)[:, None] < lengths[None, :]).unsqueeze(-1)  # (T, B, 1)

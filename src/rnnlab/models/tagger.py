@@ -26,25 +26,29 @@ class SequenceTagger(nn.Module):
         num_layers: stacked layers L (per direction). Default: 2.
         dropout: dropout between RNN layers and before the head, in [0, 1). Default: 0.2.
         bidirectional: use :class:`BidirectionalRNN` instead of :class:`RNN`. Default: ``False``.
+        cell: ``"rnn_tanh"``, ``"rnn_relu"``, ``"gru"`` or ``"lstm"``. Default: ``"rnn_tanh"``.
 
-    Inputs: x
-        - **x**: (B, T, D).
+    Inputs: x, lengths
+        - **x**: (B, T, D), padded past each sequence's length.
+        - **lengths**: (B,) int64 valid steps per sequence, or None (all T). Logits at
+          padded steps are computed from zero states; the task's loss ignores them.
 
     Outputs: logits
         - **logits**: (B, T, K).
     """
 
     def __init__(self, input_size: int, hidden_size: int, num_tags: int,
-                 num_layers: int = 2, dropout: float = 0.2, bidirectional: bool = False):
+                 num_layers: int = 2, dropout: float = 0.2, bidirectional: bool = False,
+                 cell: str = "rnn_tanh"):
         super().__init__()
         self.num_tags = _checks.positive_int("num_tags", num_tags)
         rnn_cls = BidirectionalRNN if bidirectional else RNN
-        self.rnn = rnn_cls(input_size, hidden_size, num_layers, dropout=dropout)
+        self.rnn = rnn_cls(input_size, hidden_size, num_layers, dropout=dropout, cell=cell)
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(hidden_size * (2 if bidirectional else 1), num_tags)
         self.bidirectional = bool(bidirectional)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Inputs: x (B, T, D). Outputs: logits (B, T, K)."""
-        outputs, _ = self.rnn(x)  # (B, T, H) or (B, T, 2H)
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
+        """Inputs: x (B, T, D); lengths (B,) or None. Outputs: logits (B, T, K)."""
+        outputs, _ = self.rnn(x, lengths=lengths)  # (B, T, H) or (B, T, 2H)
         return self.fc(self.dropout(outputs))  # (B, T, K)
