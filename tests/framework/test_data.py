@@ -78,7 +78,7 @@ def test_char_vocabulary_comes_from_training_text_and_decodes():
     assert dm.vocab == "".join(sorted(set(text[: len(dm.ids["train"])]))) and dm.vocab_size == len(dm.vocab)
     decoded = "".join(dm.vocab[i] for i in dm.ids["train"][:200].tolist())
     assert decoded == text[:200]
-    assert dm.model_settings() == {"net.vocab_size": dm.vocab_size, "vocab": dm.vocab}
+    assert dm.model_settings() == {"net.vocab_size": dm.vocab_size, "vocab": dm.vocab, "carry_state": False}
 
 
 def test_characters_unseen_in_training_map_to_the_replacement_character(tmp_path):

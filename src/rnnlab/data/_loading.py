@@ -29,6 +29,24 @@ class IndexedTensorDataset(TensorDataset):
         return tuple(t[index] for t in self.tensors)
 
 
+class PaddedBatchDataset(IndexedTensorDataset):
+    """Variable-length sequences stored padded to the longest, with their lengths last.
+
+    A batch is cut to its own longest sequence (the collate step of a variable-length
+    dataset), so short batches do not pay for the longest sequence of the whole split.
+    Tensors with a time dimension are (N, T_max, ...); ``lengths`` is (N,) int64.
+    """
+
+    def __init__(self, *tensors: torch.Tensor, time_dims: tuple[bool, ...]):
+        super().__init__(*tensors)
+        self.time_dims = time_dims
+
+    def __getitem__(self, indices: list[int]):
+        batch = super().__getitem__(indices)  # each (B, T_max, ...) or (B,)
+        longest = int(batch[-1].max())
+        return tuple(t[:, :longest] if has_time else t for t, has_time in zip(batch, self.time_dims))
+
+
 class EpochSampler(Sampler[int]):
     """Indices in [0, size) for one epoch, seeded by (seed, epoch), sharded by rank.
 
@@ -98,6 +116,11 @@ def shard(module: L.LightningDataModule) -> dict:
     return {"rank": rank, "world_size": world_size, "seed": torch.initial_seed() % 2**31}
 
 
+def check_min_len(min_len, seq_len: int) -> None:
+    if min_len is not None and not (isinstance(min_len, int) and 1 <= min_len <= seq_len):
+        raise ValueError(f"expected min_len in [1, seq_len={seq_len}] or None, got {min_len!r}")
+
+
 class GeneratedSplitsDataModule(L.LightningDataModule):
     """Base for synthetic tasks: train/val/test tensors generated in memory from a seed.
 
@@ -110,6 +133,13 @@ class GeneratedSplitsDataModule(L.LightningDataModule):
     def generate(self, n: int, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
         raise NotImplementedError
 
+    def sample_lengths(self, n: int, generator: torch.Generator) -> torch.Tensor | None:
+        """(n,) lengths uniform in [min_len, seq_len] if ``min_len`` is set, else None."""
+        hp = self.hparams
+        if hp.get("min_len") is None:
+            return None
+        return torch.randint(hp.min_len, hp.seq_len + 1, (n,), generator=generator)
+
     def setup(self, stage: str | None = None) -> None:
         if getattr(self, "splits", None):
             return
@@ -117,7 +147,11 @@ class GeneratedSplitsDataModule(L.LightningDataModule):
         self.splits = {}
         for offset, (split, n) in enumerate((("train", hp.num_train), ("val", hp.num_val), ("test", hp.num_test))):
             g = torch.Generator().manual_seed(hp.seed * 1000 + offset)
-            self.splits[split] = IndexedTensorDataset(*self.generate(n, g))
+            tensors = self.generate(n, g)
+            if hp.get("min_len") is None:
+                self.splits[split] = IndexedTensorDataset(*tensors)
+            else:  # (x, y, lengths): x always has a time dimension, y only for tagging
+                self.splits[split] = PaddedBatchDataset(*tensors, time_dims=(True, tensors[1].dim() == 2, False))
 
     def _loader(self, split: str, train: bool) -> DataLoader:
         dataset = self.splits[split]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from ..models import _checks
 from ._loading import EpochSampler, batched_loader, shard
@@ -44,6 +44,30 @@ class CharWindows(Dataset):
         return window[:, :-1], window[:, 1:]  # (B, T), (B, T)
 
 
+class StreamWindows(Dataset):
+    """A text cut into ``batch_size`` contiguous streams; item k is window k of every stream.
+
+    Row b of batch k continues row b of batch k - 1, which is what lets a model carry its
+    hidden state across batches. Returns x (B, T) and y (B, T), y shifted by one.
+    """
+
+    def __init__(self, ids: torch.Tensor, batch_size: int, seq_len: int):
+        stream_len = len(ids) // batch_size
+        if stream_len < seq_len + 1:
+            raise ValueError(f"data.stateful: a text of {len(ids)} characters makes {batch_size} streams of "
+                             f"{stream_len}, shorter than seq_len + 1 = {seq_len + 1}")
+        self.streams = ids[: stream_len * batch_size].view(batch_size, stream_len)  # (B, N / B)
+        self.seq_len = seq_len
+
+    def __len__(self) -> int:
+        return (self.streams.shape[1] - 1) // self.seq_len
+
+    def __getitem__(self, k: int):
+        start = k * self.seq_len
+        window = self.streams[:, start:start + self.seq_len + 1]  # (B, T + 1)
+        return window[:, :-1], window[:, 1:]
+
+
 class CharDataModule(L.LightningDataModule):
     """Character windows from ``path`` (UTF-8 text) or, if ``path`` is None, a generated corpus.
 
@@ -60,12 +84,16 @@ class CharDataModule(L.LightningDataModule):
             once (len(train) // seq_len).
         seed: seed of the generated corpus.
         num_workers: DataLoader worker processes.
+        stateful: read every split as ``batch_size`` contiguous streams, batch k holding
+            window k of each stream, in order, so a model can carry its hidden state from
+            one batch to the next (truncated BPTT; ``train_windows`` and
+            ``windows_per_epoch`` then do not apply). Single-process only.
     """
 
     def __init__(self, path: str | None = None, corpus_chars: int = 300_000, seq_len: int = 128,
                  batch_size: int = 64, splits: tuple[float, float, float] = (0.9, 0.05, 0.05),
                  train_windows: str = "random", windows_per_epoch: int | None = None,
-                 seed: int = 0, num_workers: int = 0):
+                 seed: int = 0, num_workers: int = 0, stateful: bool = False):
         super().__init__()
         for name in ("corpus_chars", "seq_len", "batch_size"):
             _checks.positive_int(name, locals()[name])
@@ -117,7 +145,7 @@ class CharDataModule(L.LightningDataModule):
 
     def model_settings(self) -> dict:
         """Values the language model's config takes from this data (see rnnlab.train)."""
-        return {"net.vocab_size": self.vocab_size, "vocab": self.vocab}
+        return {"net.vocab_size": self.vocab_size, "vocab": self.vocab, "carry_state": self.hparams.stateful}
 
     def encode(self, text: str) -> torch.Tensor:
         """Map text to ids (V for characters outside the vocabulary raises ValueError)."""
@@ -127,8 +155,16 @@ class CharDataModule(L.LightningDataModule):
             raise ValueError(f"expected characters from the corpus vocabulary, got {missing!r}")
         return torch.tensor([stoi[c] for c in text], dtype=torch.long)
 
+    def _stream_loader(self, split: str) -> DataLoader:
+        if shard(self)["world_size"] > 1:
+            raise ValueError("data.stateful=true reads each split as one set of streams; it needs a single process")
+        streams = StreamWindows(self.ids[split], self.hparams.batch_size, self.hparams.seq_len)
+        return DataLoader(streams, batch_size=None, shuffle=False, num_workers=self.hparams.num_workers)
+
     def train_dataloader(self):
         hp = self.hparams
+        if hp.stateful:
+            return self._stream_loader("train")
         if hp.train_windows == "random":
             windows = CharWindows(self.ids["train"], hp.seq_len, stride=1)
             per_epoch = hp.windows_per_epoch or max(1, len(self.ids["train"]) // hp.seq_len)
@@ -139,6 +175,8 @@ class CharDataModule(L.LightningDataModule):
         return batched_loader(windows, hp.batch_size, sampler, num_workers=hp.num_workers)
 
     def _eval_loader(self, split: str):
+        if self.hparams.stateful:
+            return self._stream_loader(split)
         windows = CharWindows(self.ids[split], self.hparams.seq_len, stride=self.hparams.seq_len)
         sampler = EpochSampler(len(windows), shuffle=False, pad=False, **shard(self))
         return batched_loader(windows, self.hparams.batch_size, sampler, num_workers=self.hparams.num_workers)

@@ -19,16 +19,30 @@ import torch
 import torch.nn.functional as F
 
 from ..models import _checks
-from ._loading import GeneratedSplitsDataModule
+from ._loading import GeneratedSplitsDataModule, check_min_len
 
 
-def make_neighbour_pair_data(n: int, seq_len: int, num_symbols: int, generator: torch.Generator):
-    """Return x (n, T, K) one-hot float32 and tags (n, T) int64 in [0, K^2)."""
+PAD_TAG = -100  # tag of padded steps, ignored by losses and metrics (torch's default ignore_index)
+
+
+def make_neighbour_pair_data(n: int, seq_len: int, num_symbols: int, generator: torch.Generator,
+                             lengths: torch.Tensor | None = None):
+    """Return x (n, T, K) one-hot float32 and tags (n, T) int64 in [0, K^2).
+
+    With ``lengths`` (n,), each sequence ends after lengths[i] steps (its last tag reads
+    symbol 0 as the next one), x is zero and the tags are PAD_TAG after that, and
+    (x, tags, lengths) is returned.
+    """
     s = torch.randint(0, num_symbols, (n, seq_len), generator=generator)  # (N, T)
+    valid = None if lengths is None else torch.arange(seq_len)[None, :] < lengths[:, None]  # (N, T)
+    if valid is not None:
+        s = s * valid  # symbol 0 after the end, as after the end of a full-length sequence
     padded = F.pad(s, (1, 1))  # (N, T + 2): symbol 0 before the start and after the end
     tags = num_symbols * padded[:, :-2] + padded[:, 2:]  # (N, T)
     x = F.one_hot(s, num_symbols).float()  # (N, T, K)
-    return x, tags
+    if valid is None:
+        return x, tags
+    return x * valid.unsqueeze(-1), tags.masked_fill(~valid, PAD_TAG), lengths
 
 
 class TaggingDataModule(GeneratedSplitsDataModule):
@@ -41,14 +55,17 @@ class TaggingDataModule(GeneratedSplitsDataModule):
         batch_size: sequences per batch.
         seed: generator seed (one stream per split).
         num_workers: DataLoader worker processes.
+        min_len: if set, sequence lengths are uniform in [min_len, seq_len] and batches are
+            (x, tags, lengths), tags PAD_TAG past each length.
     """
 
     def __init__(self, num_train: int = 8000, num_val: int = 1000, num_test: int = 1000,
                  seq_len: int = 20, num_symbols: int = 4, batch_size: int = 64,
-                 seed: int = 0, num_workers: int = 0):
+                 seed: int = 0, num_workers: int = 0, min_len: int | None = None):
         super().__init__()
         for name in ("num_train", "num_val", "num_test", "seq_len", "batch_size"):
             _checks.positive_int(name, locals()[name])
+        check_min_len(min_len, seq_len)
         if _checks.positive_int("num_symbols", num_symbols) < 2:
             raise ValueError(f"expected num_symbols >= 2, got {num_symbols}")
         if batch_size > num_train:
@@ -58,4 +75,4 @@ class TaggingDataModule(GeneratedSplitsDataModule):
 
     def generate(self, n: int, generator: torch.Generator):
         hp = self.hparams
-        return make_neighbour_pair_data(n, hp.seq_len, hp.num_symbols, generator)
+        return make_neighbour_pair_data(n, hp.seq_len, hp.num_symbols, generator, self.sample_lengths(n, generator))

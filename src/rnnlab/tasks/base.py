@@ -81,8 +81,10 @@ class RNNTask(L.LightningModule):
     def make_metrics(self) -> MetricCollection | None:
         return None
 
-    def loss_and_outputs(self, batch) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, int | torch.Tensor]:
-        """Return (mean loss, predictions and targets for the metrics, loss weight)."""
+    def loss_and_outputs(self, batch, stage: str
+                         ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, int | torch.Tensor]:
+        """Return (mean loss, predictions and targets for the metrics, loss weight) for a
+        batch of ``stage`` ("train", "val", "test")."""
         raise NotImplementedError
 
     def epoch_values(self, stage: str, loss: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -92,9 +94,15 @@ class RNNTask(L.LightningModule):
             values.update(self.metrics[_key(stage)].compute())
         return values
 
+    def net_inputs(self, batch) -> tuple[tuple, dict]:
+        """(args, kwargs) for ``self.net``: the inputs, plus ``lengths`` when the batch of a
+        variable-length dataset carries them as its third element."""
+        kwargs = {"lengths": batch[2]} if len(batch) > 2 else {}
+        return (batch[0],), kwargs
+
     # ------------------------------------------------------- shared loop logic
     def _step(self, batch, stage: str) -> torch.Tensor:
-        loss, preds, target, weight = self.loss_and_outputs(batch)
+        loss, preds, target, weight = self.loss_and_outputs(batch, stage)
         self.losses[_key(stage)].update(loss.detach(), weight=weight)
         if self.metrics is not None:
             self.metrics[_key(stage)].update(preds.detach(), target)

@@ -24,7 +24,8 @@ class ClassificationTask(RNNTask):
         return MetricCollection({"acc": Accuracy(task="multiclass", num_classes=n),
                                  "f1": F1Score(task="multiclass", num_classes=n, average="macro")})
 
-    def loss_and_outputs(self, batch):
-        x, y = batch  # (B, T, D), (B,)
-        logits = self.net(x)  # (B, C)
+    def loss_and_outputs(self, batch, stage):
+        args, kwargs = self.net_inputs(batch)  # x (B, T, D) [, lengths (B,)]
+        y = batch[1]  # (B,)
+        logits = self.net(*args, **kwargs)  # (B, C)
         return F.cross_entropy(logits, y), logits, y, y.shape[0]

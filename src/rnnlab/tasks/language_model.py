@@ -27,16 +27,19 @@ class LanguageModelTask(RNNTask):
         sample_length: characters generated per sample.
         sample_temperature: sampling temperature (> 0).
         sample_seed: generator seed, fixed so samples of successive epochs are comparable.
+        carry_state: truncated BPTT: carry the hidden state from each batch to the next
+            (the data must be streams, ``data.stateful=true``, which fills this in); the
+            state is reset at the start of every epoch of every stage.
     """
 
     monitor, monitor_mode = "val/bpc", "min"
 
     def __init__(self, net, optimizer, scheduler=None, vocab: str | None = None,
                  sample_prompt: str = "\n", sample_length: int = 200,
-                 sample_temperature: float = 0.8, sample_seed: int = 0):
+                 sample_temperature: float = 0.8, sample_seed: int = 0, carry_state: bool | None = False):
         super().__init__(net, optimizer, scheduler, vocab=vocab, sample_prompt=sample_prompt,
                          sample_length=sample_length, sample_temperature=sample_temperature,
-                         sample_seed=sample_seed)
+                         sample_seed=sample_seed, carry_state=bool(carry_state))
         if vocab is not None and len(vocab) != self.net.vocab_size:
             raise ValueError(f"model.vocab has {len(vocab)} characters but model.net.vocab_size={self.net.vocab_size}")
         if not sample_temperature > 0:
@@ -47,10 +50,14 @@ class LanguageModelTask(RNNTask):
                 raise ValueError(f"model.sample_prompt: expected non-empty text over the corpus vocabulary, "
                                  f"got {sample_prompt!r} (characters not in the vocabulary: {missing})")
         self.vocab = vocab
+        self.carried: dict[str, object] = {}  # stage -> hidden state after its previous batch
 
-    def loss_and_outputs(self, batch):
+    def loss_and_outputs(self, batch, stage):
         x, y = batch  # (B, T), (B, T)
-        logits, _ = self.net(x)  # (B, T, V)
+        h0 = self.carried.get(stage) if self.hparams.carry_state else None
+        logits, h_n = self.net(x, h0)  # (B, T, V)
+        if self.hparams.carry_state:
+            self.carried[stage] = detach_state(h_n)
         loss = F.cross_entropy(logits.flatten(0, 1), y.flatten())  # mean over B*T characters
         return loss, None, None, y.numel()
 
@@ -59,6 +66,15 @@ class LanguageModelTask(RNNTask):
         values[f"{stage}/bpc"] = loss / math.log(2)
         values[f"{stage}/ppl"] = torch.exp(loss)
         return values
+
+    def on_train_epoch_start(self) -> None:
+        self.carried.pop("train", None)  # every epoch reads the streams from their start
+
+    def on_validation_epoch_start(self) -> None:
+        self.carried.pop("val", None)
+
+    def on_test_epoch_start(self) -> None:
+        self.carried.pop("test", None)
 
     def encode(self, text: str) -> torch.Tensor:
         stoi = {c: i for i, c in enumerate(self.vocab)}
@@ -91,3 +107,14 @@ class LanguageModelTask(RNNTask):
                 # block keeps the line breaks and spacing of the sample.
                 block = "\n".join("    " + line for line in text.split("\n"))
                 logger.experiment.add_text("samples/val", block, global_step=self.global_step)
+
+
+def detach_state(state):
+    """Cut the graph at a window boundary (truncated backpropagation through time).
+
+    The carried state keeps its values, so the next window starts where this one ended,
+    but gradients stop here: without the detach, backward would run through every earlier
+    window of the epoch (time and memory growing with each step) and into graphs that
+    were already freed after their own backward.
+    """
+    return tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach()

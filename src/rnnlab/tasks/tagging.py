@@ -7,7 +7,7 @@ from torchmetrics import Accuracy, F1Score, MetricCollection
 
 from .base import RNNTask
 
-PAD_TAG = -100  # tag value of padded steps: ignored by the loss and the metrics
+from ..data.tagging import PAD_TAG
 
 
 class TaggingTask(RNNTask):
@@ -29,9 +29,10 @@ class TaggingTask(RNNTask):
             "f1": F1Score(task="multiclass", num_classes=n, average="macro", ignore_index=PAD_TAG),
         })
 
-    def loss_and_outputs(self, batch):
-        x, tags = batch[0], batch[1]  # (B, T, D), (B, T)
-        logits = self.net(x)  # (B, T, K)
+    def loss_and_outputs(self, batch, stage):
+        args, kwargs = self.net_inputs(batch)  # x (B, T, D) [, lengths (B,)]
+        tags = batch[1]  # (B, T), PAD_TAG past each sequence's length
+        logits = self.net(*args, **kwargs)  # (B, T, K)
         flat_logits, flat_tags = logits.flatten(0, 1), tags.flatten()  # (B*T, K), (B*T,)
         loss = F.cross_entropy(flat_logits, flat_tags, ignore_index=PAD_TAG)
         return loss, flat_logits, flat_tags, (flat_tags != PAD_TAG).sum()
