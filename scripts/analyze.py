@@ -1,0 +1,18 @@
+"""Hidden-state heatmaps, gradient flow over time, saturation and PCA trajectories of a trained model.
+
+    python scripts/analyze.py ckpt_path=outputs/train/runs/<run>/checkpoints/last.ckpt
+"""
+
+import hydra
+from omegaconf import DictConfig
+
+from rnnlab.analysis import analyze_checkpoint
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="analyze")
+def main(cfg: DictConfig) -> None:
+    analyze_checkpoint(cfg.ckpt_path, cfg.num_examples, cfg.out_dir)
+
+
+if __name__ == "__main__":
+    main()
