@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from . import _checks
 
@@ -69,6 +70,49 @@ def _steps(projected: torch.Tensor, time_dim: int):
 def _masked(new: torch.Tensor, old: torch.Tensor, mask_t: torch.Tensor | None) -> torch.Tensor:
     """Keep the old state where a sequence has already ended (mask_t (B, 1) False)."""
     return new if mask_t is None else torch.where(mask_t, new, old)
+
+
+class ElmanRecurrence(torch.autograd.Function):
+    """h_t = act(p_t + W_hh h_{t-1}) for t = 1..T, with a hand-written backward.
+
+    Autograd through the step loop records an addmm and a tanh per step, and its backward
+    computes W_hh's gradient as T small products added one at a time. This backward runs
+    the loop only for the hidden-state gradient (one (B, H) x (H, H) product and one
+    element-wise step per t) and gets W_hh's gradient as a single (H, T*B) x (T*B, H)
+    product at the end. It saves what ``torch.nn.RNN`` saves: the outputs and h_0.
+
+    Inputs: projected (T, B, H) contiguous, the hoisted W_xh x_t + biases; h0 (B, H);
+    w_hh (H, H); relu: ReLU instead of tanh.
+    Outputs: (T, B, H) hidden states.
+    """
+
+    @staticmethod
+    def forward(ctx, projected: torch.Tensor, h0: torch.Tensor, w_hh: torch.Tensor, relu: bool) -> torch.Tensor:
+        outputs = torch.empty_like(projected)  # (T, B, H)
+        w_hh_t = w_hh.t()
+        h = h0
+        for p_t, out_t in zip(projected.unbind(0), outputs.unbind(0)):  # each (B, H)
+            torch.addmm(p_t, h, w_hh_t, out=out_t)  # written in place: no stack at the end
+            h = out_t.relu_() if relu else out_t.tanh_()
+        ctx.save_for_backward(outputs, h0, w_hh)
+        ctx.relu = relu
+        return outputs
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_outputs: torch.Tensor):
+        outputs, h0, w_hh = ctx.saved_tensors
+        # act'(pre) for all steps at once (tanh' = 1 - h^2, relu' = [h > 0]): one large
+        # element-wise operation instead of T small ones inside the loop.
+        slope = (outputs > 0).to(outputs.dtype) if ctx.relu else 1 - outputs * outputs  # (T, B, H)
+        grad_pre = torch.empty_like(outputs)  # (T, B, H): dL/d(pre-activation) at every step
+        grad_h = torch.zeros_like(h0)  # dL/dh_t arriving from step t + 1
+        for t in range(outputs.shape[0] - 1, -1, -1):
+            torch.mul(grad_h + grad_outputs[t], slope[t], out=grad_pre[t])
+            grad_h = grad_pre[t] @ w_hh  # (B, H): dL/dh_{t-1}
+        h_prev = torch.cat([h0.unsqueeze(0), outputs[:-1]])  # (T, B, H): the state each step read
+        grad_w_hh = grad_pre.flatten(0, 1).t() @ h_prev.flatten(0, 1)  # (H, T*B) x (T*B, H)
+        return grad_pre, grad_h, grad_w_hh, None
 
 
 class RNNCell(_Cell):
@@ -128,16 +172,20 @@ class RNNCell(_Cell):
         # instead of T small ones, with both biases folded into it.
         bias = self.Wxh.bias + self.Whh.bias if self.bias else None
         projected = F.linear(x, self.Wxh.weight, bias)  # (B, T, H) or (T, B, H)
+        relu = self.nonlinearity == "relu"
+        if mask is None:
+            if time_dim == 0:  # the recurrence runs over contiguous (B, H) slices of (T, B, H)
+                outputs = ElmanRecurrence.apply(projected.contiguous(), h, self.Whh.weight, relu)
+                return outputs, (outputs[-1],)
+            outputs = ElmanRecurrence.apply(projected.transpose(0, 1).contiguous(), h, self.Whh.weight, relu)
+            return outputs.transpose(0, 1), (outputs[-1],)  # (B, T, H)
+        # Variable lengths: plain autograd through the step loop, holding finished sequences.
         w_hh_t = self.Whh.weight.t()  # (H, H)
-        act_ = torch.Tensor.tanh_ if self.nonlinearity == "tanh" else torch.Tensor.relu_
         outputs = []
         for t, p_t in enumerate(_steps(projected, time_dim)):  # each (B, H)
-            # In place is safe: addmm's backward needs its inputs, not its output.
-            h_new = act_(torch.addmm(p_t, h, w_hh_t))  # (B, H)
-            if mask is not None:
-                h_new, h = h_new * mask[t], _masked(h_new, h, mask[t])
-            else:
-                h = h_new
+            pre = torch.addmm(p_t, h, w_hh_t)  # (B, H)
+            h_new = torch.relu(pre) if relu else torch.tanh(pre)
+            h_new, h = h_new * mask[t], _masked(h_new, h, mask[t])
             outputs.append(h_new)
         return torch.stack(outputs, dim=time_dim), (h,)
 

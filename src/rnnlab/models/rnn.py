@@ -162,18 +162,18 @@ class RNN(nn.Module):
         Outputs: outputs (B, T, H) / (T, B, H) / (T, H); h_n (L, B, H) or (L, H) [or (h_n, c_n)].
         """
         x, state, mask, unbatched = self._prepare(x, h0, lengths)
-        time_dim = 1 if self.batch_first else 0
-        layer_input = x
+        # Time-major inside: every step reads a contiguous (B, H) slice of a (T, B, H) tensor.
+        layer_input = x.transpose(0, 1) if self.batch_first else x  # (T, B, D)
         finals = []
         for layer, cell in enumerate(self.cells):
             if layer > 0 and self.dropout is not None:
                 layer_input = self.dropout(layer_input)
-            layer_input, final = cell.forward_sequence(layer_input, tuple(s[layer] for s in state), time_dim, mask)
+            layer_input, final = cell.forward_sequence(layer_input, tuple(s[layer] for s in state), 0, mask)
             finals.append(final)
-        outputs = layer_input
+        outputs = layer_input.transpose(0, 1) if self.batch_first else layer_input  # (B, T, H) or (T, B, H)
         h_n = tuple(torch.stack(parts) for parts in zip(*finals))  # each (L, B, H)
         if unbatched:
-            outputs = outputs.squeeze(time_dim ^ 1)  # (T, H)
+            outputs = outputs.squeeze(0 if self.batch_first else 1)  # (T, H)
         return outputs, self._public(h_n, unbatched)
 
     # ------------------------------------------------ seed's step-by-step loop
