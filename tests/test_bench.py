@@ -1,0 +1,61 @@
+"""Smoke test of the benchmark harness: tiny shapes and data, 2 repetitions, CPU.
+
+Checks that every row runs and that benchmark.csv and benchmark.md are written with the
+expected rows and columns; no timing is asserted (the numbers depend on the machine).
+"""
+
+import csv
+
+import pytest
+
+from helpers import CONF_DIR, TINY
+from rnnlab import bench
+from rnnlab.data.grammar import generate_grammar_corpus
+
+TINY_SHAPE = bench.Shape("tiny", B=4, T=5, D=3, H=8, L=2)
+
+
+def test_benchmark_writes_csv_and_markdown(tmp_path):
+    text = tmp_path / "text.txt"
+    text.write_text(generate_grammar_corpus(20_000), encoding="utf-8")
+    out = tmp_path / "out"
+    # One thread: with two, a busy machine stalls OpenMP at every small matmul (many-fold slower).
+    bench.run(shapes=[TINY_SHAPE], reps=2, warmup=1, threads=1, out=out, shakespeare=str(text), conf_dir=CONF_DIR,
+              gen_tokens=20, char_windows=16, classifier_overrides=TINY["synthetic"],
+              char_overrides=["data.seq_len=32", "data.batch_size=8", "model.net.hidden_size=16",
+                              "model.sample_length=10"])
+
+    with (out / "benchmark.csv").open(newline="") as f:
+        reader = csv.DictReader(f)
+        rows = list(reader)
+    assert reader.fieldnames == bench.COLUMNS
+    assert [r["row"] for r in rows] == list(bench.ROWS)
+    assert all(r["shape"] == str(TINY_SHAPE) for r in rows[:4])
+    for r in rows:
+        assert float(r["rnnlab"]) > 0 and float(r["reference"]) > 0 and float(r["ratio"]) > 0, r
+        assert r["meets_target"] in ("yes", "no") if r["target"] else r["meets_target"] == "-"
+
+    markdown = (out / "benchmark.md").read_text()
+    table = [line for line in markdown.splitlines() if line.startswith("|")]
+    assert len(table) == 2 + len(bench.ROWS)  # header, rule, one line per row
+    for row in bench.ROWS:
+        assert f"| {row} |" in markdown
+
+
+def test_benchmark_skips_char_epoch_without_text(tmp_path):
+    results = bench.run(rows=["e2e_char"], out=tmp_path, shakespeare=str(tmp_path / "missing.txt"))
+    assert [(r.row, r.meets_target, r.ratio) for r in results] == [("e2e_char", "skipped", None)]
+    assert "file not found" in results[0].note
+    assert "skipped" in (tmp_path / "benchmark.md").read_text()
+
+
+@pytest.mark.parametrize("argument, value", [("rows", "forward,sideways"), ("shapes", ["huge"]), ("reps", 0),
+                                             ("device", "tpu")])
+def test_benchmark_rejects_bad_arguments(tmp_path, argument, value):
+    with pytest.raises(ValueError, match=argument):
+        bench.run(**{argument: value}, out=tmp_path)
+
+
+def test_benchmark_refuses_overrides_the_bare_loop_does_not_follow(tmp_path):
+    with pytest.raises(ValueError, match="model.net.cell"):
+        bench.run(rows=["e2e_classifier"], out=tmp_path, conf_dir=CONF_DIR, classifier_overrides=["model.net.cell=gru"])
