@@ -7,11 +7,13 @@ import hydra
 from omegaconf import DictConfig
 
 from rnnlab.analysis import analyze_checkpoint
+from rnnlab.config import report_errors
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="analyze")
 def main(cfg: DictConfig) -> None:
-    analyze_checkpoint(cfg.ckpt_path, cfg.num_examples, cfg.out_dir)
+    with report_errors():  # one line and exit status 1 for a bad value, file or checkpoint
+        analyze_checkpoint(cfg.ckpt_path, cfg.num_examples, cfg.out_dir)
 
 
 if __name__ == "__main__":

@@ -6,12 +6,14 @@
 import hydra
 from omegaconf import DictConfig
 
+from rnnlab.config import report_errors
 from rnnlab.evaluate import evaluate
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="eval")
 def main(cfg: DictConfig) -> None:
-    evaluate(cfg)
+    with report_errors():  # one line and exit status 1 for a bad value, file or checkpoint
+        evaluate(cfg)
 
 
 if __name__ == "__main__":

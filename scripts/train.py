@@ -3,17 +3,22 @@
     python scripts/train.py model=classifier
     python scripts/train.py model=char_rnn data.path=../shared/data/tinyshakespeare.txt
     python scripts/train.py -m model=classifier model.net.hidden_size=32,64,128 model.net.num_layers=1,2,3
+
+Resume a crashed or interrupted run exactly: its command again, plus
+    hydra.run.dir=outputs/train/runs/<run> ckpt_path=last
 """
 
 import hydra
 from omegaconf import DictConfig
 
+from rnnlab.config import report_errors
 from rnnlab.sweeps import run_job
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    return run_job(cfg)
+    with report_errors():  # one line and exit status 1 for a bad value, file or checkpoint
+        return run_job(cfg)
 
 
 if __name__ == "__main__":

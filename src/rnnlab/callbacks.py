@@ -1,8 +1,22 @@
-"""Lightning callbacks rnnlab adds to what Lightning ships."""
+"""Lightning callbacks rnnlab adds to what Lightning ships.
+
+:class:`ParameterHistograms` is configured in ``conf/callbacks/``. The other three make
+runs reliable and are added to every run by :func:`rnnlab.train.train`, whatever the
+callbacks config says: :class:`StepSeed` (a resumed run draws the same random numbers as an
+uninterrupted one), :class:`StopOnNonFiniteLoss` (a diverged loss stops the run naming the
+step) and :class:`StopOnInterrupt` (Ctrl-C ends the run at the next checkpoint).
+"""
 
 from __future__ import annotations
 
+import hashlib
+import signal
+import sys
+import threading
+from pathlib import Path
+
 import lightning as L
+import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import grad_norm
 
@@ -35,3 +49,126 @@ class ParameterHistograms(L.Callback):
                 logger.experiment.add_histogram(f"weights/{name}", param.detach(), step)
                 if param.grad is not None:
                     logger.experiment.add_histogram(f"grads/{name}", param.grad.detach(), step)
+
+
+class StepSeed(L.Callback):
+    """Make the random numbers of every training batch (dropout masks) a function of
+    (seed, rank, epoch, batch index) alone.
+
+    The data order is already a pure function of (seed, epoch, rank) (see
+    ``rnnlab.data._loading``), but the global generator that dropout draws from is not: it
+    also advances when a DataLoader iterator is created, during the sanity check, and
+    wherever else a run's history differs. A run resumed from a checkpoint has a different
+    history from an uninterrupted one, so without this its dropout masks, and from then on
+    its weights, would differ. Outside training steps the global generator is restored and
+    runs as if this callback were not there.
+
+    Args:
+        seed: the run's seed (``cfg.seed``).
+    """
+
+    def __init__(self, seed: int):
+        self.seed = seed
+        self._outside: list[tuple[str, torch.Tensor]] = []
+
+    def _batch_seed(self, trainer, batch_idx: int) -> int:
+        text = f"{self.seed}/{trainer.global_rank}/{trainer.current_epoch}/{batch_idx}".encode()
+        return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "little") >> 1
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        seed = self._batch_seed(trainer, batch_idx)
+        self._outside = [("cpu", torch.get_rng_state())]
+        torch.set_rng_state(torch.Generator().manual_seed(seed).get_state())
+        if pl_module.device.type == "cuda":
+            self._outside.append(("cuda", torch.cuda.get_rng_state(pl_module.device)))
+            torch.cuda.manual_seed(seed)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        for kind, state in self._outside:
+            if kind == "cpu":
+                torch.set_rng_state(state)
+            else:
+                torch.cuda.set_rng_state(state, pl_module.device)
+        self._outside = []
+
+
+class TrainingDiverged(FloatingPointError):
+    """The training loss became NaN or infinite."""
+
+
+def _latest_checkpoint(trainer) -> str | None:
+    paths = {Path(p) for cb in trainer.checkpoint_callbacks
+             for p in (getattr(cb, "best_model_path", ""), getattr(cb, "last_model_path", "")) if p}
+    existing = [p for p in paths if p.is_file()]
+    return str(max(existing, key=lambda p: p.stat().st_mtime)) if existing else None
+
+
+class StopOnNonFiniteLoss(L.Callback):
+    """Stop training with :class:`TrainingDiverged` when the loss is NaN or infinite.
+
+    Checked before backward, so the step's update is never applied and the weights in
+    memory and every checkpoint already saved stay finite. The message names the global
+    step and epoch and the last checkpoint saved. Under DDP the ranks agree before any of
+    them stops (one small all-reduce per step), so no rank is left waiting for the others.
+    """
+
+    def on_before_backward(self, trainer, pl_module, loss: torch.Tensor) -> None:
+        bad = not bool(torch.isfinite(loss.detach()).all())
+        if trainer.world_size > 1:
+            bad = trainer.strategy.reduce_boolean_decision(bad, all=False)
+        if not bad:
+            return
+        value = loss.detach().float().cpu().item() if loss.numel() == 1 else "not finite"
+        last = _latest_checkpoint(trainer)
+        kept = f"the last good checkpoint, {last!r}, is kept" if last else "no checkpoint had been saved yet"
+        raise TrainingDiverged(
+            f"the training loss is {value} at step {trainer.global_step} (epoch {trainer.current_epoch}); "
+            f"training stopped before applying that step, and {kept}. A lower model.optimizer.lr or "
+            f"gradient clipping (trainer.gradient_clip_val) usually helps"
+        )
+
+
+class StopOnInterrupt(L.Callback):
+    """Ctrl-C (SIGINT) during fit: finish the current epoch, let the checkpoint callbacks
+    save as they do at every epoch end (``checkpoints/last.ckpt``), then stop.
+
+    Stopping at an epoch boundary is what makes the saved checkpoint resume exactly: the
+    data order, the learning-rate schedule and the epoch metrics all start afresh there. A
+    second Ctrl-C stops at once (Lightning's own shutdown); the previous epoch's
+    checkpoint is then the one to resume from. After fit, :attr:`stopped_epoch` says
+    whether and where the run stopped; :func:`rnnlab.train.train` turns that into an
+    interrupted run (exit status 130 from the scripts).
+    """
+
+    def __init__(self):
+        self.requested = False
+        self.stopped_epoch: int | None = None
+        self._previous = None
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            signal.signal(signal.SIGINT, self._previous or signal.default_int_handler)
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\nCtrl-C: stopping after this epoch, once its checkpoint is saved (Ctrl-C again stops at once)",
+              file=sys.stderr, flush=True)
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        self.requested, self.stopped_epoch = False, None
+        # Python lets only the main thread set signal handlers (not so in some launchers' workers).
+        if stage == "fit" and threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        stop = self.requested
+        if trainer.world_size > 1:  # every rank stops at the same epoch, or they would deadlock
+            stop = trainer.strategy.reduce_boolean_decision(stop, all=False)
+        if stop:
+            self.stopped_epoch = trainer.current_epoch
+            trainer.should_stop = True
+            trainer.fit_loop.min_epochs = None  # Ctrl-C outranks trainer.min_epochs

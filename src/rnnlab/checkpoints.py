@@ -1,19 +1,30 @@
-"""Loading checkpoints as data: tensors and plain Python values only, never code.
+"""Checkpoints as data, never code: loading, atomic saving, and checks that say what is wrong.
 
-Every checkpoint rnnlab reads goes through :func:`load_checkpoint`, which uses
-``torch.load(weights_only=True)``: unpickling is restricted to tensors and plain types,
-so a file crafted to run code when unpickled is refused instead of executed.
+Every checkpoint rnnlab reads (eval, generate, analyze, resuming a run, testing the best
+checkpoint) goes through :func:`read_checkpoint`, which uses ``torch.load(weights_only=True)``:
+unpickling is restricted to tensors and plain Python values, so a file crafted to run code
+when unpickled is refused instead of executed. Lightning's own loading goes through
+:class:`AtomicCheckpointIO`, which reads the same way, and which writes every checkpoint
+to a temporary file beside the target and renames it into place, so a crash or a full disk
+never leaves a half-written checkpoint where the previous good one was.
 """
 
 from __future__ import annotations
 
+import os
 import pickle
+import tempfile
 import zipfile
+from collections import Counter, OrderedDict
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from hydra.utils import get_class
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
+from .config import ConfigError
 from .tasks.base import RNNTask
 
 
@@ -21,10 +32,20 @@ from .tasks.base import RNNTask
 # callable named by a file would be running code from the file, so only these prefixes
 # are accepted.
 ALLOWED_TARGETS = ("rnnlab.models.", "rnnlab.tasks.", "rnnlab.data.", "torch.optim.")
+# What a checkpoint may hold besides tensors: the types torch.load(weights_only=True) rebuilds.
+PLAIN_MAPPINGS = (dict, OrderedDict, Counter)
+PLAIN_CONTAINERS = (list, tuple, set, torch.Size)
+PLAIN_VALUES = (str, int, float, bool, complex, bytes, bytearray, type(None))
 
 
 class CheckpointError(ValueError):
-    """A checkpoint file that cannot be used, with the reason and the path."""
+    """A checkpoint file that cannot be used or written, with the reason and the path."""
+
+
+def _first_line(err: BaseException) -> str:
+    """The first sentence of an error message (torch's run on for a paragraph)."""
+    text = str(err).strip()
+    return text.splitlines()[0].split(". ")[0].rstrip(".") if text else type(err).__name__
 
 
 def check_targets(config, path, where: str = "") -> None:
@@ -41,24 +62,62 @@ def check_targets(config, path, where: str = "") -> None:
             check_targets(value, path, f"{where}[{i}]")
 
 
-def load_checkpoint(path: str | Path) -> dict:
-    """Read a checkpoint onto the CPU, refusing anything but tensors and plain types."""
+def check_plain(value, where: str = "checkpoint") -> None:
+    """Raise unless ``value`` is built only of what ``torch.load(weights_only=True)`` rebuilds
+    (:data:`PLAIN_CONTAINERS`, :data:`PLAIN_VALUES`, tensors, dtypes and devices), so that
+    a checkpoint that saves can also be loaded."""
+    if type(value) in PLAIN_MAPPINGS:
+        for key, item in value.items():
+            check_plain(key, f"{where} key")
+            check_plain(item, f"{where}.{key}")
+    elif type(value) in PLAIN_CONTAINERS:
+        for i, item in enumerate(value):
+            check_plain(item, f"{where}[{i}]")
+    elif not (type(value) in PLAIN_VALUES or isinstance(value, (torch.Tensor, torch.dtype, torch.device))):
+        raise CheckpointError(f"cannot save {where}: it holds a {type(value).__module__}.{type(value).__qualname__}; "
+                              "checkpoints hold only tensors and plain Python values (dict, list, tuple, str, "
+                              "int, float, bool, None), which load without running code")
+
+
+def read_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:
+    """``torch.load(path, weights_only=True)`` with one clear error per way a file can be unusable."""
     path = Path(path).expanduser()
+    if path.is_dir():
+        raise CheckpointError(f"ckpt_path: expected a checkpoint file, got {str(path)!r}, which is a directory")
     if not path.is_file():
         raise CheckpointError(f"ckpt_path: expected a checkpoint file, got {str(path)!r}, which does not exist")
+    if not os.access(path, os.R_OK):
+        raise CheckpointError(f"cannot read checkpoint {str(path)!r}: permission denied")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"cannot read checkpoint {str(path)!r}: the file is empty")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(
-            f"refusing to load {str(path)!r}: it holds objects other than tensors and plain "
-            f"Python values, which could run code when unpickled ({first})"
-        ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"cannot read checkpoint {str(path)!r}: truncated or corrupted ({first})") from None
+        # torch reports both a forbidden object and plain garbage as "Weights only load
+        # failed"; the line that names a GLOBAL is the one that tells them apart.
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        refused = next((line for line in lines if "GLOBAL" in line), None)
+        if refused:
+            refused = refused.removeprefix("WeightsUnpickler error: ").split(". ")[0].rstrip(".")
+            raise CheckpointError(
+                f"refusing to load {str(path)!r}: it holds objects other than tensors and plain "
+                f"Python values, which could run code when unpickled ({refused})"
+            ) from None
+        reason = next((line for line in lines if line.startswith("Unsupported")), _first_line(err))
+        raise CheckpointError(f"cannot read checkpoint {str(path)!r}: truncated or corrupted ({reason})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError) as err:
+        # The file exists and is readable (checked above), so even an OSError here comes
+        # from the zip reader meeting a damaged archive.
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else _first_line(err)
+        raise CheckpointError(f"cannot read checkpoint {str(path)!r}: truncated or corrupted ({reason})") from None
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise CheckpointError(f"{str(path)!r} is not a Lightning checkpoint (no 'state_dict')")
+    return checkpoint
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Read an rnnlab checkpoint onto the CPU, refusing anything but tensors and plain types."""
+    checkpoint = read_checkpoint(path)
     if "rnnlab" not in checkpoint or "hyper_parameters" not in checkpoint:
         raise CheckpointError(f"{str(path)!r} was not written by rnnlab (no 'rnnlab' entry)")
     return checkpoint
@@ -70,10 +129,122 @@ def load_task(path: str | Path) -> tuple[RNNTask, dict | None]:
     check_targets(checkpoint["hyper_parameters"], path, "model")
     check_targets(checkpoint["rnnlab"].get("data"), path, "data")
     name = checkpoint["rnnlab"].get("task")
-    task_cls = get_class(name) if isinstance(name, str) and name.startswith("rnnlab.tasks.") else None
-    if task_cls is None or not issubclass(task_cls, RNNTask):
+    try:
+        task_cls = get_class(name) if isinstance(name, str) and name.startswith("rnnlab.tasks.") else None
+    except ImportError:
+        task_cls = None
+    if not (isinstance(task_cls, type) and issubclass(task_cls, RNNTask)):
         raise CheckpointError(f"refusing to load {str(path)!r}: task {name!r} is not an rnnlab task class")
-    task = task_cls(**checkpoint["hyper_parameters"])
-    task.load_state_dict(checkpoint["state_dict"])
+    try:
+        task = task_cls(**checkpoint["hyper_parameters"])
+    except (ValueError, TypeError) as err:
+        raise CheckpointError(f"{str(path)!r} holds hyperparameters that do not build a "
+                              f"{task_cls.__name__}: {_first_line(err)}") from None
+    try:
+        task.load_state_dict(checkpoint["state_dict"])
+    except RuntimeError as err:
+        details = "; ".join(line.strip() for line in str(err).splitlines()[1:] if line.strip())
+        raise CheckpointError(f"{str(path)!r}: its weights do not fit the model its hyperparameters "
+                              f"describe ({details})") from None
     task.data_config = checkpoint["rnnlab"].get("data")
     return task.eval(), task.data_config
+
+
+# ------------------------------------------------------------------ mismatches
+def describe_difference(key: str, ours, theirs, our_name: str, their_name: str) -> str:
+    """``key: <our_name> X, <their_name> Y`` (no ``key:`` if key is empty); vocabularies
+    are compared character by character."""
+    prefix = f"{key}: " if key else ""
+    if isinstance(ours, str) and isinstance(theirs, str) and max(len(ours), len(theirs)) > 20:
+        only_ours, only_theirs = sorted(set(ours) - set(theirs)), sorted(set(theirs) - set(ours))
+        if not only_ours and not only_theirs:
+            return f"{prefix}the same {len(ours)} characters in a different order"
+        return (f"{prefix}{our_name} has {len(ours)} characters, {their_name} {len(theirs)}; "
+                f"only in {our_name}: {''.join(only_ours)!r}, only in {their_name}: {''.join(only_theirs)!r}")
+    return f"{prefix}{our_name} {ours!r}, {their_name} {theirs!r}"
+
+
+def _flatten(node, prefix: str = "") -> dict:
+    if not isinstance(node, Mapping):
+        return {prefix: node}
+    flat = {}
+    for key, value in node.items():
+        flat.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+def check_resumable(checkpoint: dict, task: RNNTask, path: str | Path) -> None:
+    """Raise, listing every difference, unless ``checkpoint`` holds the model ``task`` is:
+    the same task class, network config and vocabulary. (Optimizer and scheduler settings
+    may differ: resuming with a larger ``trainer.max_epochs`` changes a cosine schedule.)"""
+    name = f"{type(task).__module__}.{type(task).__qualname__}"
+    saved_name = checkpoint.get("rnnlab", {}).get("task")
+    differences = [] if saved_name == name else [describe_difference("task", saved_name, name, "checkpoint", "config")]
+    saved, current = checkpoint["hyper_parameters"], dict(task.hparams)
+    flat_saved = _flatten({"net": saved.get("net"), "vocab": saved.get("vocab")})
+    flat_current = _flatten({"net": current.get("net"), "vocab": current.get("vocab")})
+    for key in sorted(set(flat_saved) | set(flat_current)):
+        if flat_saved.get(key) != flat_current.get(key):
+            differences.append(describe_difference(f"model.{key}", flat_saved.get(key), flat_current.get(key),
+                                                   "checkpoint", "config"))
+    if differences:
+        raise CheckpointError(f"ckpt_path: {str(path)!r} holds a different model than this run's config: "
+                              + "; ".join(differences))
+
+
+# ------------------------------------------------------------------ writing
+def check_writable(directory: str | Path, key: str) -> None:
+    """Raise a :class:`ConfigError` for ``key`` unless files can be created in ``directory``."""
+    directory = Path(directory)
+    blocker = next((p for p in (directory, *directory.parents) if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise ConfigError(key, f"expected a writable directory, got {str(directory)!r}, but {str(blocker)!r} "
+                               "is a file")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as err:
+        raise ConfigError(key, f"expected a writable directory, got {str(directory)!r} "
+                               f"({err.strerror or _first_line(err)})") from None
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint reader and writer for rnnlab runs.
+
+    Saving: the checkpoint must hold only plain types (:func:`check_plain`); it is written to
+    a temporary file in the target's directory, flushed to disk, then renamed over the
+    target (``os.replace`` is atomic on one file system). A kill, a full disk or a
+    read-only directory leaves the previous checkpoint as it was, and the error names the
+    file. Loading: :func:`read_checkpoint`, always with ``weights_only=True``.
+    """
+
+    def __init__(self):
+        mask = os.umask(0)
+        os.umask(mask)
+        self._mode = 0o666 & ~mask  # what a plainly created file would get
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        if storage_options is not None:
+            raise TypeError(f"expected storage_options=None for AtomicCheckpointIO, got {storage_options!r}")
+        path = Path(path)
+        check_plain(checkpoint, f"checkpoint {str(path)!r}")
+        tmp = None
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            with os.fdopen(fd, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, self._mode)
+            os.replace(tmp, path)
+        except OSError as err:
+            if tmp is not None and os.path.exists(tmp):
+                os.unlink(tmp)
+            raise CheckpointError(f"cannot save checkpoint {str(path)!r}: {err.strerror or _first_line(err)}; "
+                                  "the checkpoint previously saved there, if any, is unchanged") from None
+
+    def load_checkpoint(self, path, map_location: Any = lambda storage, loc: storage,
+                        weights_only: bool | None = None) -> dict[str, Any]:
+        return read_checkpoint(path, map_location)

@@ -1,4 +1,11 @@
-"""OmegaConf resolvers used by rnnlab's configs; importing this module registers them.
+"""Config errors that name their key, the scripts' one-line error report, and the OmegaConf
+resolvers used by rnnlab's configs (importing this module registers them).
+
+A bad value a user can type ends the run with ``Error: <key>: expected ..., got ...`` on
+stderr and exit status 1 (:func:`report_errors`), not a traceback; ``RNNLAB_DEBUG=1`` (or
+Hydra's ``HYDRA_FULL_ERROR=1``) shows the full traceback instead.
+
+Resolvers:
 
 - ``${rnnlab.monitor:<task _target_>}``: the task's main validation metric (``val/acc``...).
 - ``${rnnlab.monitor_mode:<task _target_>}``: ``max`` or ``min`` for that metric.
@@ -10,10 +17,20 @@
 from __future__ import annotations
 
 import os
+import sys
+from contextlib import contextmanager
+from pathlib import Path
 
+from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
+from hydra.types import RunMode
 from hydra.utils import get_class, instantiate
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+# Interrupted runs exit like any program stopped by Ctrl-C (128 + SIGINT).
+INTERRUPTED_STATUS = 130
 
 
 class ConfigError(ValueError):
@@ -27,7 +44,14 @@ class ConfigError(ValueError):
 def instantiate_node(node, key: str, **kwargs):
     """``hydra.utils.instantiate`` whose errors name the config key instead of a chain of
     InstantiationExceptions: a ValueError or TypeError from the constructor becomes a
-    :class:`ConfigError` for ``key`` (nested builds give ``model.net: ...``)."""
+    :class:`ConfigError` for ``key`` (nested builds give ``model.net: ...``), and so does
+    an interpolation that does not resolve (``model.net.hidden_size: Interpolation key
+    'data.x' not found``)."""
+    if OmegaConf.is_config(node):
+        try:  # resolve in place first: Hydra resolves a copy, whose errors lose the key
+            OmegaConf.to_container(node, resolve=True)
+        except OmegaConfBaseException as err:
+            raise ConfigError(err.full_key or key, one_line(err).removeprefix(f"{err.full_key}: ")) from None
     try:
         return instantiate(node, **kwargs)
     except InstantiationException as err:
@@ -36,9 +60,65 @@ def instantiate_node(node, key: str, **kwargs):
             cause = cause.__cause__
         if isinstance(cause, ConfigError):
             raise ConfigError(f"{key}.{cause.key}", cause.reason) from None
-        if isinstance(cause, (ValueError, TypeError)):
+        if isinstance(cause, (ValueError, TypeError, MisconfigurationException)):
             raise ConfigError(key, str(cause)) from None
+        if isinstance(cause, ImportError):  # a _target_ that does not exist, or a missing package
+            raise ConfigError(key, " ".join(str(cause).split())) from None
         raise
+
+
+# Errors that are about the user's input rather than a bug: reported in one line when
+# rnnlab raised them on purpose (see report_errors).
+USER_ERRORS = (ValueError, TypeError, OSError, ArithmeticError, RuntimeError)
+
+
+def _raised_by_rnnlab(err: BaseException) -> bool:
+    tb = err.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and Path(tb.tb_frame.f_code.co_filename).resolve().is_relative_to(
+        Path(__file__).resolve().parent)
+
+
+def one_line(err: BaseException) -> str:
+    """The error's message on one line; OmegaConf errors lead with the key they concern."""
+    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
+    if isinstance(err, OmegaConfBaseException):
+        lines = [line for line in lines if not line.startswith(("full_key:", "object_type=", "reference_type="))]
+        if getattr(err, "full_key", None):
+            lines.insert(0, f"{err.full_key}:")
+    return " ".join(lines) or type(err).__name__
+
+
+@contextmanager
+def report_errors():
+    """For the scripts: end with one line on stderr instead of a traceback.
+
+    - a check rnnlab makes (bad config value, data file or checkpoint, a diverged loss) or
+      an OmegaConf interpolation error: ``Error: <message>``, exit status 1;
+    - an interrupted run (Ctrl-C): ``Interrupted: <what was saved>``, exit status 130.
+
+    Anything else is a bug and keeps its traceback; so does everything with
+    ``RNNLAB_DEBUG=1`` or ``HYDRA_FULL_ERROR=1`` set. In a multirun, errors go on to the
+    launcher, which records the failed job and runs the next one (or, with
+    ``fail_fast=true``, skips the rest and reports the error when the sweep ends).
+    """
+    try:
+        yield
+    except KeyboardInterrupt as err:
+        if os.environ.get("RNNLAB_DEBUG") or os.environ.get("HYDRA_FULL_ERROR"):
+            raise
+        print(f"Interrupted: {err}" if str(err) else "Interrupted", file=sys.stderr)
+        sys.exit(INTERRUPTED_STATUS)
+    except Exception as err:
+        if os.environ.get("RNNLAB_DEBUG") or os.environ.get("HYDRA_FULL_ERROR"):
+            raise
+        if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise  # the launcher records the job's failure and goes on (see rnnlab.sweeps)
+        if not (isinstance(err, OmegaConfBaseException) or (isinstance(err, USER_ERRORS) and _raised_by_rnnlab(err))):
+            raise
+        print(f"Error: {one_line(err)}", file=sys.stderr)
+        sys.exit(1)
 
 
 def _task_attr(target: str, attr: str):

@@ -8,14 +8,26 @@ from __future__ import annotations
 import logging
 
 import lightning as L
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from . import config as _config  # noqa: F401  (registers the ${rnnlab.*} resolvers)
 from .checkpoints import CheckpointError, check_targets, load_task
+from .config import ConfigError, instantiate_node
 from .train import fill_model_from_data, instantiate_group
 
 log = logging.getLogger(__name__)
+
+# Sizes a network and its data must agree on, where both have them.
+SHARED_SIZES = ("input_size", "num_classes", "num_tags")
+
+
+def check_data_fits(net_config: dict, datamodule, ckpt_path) -> None:
+    """Raise, listing every difference, unless the data has the sizes of the trained network
+    (its config in the checkpoint's hyperparameters)."""
+    differences = [f"{name}: checkpoint {net_config[name]}, data {getattr(datamodule, name)}"
+                   for name in SHARED_SIZES if name in net_config and hasattr(datamodule, name)
+                   and net_config[name] != getattr(datamodule, name)]
+    if differences:
+        raise ConfigError("data", f"does not fit the model in {str(ckpt_path)!r}: " + "; ".join(differences))
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
@@ -28,11 +40,12 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     check_targets(OmegaConf.to_container(data_cfg), cfg.ckpt_path, "data")
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
-    datamodule = instantiate(data_cfg)
+    datamodule = instantiate_node(data_cfg, "data")
     datamodule.setup("test")
-    fill_model_from_data(OmegaConf.create(dict(task.hparams)), datamodule)  # vocabulary must match
-    trainer: L.Trainer = instantiate(cfg.trainer, logger=instantiate_group(cfg.get("logger")) or False,
-                                     callbacks=[], enable_checkpointing=False)
+    fill_model_from_data(OmegaConf.create(dict(task.hparams)), datamodule, source="checkpoint")  # vocabulary
+    check_data_fits(task.hparams.get("net") or {}, datamodule, cfg.ckpt_path)
+    trainer: L.Trainer = instantiate_node(cfg.trainer, "trainer", logger=instantiate_group(cfg.get("logger")) or False,
+                                          callbacks=[], enable_checkpointing=False)
     results = trainer.test(task, datamodule=datamodule, verbose=False)
     metrics = {k: float(v) for k, v in results[0].items()}
     log.info("\n".join([f"Checkpoint: {cfg.ckpt_path}", "Test metrics:",

@@ -5,11 +5,15 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from .checkpoints import CheckpointError, load_task
+from .config import ConfigError
 from .tasks import LanguageModelTask
 
 
 def generate(cfg: DictConfig) -> str:
     """Return (and print) ``cfg.prompt`` followed by ``cfg.max_new_tokens`` sampled characters."""
+    temperature = cfg.temperature
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
+        raise ConfigError("temperature", f"expected a number > 0, got {temperature!r}")
     task, _ = load_task(cfg.ckpt_path)
     if not isinstance(task, LanguageModelTask):
         raise CheckpointError(f"ckpt_path: expected a character language model checkpoint, "

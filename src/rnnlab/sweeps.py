@@ -1,9 +1,10 @@
 """Sweeps: one result file per job, failures that do not end the sweep, one summary per sweep.
 
 Every run of ``scripts/train.py`` goes through :func:`run_job`, which writes
-``result.json`` into the job's output directory: its overrides, status (ok, failed or
-skipped, with the error's first line), final metrics and wall time. In a multirun a
-failing job is recorded and the sweep goes on, unless ``fail_fast=true``.
+``result.json`` into the job's output directory: its overrides, status (ok, failed,
+skipped or interrupted, with the error's first line), final metrics and wall time. In a
+multirun a failing job (a bad value, a NaN loss) is recorded and the sweep goes on, unless
+``fail_fast=true``; Ctrl-C ends the sweep.
 
 When a multirun ends, Hydra calls :class:`SweepSummary` (registered in
 ``conf/hydra/default.yaml``), which writes ``summary.csv``, ``summary.md`` and
@@ -57,7 +58,9 @@ def run_job(cfg: DictConfig) -> float | None:
     Outside a multirun, or with ``fail_fast=true``, errors propagate as usual.
     """
     multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-    overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    # Unresolved: an override such as model.net.hidden_size=${data.x} is text here, not an interpolation.
+    overrides = (OmegaConf.to_container(HydraConfig.get().overrides.task, resolve=False)
+                 if HydraConfig.initialized() else [])
     result: dict[str, Any] = {"overrides": overrides, "optimized_metric": cfg.get("optimized_metric"),
                               "status": "ok", "error": "", "value": None, "metrics": {}}
     start = time.perf_counter()
@@ -70,6 +73,9 @@ def run_job(cfg: DictConfig) -> float | None:
                       value=value)
         if value is not None and not math.isfinite(value):
             raise FloatingPointError(f"optimized metric {result['optimized_metric']} is {value}")
+    except KeyboardInterrupt as err:
+        result.update(status="interrupted", error=str(err) or "KeyboardInterrupt", value=None)
+        raise
     except JobSkipped as err:
         result.update(status="skipped", error=str(err))
         log.warning(f"Skipped: {err}")
@@ -131,7 +137,7 @@ def load_results(sweep_dir: str | Path) -> list[dict]:
 
 
 def _sort_key(row: dict, maximize: bool):
-    status_rank = {"ok": 0, "failed": 1, "skipped": 2}[row["status"]]
+    status_rank = {"ok": 0, "failed": 1, "interrupted": 1, "skipped": 2}[row["status"]]
     value = row["value"]
     if value is None:
         return (status_rank, math.inf, row["job"])
@@ -168,7 +174,8 @@ def summarize(sweep_dir: str | Path) -> list[dict]:
 
     lines = [f"# Sweep {sweep_dir.name}", "",
              f"{len(rows)} jobs: " + ", ".join(f"{sum(r['status'] == s for r in rows)} {s}"
-                                                for s in ("ok", "failed", "skipped")) + ". "
+                                                for s in ("ok", "failed", "skipped", "interrupted")
+                                                if s != "interrupted" or any(r["status"] == s for r in rows)) + ". "
              f"Sorted by {metric or 'value'} ({'higher' if maximize else 'lower'} is better).", ""]
     if best:
         lines += [f"Optuna best value: {best['best_value']:.4f} with {best['best_params']}", ""]

@@ -3,32 +3,61 @@ test the best checkpoint, and return the metric a sweeper optimises.
 
 ``scripts/train.py`` is a thin ``@hydra.main`` wrapper around :func:`train`; tests call
 :func:`train` directly with configs composed from ``conf/``.
+
+Everything that can be checked is checked before anything is built or trained: the
+launch, the seed, that the model trains on the chosen data, the checkpoint to resume
+from, that the checkpoint directories are writable. Every run also gets rnnlab's
+reliability callbacks (see :mod:`rnnlab.callbacks`) and its atomic, weights-only
+checkpoint reader and writer (:class:`rnnlab.checkpoints.AtomicCheckpointIO`).
+
+Resuming: ``ckpt_path=last`` resumes the run in ``hydra.run.dir`` from its
+``checkpoints/last.ckpt`` (saved at every epoch end), so a crashed or interrupted run
+continues with the command that started it plus ``hydra.run.dir=<run dir> ckpt_path=last``,
+and ends with the metrics and weights an uninterrupted run would have.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import time
 from collections.abc import Mapping
+from pathlib import Path
 
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from hydra.utils import instantiate
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch.utils.tensorboard.summary import hparams as hparams_summary
 
-from .config import instantiate_node
+from .callbacks import StepSeed, StopOnInterrupt, StopOnNonFiniteLoss
+from .checkpoints import AtomicCheckpointIO, check_resumable, check_writable, describe_difference, load_checkpoint
+from .config import ConfigError, instantiate_node
+from .data import CharDataModule, SyntheticSequenceDataModule, TaggingDataModule
+from .tasks import ClassificationTask, LanguageModelTask, TaggingTask
 from .tasks.base import RNNTask, plain
 
 log = logging.getLogger(__name__)
 
+# The data each task trains on: the batch its loss_and_outputs reads. A classifier's
+# (x (B, T, D), y (B,)), a tagger's (x (B, T, K), tags (B, T)) and a language model's
+# (ids (B, T), next ids (B, T)) cannot stand in for one another.
+TASK_DATA = {
+    ClassificationTask: (SyntheticSequenceDataModule, "synthetic"),
+    TaggingTask: (TaggingDataModule, "tagging"),
+    LanguageModelTask: (CharDataModule, "chars"),
+}
+
 
 class JobSkipped(RuntimeError):
     """A run that cannot happen on this machine (e.g. a GPU run without a GPU)."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped the run at an epoch end, after its checkpoint was saved."""
 
 
 def check_launch(cfg: DictConfig) -> None:
@@ -46,6 +75,61 @@ def check_launch(cfg: DictConfig) -> None:
                          "use trainer.strategy=ddp_spawn, or the SLURM launcher (hydra/launcher=slurm)")
 
 
+def check_seed(cfg: DictConfig) -> int | None:
+    """The run's seed, refused unless it is an int >= 0 or null (no seeding)."""
+    seed = cfg.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+        raise ConfigError("seed", f"expected an int >= 0 or null, got {seed!r}")
+    return seed
+
+
+def _target_class(node, key: str) -> type | None:
+    """The class a config's ``_target_`` names, None for another callable (a factory).
+    Imported quietly: hydra's get_class logs its failures before raising."""
+    target = node.get("_target_") if isinstance(node, Mapping) else None
+    parts = target.split(".") if isinstance(target, str) else []
+    for split in range(len(parts) - 1, 0, -1):  # the longest importable module, then attributes
+        try:
+            obj = importlib.import_module(".".join(parts[:split]))
+        except ImportError:
+            continue
+        for name in parts[split:]:
+            obj = getattr(obj, name, None)
+        if callable(obj):
+            return obj if isinstance(obj, type) else None
+        break
+    raise ConfigError(f"{key}._target_", f"expected an importable class, got {target!r}")
+
+
+def check_model_data(cfg: DictConfig) -> None:
+    """Refuse a model and data that do not go together (``model=char_rnn data=synthetic``)
+    before their configs are resolved, which would fail with an interpolation error."""
+    task_cls, data_cls = _target_class(cfg.model, "model"), _target_class(cfg.data, "data")
+    if task_cls is None or data_cls is None:
+        return
+    choices = dict(HydraConfig.get().runtime.choices) if HydraConfig.initialized() else {}
+    for task_base, (data_base, data_choice) in TASK_DATA.items():
+        if issubclass(task_cls, task_base) and not issubclass(data_cls, data_base):
+            model = f"model={choices['model']} ({task_cls.__name__})" if choices.get("model") else task_cls.__name__
+            got = f"data={choices['data']} ({data_cls.__name__})" if choices.get("data") else data_cls.__name__
+            raise ConfigError("data", f"{model} trains on {data_base.__name__} (data={data_choice}), got {got}")
+
+
+def resume_path(cfg: DictConfig) -> Path | None:
+    """The checkpoint ``ckpt_path`` names: a path, or ``last`` for this run directory's last.ckpt."""
+    value = cfg.get("ckpt_path")
+    if value is None:
+        return None
+    if str(value) == "last":
+        path = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+        if not path.is_file():
+            raise ConfigError("ckpt_path", f"'last' resumes from <run dir>/checkpoints/last.ckpt, but "
+                                           f"{str(path)!r} does not exist; name the run to resume with "
+                                           "hydra.run.dir=<run dir>, or give a checkpoint's path")
+        return path
+    return Path(str(value)).expanduser()
+
+
 def instantiate_group(group: DictConfig | None) -> list:
     """Instantiate every entry of a config group such as ``callbacks`` or ``logger``;
     entries set to null are skipped (that is how a config switches one off)."""
@@ -55,15 +139,17 @@ def instantiate_group(group: DictConfig | None) -> list:
             if entry is not None and "_target_" in entry]
 
 
-def fill_model_from_data(model_cfg: DictConfig, datamodule: L.LightningDataModule) -> None:
+def fill_model_from_data(model_cfg: DictConfig, datamodule: L.LightningDataModule, source: str = "config") -> None:
     """Put values only the data knows (a character model's vocabulary) into the model config.
 
     A key left null in the model config is filled in; a key set explicitly must agree
-    with the data.
+    with the data. ``source`` names where the model config came from in the error that
+    lists every disagreement: "config" (training) or "checkpoint" (eval).
     """
     settings = getattr(datamodule, "model_settings", None)
     if settings is None:
         return
+    differences = []
     for key, value in settings().items():
         current = OmegaConf.select(model_cfg, key, default="__missing__")
         if current == "__missing__":
@@ -72,9 +158,12 @@ def fill_model_from_data(model_cfg: DictConfig, datamodule: L.LightningDataModul
             with open_dict(model_cfg):
                 OmegaConf.update(model_cfg, key, value)
         elif current != value:
-            shown = value if not isinstance(value, str) or len(value) < 40 else f"{len(value)} characters"
-            raise ValueError(f"model.{key}={current!r} does not match the data, which has {shown!r}; "
-                             f"set model.{key}=null to take it from the data")
+            differences.append(describe_difference(f"model.{key}", current, value, source, "data"))
+    if differences and source == "config":
+        raise ConfigError("model", "does not match the data: " + "; ".join(differences)
+                          + "; set these keys to null to take them from the data")
+    if differences:
+        raise ConfigError("data", f"does not match the {source}'s model: " + "; ".join(differences))
 
 
 def flat_hparams(cfg: DictConfig) -> dict:
@@ -96,7 +185,8 @@ def flat_hparams(cfg: DictConfig) -> dict:
     if cfg.get("seed") is not None:
         flat["seed"] = cfg.seed
     if HydraConfig.initialized():
-        flat["overrides"] = " ".join(HydraConfig.get().overrides.task) or "(none)"
+        overrides = OmegaConf.to_container(HydraConfig.get().overrides.task, resolve=False)  # ${...} stays text
+        flat["overrides"] = " ".join(overrides) or "(none)"
     return flat
 
 
@@ -122,8 +212,13 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], float]:
     """Fit and test as configured; return (all final metrics, the optimized metric's value)."""
     start = time.perf_counter()
     check_launch(cfg)
-    if cfg.get("seed") is not None:
-        L.seed_everything(cfg.seed, workers=True)
+    seed = check_seed(cfg)
+    check_model_data(cfg)
+    ckpt_path = resume_path(cfg)
+    # Read (and refuse, if it holds code or is damaged) before building anything.
+    checkpoint = load_checkpoint(ckpt_path) if ckpt_path is not None else None
+    if seed is not None:
+        L.seed_everything(seed, workers=True)
 
     datamodule: L.LightningDataModule = instantiate_node(cfg.data, "data")
     datamodule.prepare_data()
@@ -131,10 +226,20 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], float]:
     fill_model_from_data(cfg.model, datamodule)
     task: RNNTask = instantiate_node(cfg.model, "model")
     task.data_config = plain(cfg.data)
+    if checkpoint is not None:
+        check_resumable(checkpoint, task, ckpt_path)
+        del checkpoint  # Lightning reads it again, through AtomicCheckpointIO
 
-    callbacks = instantiate_group(cfg.get("callbacks"))
+    for name, entry in (cfg.get("callbacks") or {}).items():
+        if entry is not None and entry.get("dirpath"):
+            check_writable(entry.dirpath, f"callbacks.{name}.dirpath")
+    interrupt = StopOnInterrupt()
+    callbacks = [*instantiate_group(cfg.get("callbacks")), StopOnNonFiniteLoss(), interrupt]
+    if seed is not None:
+        callbacks.append(StepSeed(seed))
     loggers = instantiate_group(cfg.get("logger"))
-    trainer: L.Trainer = instantiate_node(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False)
+    trainer: L.Trainer = instantiate_node(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False,
+                                          plugins=[AtomicCheckpointIO()])
 
     if trainer.is_global_zero:
         stem = task.monitor.split("/", 1)[1]
@@ -142,14 +247,19 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], float]:
                     [task.monitor, f"{task.monitor}_best", "val/loss", f"test/{stem}", "test/loss"])
 
     if cfg.get("train", True):
-        trainer.fit(task, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path and str(ckpt_path), weights_only=True)
+    if interrupt.stopped_epoch is not None:
+        output_dir = cfg.paths.output_dir if "paths" in cfg else trainer.default_root_dir
+        raise TrainingInterrupted(f"stopped after epoch {interrupt.stopped_epoch} (step {trainer.global_step}), "
+                                  f"whose checkpoints are saved in {output_dir}/checkpoints; resume with the same "
+                                  f"command plus hydra.run.dir={output_dir} ckpt_path=last")
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
 
     if cfg.get("test", True):
         best = next((cb.best_model_path for cb in trainer.checkpoint_callbacks if cb.monitor == task.monitor), "")
         if not best and cfg.get("train", True) and not trainer.fast_dev_run:
             print("No best checkpoint was saved; testing the weights in memory.")
-        results = trainer.test(task, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+        results = trainer.test(task, datamodule=datamodule, ckpt_path=best or None, verbose=False, weights_only=True)
         metrics.update({k: float(v) for k, v in (results[0] if results else {}).items()})
 
     name = cfg.get("optimized_metric")

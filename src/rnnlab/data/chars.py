@@ -15,6 +15,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ..config import ConfigError
 from ..models import _checks
 from ._loading import EpochSampler, batched_loader, shard
 from .grammar import generate_grammar_corpus
@@ -109,20 +110,47 @@ class CharDataModule(L.LightningDataModule):
         self.ids: dict[str, torch.Tensor] = {}
 
     def _read_text(self) -> str:
+        """The corpus; a path that is not a non-empty UTF-8 text file gets its own clear error."""
         if self.hparams.path is None:
             return generate_grammar_corpus(self.hparams.corpus_chars, self.hparams.seed)
         path = Path(self.hparams.path).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(f"data.path: expected a UTF-8 text file, got {str(path)!r}, which does not exist")
-        return path.read_text(encoding="utf-8")
+        expected = "expected a UTF-8 text file"
+        if not path.exists():
+            raise FileNotFoundError(f"data.path: {expected}, got {str(path)!r}, which does not exist")
+        if path.is_dir():
+            raise ConfigError("data.path", f"{expected}, got {str(path)!r}, which is a directory")
+        try:
+            raw = path.read_bytes()
+        except OSError as err:
+            raise ConfigError("data.path", f"{expected}, got {str(path)!r}, which cannot be read "
+                                           f"({err.strerror or err})") from None
+        if not raw:
+            raise ConfigError("data.path", f"{expected}, got {str(path)!r}, which is empty")
+        if b"\x00" in raw:  # UTF-8 text never holds NUL bytes; binary files nearly always do
+            raise ConfigError("data.path", f"{expected}, got {str(path)!r}, which is binary "
+                                           f"(a NUL byte at offset {raw.index(0)})")
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise ConfigError("data.path", f"{expected}, got {str(path)!r}, which is not valid UTF-8 "
+                                           f"(byte 0x{raw[err.start]:02x} at offset {err.start}); "
+                                           "convert it first, e.g. iconv -f latin1 -t utf-8") from None
 
     def setup(self, stage: str | None = None) -> None:
         if self.ids:
             return
+        hp = self.hparams
         text = self._read_text()
-        train_frac, val_frac, _ = self.hparams.splits
+        train_frac, val_frac, _ = hp.splits
         n_train, n_val = int(len(text) * train_frac), int(len(text) * val_frac)
         parts = {"train": text[:n_train], "val": text[n_train:n_train + n_val], "test": text[n_train + n_val:]}
+        source = repr(hp.path) if hp.path is not None else f"the generated corpus (data.corpus_chars={hp.corpus_chars})"
+        for (split, part), fraction in zip(parts.items(), hp.splits):
+            if len(part) < hp.seq_len + 1:
+                raise ConfigError("data.seq_len", f"{source} is too short for seq_len={hp.seq_len}: its {split} "
+                                                  f"split ({fraction:.0%} of {len(text)} characters) has {len(part)}, "
+                                                  f"fewer than one window of seq_len + 1 = {hp.seq_len + 1}; "
+                                                  "use a longer text or a smaller data.seq_len")
         vocab = sorted(set(parts["train"]))
         if set(parts["val"] + parts["test"]) - set(vocab):
             vocab.append(UNKNOWN)
@@ -131,11 +159,6 @@ class CharDataModule(L.LightningDataModule):
         unknown = stoi.get(UNKNOWN)
         for split, part in parts.items():
             self.ids[split] = torch.tensor([stoi.get(c, unknown) for c in part], dtype=torch.long)
-            if len(self.ids[split]) < self.hparams.seq_len + 1:
-                raise ValueError(
-                    f"data.seq_len: the {split} split has {len(part)} characters, fewer than "
-                    f"seq_len + 1 = {self.hparams.seq_len + 1}; use a longer text or a smaller seq_len"
-                )
 
     @property
     def vocab_size(self) -> int:

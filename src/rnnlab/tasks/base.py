@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torchmetrics import MaxMetric, MeanMetric, MetricCollection, MinMetric
 
-from ..config import instantiate_node
+from ..config import ConfigError, instantiate_node
 
 STAGES = ("train", "val", "test")
 
@@ -129,14 +129,13 @@ class RNNTask(L.LightningModule):
             self.metrics[_key(stage)].reset()
         return values
 
-    def on_train_start(self) -> None:
-        self.monitor_best.reset()  # forget what the sanity-check validation saw
-
     def on_train_epoch_end(self) -> None:
         self._end_epoch("train")
 
     def on_validation_epoch_end(self) -> None:
         values = self._end_epoch("val")
+        if self.trainer.sanity_checking:  # the untrained model's score is no one's best
+            return
         self.monitor_best.update(values[self.monitor])
         self.log(f"{self.monitor}_best", self.monitor_best.compute(), prog_bar=True, sync_dist=True)
 
@@ -144,20 +143,37 @@ class RNNTask(L.LightningModule):
         self._end_epoch("test")
 
     def configure_optimizers(self):
-        build = instantiate(self._optimizer) if isinstance(self._optimizer, Mapping) else self._optimizer
-        optimizer = build(params=self.parameters())
+        # torch.optim checks its arguments only here, inside fit but before the first step;
+        # their errors are config errors (model.optimizer.lr=-1).
+        try:
+            build = instantiate(self._optimizer) if isinstance(self._optimizer, Mapping) else self._optimizer
+            optimizer = build(params=self.parameters())
+        except (ValueError, TypeError) as err:
+            raise ConfigError("model.optimizer", str(err)) from None
         if self._scheduler is None:
             return optimizer
-        build = instantiate(self._scheduler) if isinstance(self._scheduler, Mapping) else self._scheduler
-        scheduler = build(optimizer=optimizer)
+        try:
+            build = instantiate(self._scheduler) if isinstance(self._scheduler, Mapping) else self._scheduler
+            scheduler = build(optimizer=optimizer)
+        except (ValueError, TypeError) as err:
+            raise ConfigError("model.scheduler", str(err)) from None
         return {"optimizer": optimizer,
                 "lr_scheduler": {"scheduler": scheduler, "monitor": self.monitor, "interval": "epoch"}}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # Plain values only: checkpoints are read back with weights_only=True. The best
+        # validation value so far is kept so that a resumed run's <monitor>_best continues
+        # it (torchmetrics states are not part of the state_dict).
+        best = float(self.monitor_best.compute()) if self.monitor_best.update_count else None
         checkpoint["rnnlab"] = {
             "task": f"{type(self).__module__}.{type(self).__qualname__}",
             "data": self.data_config,
+            "monitor_best": best,
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self.data_config = checkpoint.get("rnnlab", {}).get("data")
+        saved = checkpoint.get("rnnlab", {})
+        self.data_config = saved.get("data")
+        self.monitor_best.reset()
+        if saved.get("monitor_best") is not None:
+            self.monitor_best.update(torch.tensor(saved["monitor_best"]))

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.loggers import TensorBoardLogger
 
+from ..config import ConfigError
 from .base import RNNTask
 
 
@@ -41,14 +42,15 @@ class LanguageModelTask(RNNTask):
                          sample_length=sample_length, sample_temperature=sample_temperature,
                          sample_seed=sample_seed, carry_state=bool(carry_state))
         if vocab is not None and len(vocab) != self.net.vocab_size:
-            raise ValueError(f"model.vocab has {len(vocab)} characters but model.net.vocab_size={self.net.vocab_size}")
-        if not sample_temperature > 0:
-            raise ValueError(f"model.sample_temperature: expected > 0, got {sample_temperature}")
+            raise ConfigError("vocab", f"expected {self.net.vocab_size} characters (net.vocab_size), got {len(vocab)}")
+        if isinstance(sample_temperature, bool) or not isinstance(sample_temperature, (int, float)) \
+                or not sample_temperature > 0:
+            raise ConfigError("sample_temperature", f"expected a number > 0, got {sample_temperature!r}")
         if vocab is not None:
             missing = sorted(set(sample_prompt) - set(vocab))
             if missing or not sample_prompt:
-                raise ValueError(f"model.sample_prompt: expected non-empty text over the corpus vocabulary, "
-                                 f"got {sample_prompt!r} (characters not in the vocabulary: {missing})")
+                raise ConfigError("sample_prompt", f"expected non-empty text over the corpus vocabulary, got "
+                                                   f"{sample_prompt!r} (characters not in the vocabulary: {missing})")
         self.vocab = vocab
         self.carried: dict[str, object] = {}  # stage -> hidden state after its previous batch
 

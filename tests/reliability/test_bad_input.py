@@ -1,0 +1,129 @@
+"""Bad values anywhere a user types them end the run before any training step, with one
+message that names the config key, the bad value and what is allowed."""
+
+import re
+
+import pytest
+import torch
+
+from helpers import QUIET, TINY, compose_config
+from rnnlab.config import ConfigError, report_errors
+from rnnlab.models import CharRNN
+from rnnlab.generate import generate
+from rnnlab.tasks.base import RNNTask
+from rnnlab.train import train
+
+# (overrides, data group, fragments the message must contain)
+BAD_VALUES = {
+    "zero_hidden_size": (["model.net.hidden_size=0"], "synthetic", ["model.net: expected hidden_size >= 1, got 0"]),
+    "negative_hidden_size": (["model.net.hidden_size=-3"], "synthetic",
+                             ["model.net: expected hidden_size >= 1, got -3"]),
+    "fractional_layers": (["model.net.num_layers=1.5"], "synthetic",
+                          ["model.net: expected num_layers to be an int >= 1, got 1.5"]),
+    "dropout_one": (["model.net.dropout=1.0"], "synthetic", ["model.net: expected dropout in [0, 1), got 1.0"]),
+    "negative_dropout": (["model.net.dropout=-0.1"], "synthetic", ["model.net: expected dropout in [0, 1), got -0.1"]),
+    "unknown_cell": (["model.net.cell=foo"], "synthetic",
+                     ["model.net: expected cell in ['gru', 'lstm', 'rnn_relu', 'rnn_tanh'], got 'foo'"]),
+    "batch_larger_than_dataset": (["data.batch_size=1000"], "synthetic",
+                                  ["data: expected batch_size <= num_train (512), got 1000"]),
+    "empty_split": (["data.num_val=0"], "synthetic", ["data: expected num_val >= 1, got 0"]),
+    "negative_learning_rate": (["model.optimizer.lr=-1"], "synthetic", ["model.optimizer: Invalid learning rate: -1"]),
+    "negative_epochs": (["trainer.max_epochs=-2"], "synthetic",
+                        ["trainer: `max_epochs` must be a non-negative integer or -1. You passed in -2."]),
+    "seed_not_a_number": (["seed=abc"], "synthetic", ["seed: expected an int >= 0 or null, got 'abc'"]),
+    "seq_len_longer_than_corpus": (["model=char_rnn", "data.seq_len=100000"], "chars",
+                                   ["data.seq_len: the generated corpus (data.corpus_chars=20000) is too short for "
+                                    "seq_len=100000", "fewer than one window of seq_len + 1 = 100001"]),
+    "sample_temperature_zero": (["model=char_rnn", "model.sample_temperature=0"], "chars",
+                                ["model.sample_temperature: expected a number > 0, got 0"]),
+    "missing_checkpoint": (["ckpt_path=/nonexistent/last.ckpt"], "synthetic",
+                           ["ckpt_path: expected a checkpoint file, got '/nonexistent/last.ckpt', "
+                            "which does not exist"]),
+}
+
+MISMATCHES = {
+    ("char_rnn", "synthetic"): "data: model=char_rnn (LanguageModelTask) trains on CharDataModule (data=chars), "
+                               "got data=synthetic (SyntheticSequenceDataModule)",
+    ("classifier", "chars"): "data: model=classifier (ClassificationTask) trains on SyntheticSequenceDataModule "
+                             "(data=synthetic), got data=chars (CharDataModule)",
+    ("tagger", "synthetic"): "data: model=tagger (TaggingTask) trains on TaggingDataModule (data=tagging), "
+                             "got data=synthetic (SyntheticSequenceDataModule)",
+    ("birnn_tagger", "chars"): "data: model=birnn_tagger (TaggingTask) trains on TaggingDataModule (data=tagging), "
+                               "got data=chars (CharDataModule)",
+}
+
+
+@pytest.fixture
+def training_steps(monkeypatch):
+    """Count training steps, to prove that a refused run never trained."""
+    calls = []
+    original = RNNTask.training_step
+
+    def counted(self, batch, batch_idx):
+        calls.append(batch_idx)
+        return original(self, batch, batch_idx)
+
+    monkeypatch.setattr(RNNTask, "training_step", counted)
+    return calls
+
+
+@pytest.mark.parametrize("case", sorted(BAD_VALUES))
+def test_bad_value_is_refused_before_training_with_key_value_and_what_is_allowed(case, tmp_path, training_steps):
+    overrides, data, fragments = BAD_VALUES[case]
+    cfg = compose_config("train", [*QUIET, *TINY[data], *overrides], tmp_path)
+    with pytest.raises(ValueError, match="(?s)" + "".join(f"(?=.*{re.escape(f)})" for f in fragments)):
+        train(cfg)
+    assert training_steps == []
+    assert not list(tmp_path.rglob("*.ckpt"))
+
+
+@pytest.mark.parametrize("model,data", sorted(MISMATCHES))
+def test_model_and_data_that_do_not_go_together_are_refused(model, data, tmp_path, training_steps):
+    # The data group's tiny overrides would not apply to the other data, so use its defaults.
+    cfg = compose_config("train", [*QUIET, f"model={model}", f"data={data}"], tmp_path)
+    with pytest.raises(ConfigError) as raised:
+        train(cfg)
+    assert str(raised.value) == MISMATCHES[(model, data)]
+    assert training_steps == []
+
+
+@pytest.mark.parametrize("args,last_line", [
+    (["model.net.hidden_size=0"], "Error: model.net: expected hidden_size >= 1, got 0"),
+    (["model=char_rnn", "data=synthetic"], "Error: " + MISMATCHES[("char_rnn", "synthetic")]),
+    (["model.net.hidden_size=${data.nothing}"],
+     "Error: model.net.hidden_size: Interpolation key 'data.nothing' not found"),
+], ids=["bad_value", "model_data_mismatch", "broken_interpolation"])
+def test_train_script_prints_one_line_and_exits_1(args, last_line, tmp_path, script, result):
+    proc = script("train", *args, f"hydra.run.dir={tmp_path}")
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.rstrip().splitlines()[-1] == last_line
+    assert result(tmp_path)["status"] == "failed"
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_unknown_model_choice_gets_hydras_list_of_choices(tmp_path, script):
+    proc = script("train", "model=nonexistent", f"hydra.run.dir={tmp_path}")
+    assert proc.returncode == 1
+    assert "Could not find 'model/nonexistent'" in proc.stderr
+    assert re.search(r"Available options in 'model':\s+birnn_tagger\s+char_rnn\s+classifier\s+tagger", proc.stderr)
+
+
+def test_report_errors_keeps_tracebacks_for_bugs_and_on_request(monkeypatch, capsys):
+    monkeypatch.delenv("RNNLAB_DEBUG", raising=False)
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    with pytest.raises(SystemExit) as exited, report_errors():
+        CharRNN(0, 8, 16)  # a check rnnlab makes: one line
+    assert exited.value.code == 1 and capsys.readouterr().err == "Error: expected vocab_size >= 1, got 0\n"
+    with pytest.raises(RuntimeError, match="size of tensor a"), report_errors():
+        torch.zeros(2) + torch.zeros(3)  # torch's own error, a bug somewhere: traceback kept
+    monkeypatch.setenv("RNNLAB_DEBUG", "1")
+    with pytest.raises(ValueError, match="expected vocab_size >= 1, got 0"), report_errors():
+        CharRNN(0, 8, 16)  # the traceback on request
+
+
+@pytest.mark.parametrize("temperature", [0, -0.5])
+def test_generate_refuses_a_temperature_that_is_not_positive(temperature, char_ckpt, tmp_path):
+    cfg = compose_config("generate", [f"ckpt_path={char_ckpt}", f"temperature={temperature}"], tmp_path)
+    with pytest.raises(ConfigError, match=re.escape(f"temperature: expected a number > 0, got {temperature}")):
+        generate(cfg)

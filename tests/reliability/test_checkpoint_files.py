@@ -1,0 +1,205 @@
+"""Checkpoints are data, not code: a crafted file is refused without running its payload, a
+damaged file is named, a checkpoint of another model or vocabulary lists what differs."""
+
+import re
+import shutil
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from helpers import QUIET, TINY, compose_config
+from rnnlab.analysis import analyze_checkpoint
+from rnnlab.checkpoints import AtomicCheckpointIO, CheckpointError, load_task
+from rnnlab.evaluate import evaluate
+from rnnlab.generate import generate
+from rnnlab.train import train
+
+
+class Payload:
+    """Unpickling this creates ``marker``: the stand-in for any code an attacker would run."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return Path.touch, (self.marker,)
+
+
+def craft(source: Path, target: Path, marker: Path) -> Path:
+    """A copy of a real checkpoint with the payload hidden among its plain values."""
+    checkpoint = torch.load(source, weights_only=True)
+    checkpoint["rnnlab"]["data"]["seed"] = Payload(marker)
+    torch.save(checkpoint, target)
+    return target
+
+
+@pytest.fixture
+def malicious(char_ckpt, tmp_path):
+    marker = tmp_path / "payload_ran"
+    path = craft(char_ckpt, tmp_path / "last.ckpt", marker)
+    # The payload is live: an unrestricted torch.load of a copy runs it.
+    proof = tmp_path / "proof_marker"
+    torch.load(craft(char_ckpt, tmp_path / "copy.ckpt", proof), weights_only=False)
+    assert proof.exists()
+    return path, marker
+
+
+REFUSED = r"refusing to load '.*last\.ckpt': it holds objects other than tensors and plain Python values, " \
+          r"which could run code when unpickled \(.*GLOBAL [\w.]+"
+
+
+def test_malicious_checkpoint_is_refused_everywhere_and_its_payload_never_runs(malicious, tmp_path):
+    path, marker = malicious
+    loaders = {
+        "eval": lambda: evaluate(compose_config("eval", [f"ckpt_path={path}", "trainer.accelerator=cpu"], tmp_path)),
+        "generate": lambda: generate(compose_config("generate", [f"ckpt_path={path}"], tmp_path)),
+        "analyze": lambda: analyze_checkpoint(path, 4, tmp_path / "figures"),
+        "resume": lambda: train(compose_config("train", [*QUIET, *TINY["chars"], "model=char_rnn",
+                                                         f"ckpt_path={path}"], tmp_path / "resume")),
+        # The reader Lightning's Trainer uses for fit/test(ckpt_path=...), even when asked
+        # for an unrestricted load.
+        "lightning": lambda: L.Trainer(plugins=[AtomicCheckpointIO()], logger=False).strategy.load_checkpoint(
+            path, weights_only=False),
+    }
+    for name, load in loaders.items():
+        with pytest.raises(CheckpointError, match=REFUSED):
+            load()
+        assert not marker.exists(), f"{name} ran the payload"
+    assert not (tmp_path / "resume" / "checkpoints").exists()
+
+
+def test_eval_script_refuses_a_malicious_checkpoint_in_one_line(malicious, tmp_path, script):
+    path, marker = malicious
+    proc = script("eval", f"ckpt_path={path}", f"hydra.run.dir={tmp_path / 'eval'}")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert re.fullmatch("Error: " + REFUSED + r".*\)", proc.stderr.rstrip().splitlines()[-1])
+    assert not marker.exists()
+
+
+def damage(kind: str, source: Path, target: Path) -> Path:
+    data = source.read_bytes()
+    target.write_bytes({"truncated": data[: len(data) // 2], "garbage": bytes(range(256)) * 40, "empty": b"",
+                        "flipped": data[:200] + bytes(b ^ 0xFF for b in data[200:400]) + data[400:]}[kind])
+    return target
+
+
+@pytest.mark.parametrize("kind,reason", [
+    ("truncated", "truncated or corrupted ("),
+    ("garbage", "truncated or corrupted (Unsupported operand"),
+    ("empty", "the file is empty"),
+    ("flipped", "truncated or corrupted ("),
+], ids=["truncated", "garbage", "empty", "flipped_bytes"])
+def test_damaged_checkpoint_is_named_for_eval_and_resume(kind, reason, classifier_ckpt, tmp_path):
+    path = damage(kind, classifier_ckpt, tmp_path / "damaged.ckpt")
+    expected = re.escape(f"cannot read checkpoint '{path}': {reason}")
+    with pytest.raises(CheckpointError, match=expected):
+        load_task(path)
+    with pytest.raises(CheckpointError, match=expected):
+        train(compose_config("train", [*QUIET, *TINY["synthetic"], "model.net.hidden_size=16",
+                                       f"ckpt_path={path}"], tmp_path / "resume"))
+
+
+def test_eval_script_names_a_truncated_checkpoint_in_one_line(classifier_ckpt, tmp_path, script):
+    path = damage("truncated", classifier_ckpt, tmp_path / "damaged.ckpt")
+    proc = script("eval", f"ckpt_path={path}", f"hydra.run.dir={tmp_path / 'eval'}")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.rstrip().splitlines()[-1].startswith(
+        f"Error: cannot read checkpoint '{path}': truncated or corrupted (")
+
+
+def test_resuming_with_a_different_model_lists_every_difference(classifier_ckpt, tmp_path):
+    cfg = compose_config("train", [*QUIET, *TINY["synthetic"], "model.net.hidden_size=32", "model.net.cell=gru",
+                                   f"ckpt_path={classifier_ckpt}"], tmp_path)
+    with pytest.raises(CheckpointError) as raised:
+        train(cfg)
+    assert str(raised.value) == (f"ckpt_path: '{classifier_ckpt}' holds a different model than this run's config: "
+                                 "model.net.cell: checkpoint 'rnn_tanh', config 'gru'; "
+                                 "model.net.hidden_size: checkpoint 16, config 32")
+
+
+OTHER_TEXT = "THE QUICK BROWN FOX JUMPS OVER THE LAZY DOG 0123456789\n"
+
+
+def other_corpus(tmp_path) -> Path:
+    path = tmp_path / "other.txt"
+    path.write_text(OTHER_TEXT * 400)
+    return path
+
+
+def only_in(a: str, b: str) -> str:
+    return repr("".join(sorted(set(a) - set(b))))
+
+
+def test_resuming_on_a_different_vocabulary_lists_the_characters(char_ckpt, tmp_path):
+    cfg = compose_config("train", [*QUIET, "model=char_rnn", "model.net.hidden_size=16", "model.net.num_layers=1",
+                                   f"data.path={other_corpus(tmp_path)}", "data.seq_len=32",
+                                   f"ckpt_path={char_ckpt}"], tmp_path / "run")
+    with pytest.raises(CheckpointError) as raised:
+        train(cfg)
+    vocab = torch.load(char_ckpt, weights_only=True)["hyper_parameters"]["vocab"]
+    other = "".join(sorted(set(OTHER_TEXT)))
+    assert str(raised.value) == (
+        f"ckpt_path: '{char_ckpt}' holds a different model than this run's config: "
+        f"model.net.vocab_size: checkpoint {len(vocab)}, config {len(other)}; "
+        f"model.vocab: checkpoint has {len(vocab)} characters, config {len(other)}; "
+        f"only in checkpoint: {only_in(vocab, other)}, only in config: {only_in(other, vocab)}")
+
+
+def test_eval_on_data_of_another_vocabulary_lists_the_characters(char_ckpt, tmp_path):
+    cfg = compose_config("eval", [f"ckpt_path={char_ckpt}", f"+data.path={other_corpus(tmp_path)}",
+                                  "trainer.accelerator=cpu"], tmp_path)
+    vocab = torch.load(char_ckpt, weights_only=True)["hyper_parameters"]["vocab"]
+    other = "".join(sorted(set(OTHER_TEXT)))
+    with pytest.raises(ValueError) as raised:
+        evaluate(cfg)
+    assert str(raised.value) == (
+        f"data: does not match the checkpoint's model: model.net.vocab_size: checkpoint {len(vocab)}, "
+        f"data {len(other)}; model.vocab: checkpoint has {len(vocab)} characters, data {len(other)}; "
+        f"only in checkpoint: {only_in(vocab, other)}, only in data: {only_in(other, vocab)}")
+
+
+def test_eval_on_data_of_another_size_names_the_sizes(classifier_ckpt, tmp_path):
+    cfg = compose_config("eval", [f"ckpt_path={classifier_ckpt}", "+data.input_size=5", "trainer.accelerator=cpu"],
+                         tmp_path)
+    with pytest.raises(ValueError, match=re.escape(f"data: does not fit the model in '{classifier_ckpt}': "
+                                                   "input_size: checkpoint 10, data 5")):
+        evaluate(cfg)
+
+
+PLAIN = (dict, list, tuple, str, int, float, bool, type(None), torch.Tensor)
+
+
+def _walk(value, where):
+    """Every (path, type) in a nested checkpoint that is not a tensor or a plain Python value."""
+    if type(value) is dict:
+        return [bad for key, item in value.items() for bad in _walk(item, f"{where}.{key}")]
+    if type(value) in (list, tuple):
+        return [bad for i, item in enumerate(value) for bad in _walk(item, f"{where}[{i}]")]
+    return [] if isinstance(value, PLAIN) else [(where, type(value))]
+
+
+def test_checkpoints_hold_only_tensors_and_plain_values(classifier_ckpt, char_ckpt):
+    for path in (classifier_ckpt, char_ckpt):
+        checkpoint = torch.load(path, weights_only=False)  # our own file: see what is really in it
+        assert _walk(checkpoint, "checkpoint") == []
+        for key in ("state_dict", "optimizer_states", "loops", "callbacks", "hyper_parameters",
+                    "datamodule_hyper_parameters", "rnnlab"):
+            assert key in checkpoint
+    assert torch.load(classifier_ckpt, weights_only=True)["lr_schedulers"]  # the cosine schedule's state
+    assert isinstance(torch.load(char_ckpt, weights_only=True)["hyper_parameters"]["vocab"], str)
+
+
+def test_saving_a_config_object_is_refused_before_writing(classifier_ckpt, tmp_path):
+    from omegaconf import OmegaConf
+
+    target = tmp_path / "checkpoints" / "bad.ckpt"
+    shutil.copy(classifier_ckpt, target.parent.mkdir() or target)
+    before = target.read_bytes()
+    checkpoint = torch.load(classifier_ckpt, weights_only=True)
+    checkpoint["hyper_parameters"]["net"] = OmegaConf.create(checkpoint["hyper_parameters"]["net"])
+    with pytest.raises(CheckpointError, match=re.escape(f"cannot save checkpoint '{target}'.hyper_parameters.net: "
+                                                        "it holds a omegaconf.dictconfig.DictConfig")):
+        AtomicCheckpointIO().save_checkpoint(checkpoint, target)
+    assert target.read_bytes() == before
