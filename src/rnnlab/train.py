@@ -246,10 +246,10 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], float]:
         log_hparams(loggers, flat_hparams(cfg),
                     [task.monitor, f"{task.monitor}_best", "val/loss", f"test/{stem}", "test/loss"])
 
+    output_dir = cfg.paths.output_dir if "paths" in cfg else trainer.default_root_dir
     if cfg.get("train", True):
         trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path and str(ckpt_path), weights_only=True)
     if interrupt.stopped_epoch is not None:
-        output_dir = cfg.paths.output_dir if "paths" in cfg else trainer.default_root_dir
         raise TrainingInterrupted(f"stopped after epoch {interrupt.stopped_epoch} (step {trainer.global_step}), "
                                   f"whose checkpoints are saved in {output_dir}/checkpoints; resume with the same "
                                   f"command plus hydra.run.dir={output_dir} ckpt_path=last")
@@ -267,7 +267,6 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], float]:
         raise ValueError(f"optimized_metric={name!r} was not logged; logged metrics: {sorted(metrics)}")
     value = metrics.get(name) if name is not None else None
 
-    output_dir = cfg.paths.output_dir if "paths" in cfg else trainer.default_root_dir
     elapsed = time.perf_counter() - start
     lines = [f"Output directory: {output_dir}", f"Wall time: {elapsed:.1f} s", "Final metrics:"]
     lines += [f"  {key:<20} {metrics[key]:.4f}" for key in sorted(metrics) if key.startswith(("train/", "val/", "test/"))]

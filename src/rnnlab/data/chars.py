@@ -170,14 +170,6 @@ class CharDataModule(L.LightningDataModule):
         """Values the language model's config takes from this data (see rnnlab.train)."""
         return {"net.vocab_size": self.vocab_size, "vocab": self.vocab, "carry_state": self.hparams.stateful}
 
-    def encode(self, text: str) -> torch.Tensor:
-        """Map text to ids (V for characters outside the vocabulary raises ValueError)."""
-        stoi = {c: i for i, c in enumerate(self.vocab)}
-        missing = sorted(set(text) - set(stoi))
-        if missing:
-            raise ValueError(f"expected characters from the corpus vocabulary, got {missing!r}")
-        return torch.tensor([stoi[c] for c in text], dtype=torch.long)
-
     def _stream_loader(self, split: str) -> DataLoader:
         if shard(self)["world_size"] > 1:
             raise ValueError("data.stateful=true reads each split as one set of streams; it needs a single process")

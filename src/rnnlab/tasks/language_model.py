@@ -43,14 +43,9 @@ class LanguageModelTask(RNNTask):
                          sample_seed=sample_seed, carry_state=bool(carry_state))
         if vocab is not None and len(vocab) != self.net.vocab_size:
             raise ConfigError("vocab", f"expected {self.net.vocab_size} characters (net.vocab_size), got {len(vocab)}")
-        if isinstance(sample_temperature, bool) or not isinstance(sample_temperature, (int, float)) \
-                or not sample_temperature > 0:
-            raise ConfigError("sample_temperature", f"expected a number > 0, got {sample_temperature!r}")
+        check_temperature("sample_temperature", sample_temperature)
         if vocab is not None:
-            missing = sorted(set(sample_prompt) - set(vocab))
-            if missing or not sample_prompt:
-                raise ConfigError("sample_prompt", f"expected non-empty text over the corpus vocabulary, got "
-                                                   f"{sample_prompt!r} (characters not in the vocabulary: {missing})")
+            check_prompt("sample_prompt", sample_prompt, vocab)
         self.vocab = vocab
         self.carried: dict[str, object] = {}  # stage -> hidden state after its previous batch
 
@@ -109,6 +104,20 @@ class LanguageModelTask(RNNTask):
                 # block keeps the line breaks and spacing of the sample.
                 block = "\n".join("    " + line for line in text.split("\n"))
                 logger.experiment.add_text("samples/val", block, global_step=self.global_step)
+
+
+def check_temperature(key: str, temperature) -> None:
+    """Raise a ConfigError for ``key`` unless ``temperature`` is a number > 0."""
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
+        raise ConfigError(key, f"expected a number > 0, got {temperature!r}")
+
+
+def check_prompt(key: str, prompt: str, vocab: str) -> None:
+    """Raise a ConfigError for ``key`` unless ``prompt`` is non-empty text over ``vocab``."""
+    missing = sorted(set(prompt) - set(vocab))
+    if missing or not prompt:
+        raise ConfigError(key, f"expected non-empty text over the model's {len(vocab)}-character vocabulary, "
+                               f"got {prompt!r} (characters not in it: {missing})")
 
 
 def detach_state(state):
