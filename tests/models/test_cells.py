@@ -23,13 +23,14 @@ def _flat(state):
     return list(state) if isinstance(state, tuple) else [state]
 
 
-@pytest.mark.parametrize("cell,num_layers,batch_first,give_h0",
-                         list(itertools.product(["rnn_relu", "gru", "lstm"], [1, 2, 3], [True, False], [True, False])))
-def test_parity_with_torch_gru_lstm_relu(cell, num_layers, batch_first, give_h0):
-    rng = random.Random(f"{cell}{num_layers}{batch_first}{give_h0}")
+@pytest.mark.parametrize("cell,num_layers,batch_first,give_h0,bias",
+                         list(itertools.product(["rnn_relu", "gru", "lstm"], [1, 2, 3], [True, False], [True, False],
+                                                [True, False])))
+def test_parity_with_torch_gru_lstm_relu(cell, num_layers, batch_first, give_h0, bias):
+    rng = random.Random(f"{cell}{num_layers}{batch_first}{give_h0}{bias}")
     B, T, D, H = rng.randint(1, 4), rng.randint(1, 8), rng.randint(1, 6), rng.randint(1, 7)
     torch.manual_seed(rng.randint(0, 10_000))
-    ref = TORCH[cell](D, H, num_layers, batch_first=batch_first).double()
+    ref = TORCH[cell](D, H, num_layers, batch_first=batch_first, bias=bias).double()
     mine = RNN.from_torch(ref)
     assert mine.cell == cell
     x = torch.randn((B, T, D) if batch_first else (T, B, D), dtype=torch.float64)
@@ -184,17 +185,23 @@ def test_lengths_errors_are_clear():
         rnn(x, lengths=torch.tensor([1.0, 2.0]))
 
 
-def test_gradcheck_gru_and_lstm_with_lengths():
+@pytest.mark.parametrize("cell,bias,with_lengths",
+                         list(itertools.product(["rnn_relu", "gru", "lstm"], [True, False], [False, True])))
+def test_gradcheck_every_cell_path(cell, bias, with_lengths):
+    # Without lengths the hand-written backward of the cell's recurrence runs; with lengths,
+    # autograd through the masked step loop. Both are checked against finite differences,
+    # for the input, h0 (and c0) and every weight.
     torch.manual_seed(5)
-    for cell in ("gru", "lstm"):
-        rnn = RNN(2, 3, num_layers=2, cell=cell).double()
-        names = [n for n, _ in rnn.named_parameters()]
-        weights = [p.detach().clone().requires_grad_() for p in rnn.parameters()]
-        x = torch.randn(2, 4, 2, dtype=torch.float64, requires_grad=True)
-        lengths = torch.tensor([4, 2])
+    rnn = RNN(2, 3, num_layers=2, cell=cell, bias=bias).double()
+    names = [n for n, _ in rnn.named_parameters()]
+    weights = [p.detach().clone().requires_grad_() for p in rnn.parameters()]
+    x = torch.randn(2, 4, 2, dtype=torch.float64, requires_grad=True)
+    h0 = [s.requires_grad_() for s in _flat(_state(cell, 2, 2, 3))]
+    kwargs = {"lengths": torch.tensor([4, 2])} if with_lengths else {}
 
-        def fn(x, *ws):
-            out, h_n = torch.func.functional_call(rnn, dict(zip(names, ws)), (x,), {"lengths": lengths})
-            return out, *_flat(h_n)
+    def fn(x, *args):
+        state, ws = (tuple(args[:2]), args[2:]) if cell == "lstm" else (args[0], args[1:])
+        out, h_n = torch.func.functional_call(rnn, dict(zip(names, ws)), (x, state), kwargs)
+        return out, *_flat(h_n)
 
-        assert torch.autograd.gradcheck(fn, (x, *weights))
+    assert torch.autograd.gradcheck(fn, (x, *h0, *weights))

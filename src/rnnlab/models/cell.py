@@ -19,6 +19,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from . import _checks
+from ._matmul import StepWeight
 
 
 class _Cell(nn.Module):
@@ -54,11 +55,49 @@ class _Cell(nn.Module):
         for name, s in zip(("h_prev", "c_prev"), state):
             _checks.state(name, s, (x.shape[0], self.hidden_size), w)
 
+    def input_bias(self) -> torch.Tensor | None:
+        """The biases that simply add to the input projection: b_xh + b_hh, (G*H,) or None."""
+        return self.Wxh.bias + self.Whh.bias if self.bias else None
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        """The input projection, hoisted out of the time loop. Inputs: x (..., D). Outputs: (..., G*H)."""
+        return F.linear(x, self.Wxh.weight, self.input_bias())
+
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}"
         if not self.bias:
             s += ", bias=False"
         return s
+
+
+def _sequence(recurrence, cell: _Cell, x: torch.Tensor, state: tuple[torch.Tensor, ...], time_dim: int, *args):
+    """Run an autograd Function over the projected sequence in time-major, contiguous layout.
+
+    Inputs: x (B, T, D) if time_dim == 1 else (T, B, D). Outputs: outputs in x's layout
+    with last dim H; the Function's final state.
+    """
+    projected = cell.project(x)  # (B, T, G*H) or (T, B, G*H)
+    if time_dim == 1:
+        projected = projected.transpose(0, 1)  # (T, B, G*H)
+    result = recurrence.apply(projected.contiguous(), *state, cell.Whh.weight, *args)
+    outputs, *final = result if isinstance(result, tuple) else (result,)  # outputs (T, B, H)
+    return (outputs if time_dim == 0 else outputs.transpose(0, 1)), (outputs[-1], *final)
+
+
+def _masked_loop(cell: _Cell, x: torch.Tensor, state: tuple[torch.Tensor, ...], time_dim: int,
+                 mask: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """Variable lengths: autograd through the step loop; a finished sequence keeps its state.
+
+    Inputs: x (B, T, D) if time_dim == 1 else (T, B, D); mask (T, B, 1), True at valid steps.
+    Outputs: outputs in x's layout with last dim H, zero past each length; the state at
+    each sequence's last valid step.
+    """
+    outputs = []
+    for t, p_t in enumerate(_steps(cell.project(x), time_dim)):  # each (B, G*H)
+        new = cell.recur(p_t, state)
+        state = tuple(_masked(n, s, mask[t]) for n, s in zip(new, state))
+        outputs.append(new[0] * mask[t])
+    return torch.stack(outputs, dim=time_dim), state
 
 
 def _steps(projected: torch.Tensor, time_dim: int):
@@ -88,12 +127,25 @@ class ElmanRecurrence(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, projected: torch.Tensor, h0: torch.Tensor, w_hh: torch.Tensor, relu: bool) -> torch.Tensor:
-        outputs = torch.empty_like(projected)  # (T, B, H)
-        w_hh_t = w_hh.t()
-        h = h0
-        for p_t, out_t in zip(projected.unbind(0), outputs.unbind(0)):  # each (B, H)
-            torch.addmm(p_t, h, w_hh_t, out=out_t)  # written in place: no stack at the end
-            h = out_t.relu_() if relu else out_t.tanh_()
+        outputs = torch.empty_like(projected)  # (T, B, H); each step writes its slice: no stack at the end
+        if relu:
+            recurrent = StepWeight(w_hh, h0.shape[0])  # h -> W_hh h + p_t
+            h = h0
+            for p_t, out_t in zip(projected.unbind(0), outputs.unbind(0)):  # each (B, H)
+                h = torch.clamp(recurrent(h, p_t), min=0, out=out_t)
+        else:
+            # tanh(a) = 2 sigmoid(2a) - 1, and on the CPU ATen's sigmoid runs about 4x faster
+            # than its tanh. Run the loop on s_t = sigmoid(2 a_t) = (h_t + 1) / 2 instead of h_t:
+            #   2 a_t = 2 p_t + 2 W_hh (2 s_{t-1} - 1) = q_t + (4 W_hh) s_{t-1},  q_t = 2 p_t - 2 W_hh 1,
+            # so each step is still one product and one activation; h = 2 s - 1 at the end is
+            # one operation over all T steps. (The scalings by 2 and 4 are exact.)
+            # q is written into the outputs' memory: step t reads q_t before it writes s_t there.
+            q = torch.mul(projected, 2, out=outputs).sub_(w_hh.sum(1), alpha=2)  # (T, B, H)
+            recurrent = StepWeight(4 * w_hh, h0.shape[0])  # s -> 4 W_hh s + q_t
+            s = (h0 + 1) / 2
+            for q_t in q.unbind(0):  # each (B, H)
+                s = torch.sigmoid(recurrent(s, q_t), out=q_t)
+            outputs.mul_(2).sub_(1)  # h_t = 2 s_t - 1
         ctx.save_for_backward(outputs, h0, w_hh)
         ctx.relu = relu
         return outputs
@@ -104,15 +156,145 @@ class ElmanRecurrence(torch.autograd.Function):
         outputs, h0, w_hh = ctx.saved_tensors
         # act'(pre) for all steps at once (tanh' = 1 - h^2, relu' = [h > 0]): one large
         # element-wise operation instead of T small ones inside the loop.
-        slope = (outputs > 0).to(outputs.dtype) if ctx.relu else 1 - outputs * outputs  # (T, B, H)
-        grad_pre = torch.empty_like(outputs)  # (T, B, H): dL/d(pre-activation) at every step
+        slope = (outputs > 0).to(outputs.dtype) if ctx.relu else torch.mul(outputs, outputs).neg_().add_(1)
+        # The loop turns slope[t] (T, B, H) into dL/d(pre-activation) at step t, in place:
+        # no second (T, B, H) buffer whose fresh pages every step would fault in.
+        grad_pre = slope
         grad_h = torch.zeros_like(h0)  # dL/dh_t arriving from step t + 1
+        back = StepWeight(w_hh.t(), h0.shape[0])  # g -> g W_hh
         for t in range(outputs.shape[0] - 1, -1, -1):
-            torch.mul(grad_h + grad_outputs[t], slope[t], out=grad_pre[t])
-            grad_h = grad_pre[t] @ w_hh  # (B, H): dL/dh_{t-1}
-        h_prev = torch.cat([h0.unsqueeze(0), outputs[:-1]])  # (T, B, H): the state each step read
-        grad_w_hh = grad_pre.flatten(0, 1).t() @ h_prev.flatten(0, 1)  # (H, T*B) x (T*B, H)
+            grad_pre[t].mul_(grad_h.add_(grad_outputs[t]))
+            grad_h = back(grad_pre[t])  # (B, H): dL/dh_{t-1}
+        # W_hh's gradient sum_t g_t h_{t-1}^T as one (H, (T-1)*B) x ((T-1)*B, H) product plus step 1's.
+        grad_w_hh = grad_pre[1:].flatten(0, 1).t() @ outputs[:-1].flatten(0, 1)
+        grad_w_hh.addmm_(grad_pre[0].t(), h0)
         return grad_pre, grad_h, grad_w_hh, None
+
+
+class GRURecurrence(torch.autograd.Function):
+    """The GRU recurrence over T steps, with a hand-written backward (see :class:`ElmanRecurrence`).
+
+    Per step the forward runs one (B, H) x (H, 3H) product and writes the gates in place
+    into preallocated (T, B, ·) tensors; the backward precomputes every gate derivative for
+    all steps at once, so its loop is one product and a few element-wise operations, and
+    W_hh's gradient is one product at the end.
+
+    Inputs: projected (T, B, 3H) contiguous, W_xh x_t + b_xh + (b_hr, b_hz, 0) in the gate
+    order r, z, n; h0 (B, H); w_hh (3H, H); b_hn (H,) or None.
+    Outputs: (T, B, H) hidden states.
+    """
+
+    @staticmethod
+    def forward(ctx, projected: torch.Tensor, h0: torch.Tensor, w_hh: torch.Tensor,
+                b_hn: torch.Tensor | None) -> torch.Tensor:
+        T, B, H = projected.shape[0], projected.shape[1], h0.shape[1]
+        rz = projected.new_empty(T, B, 2 * H)  # r and z after the sigmoid
+        hn = projected.new_empty(T, B, H)  # W_hn h_{t-1} + b_hn, which r multiplies
+        n = projected.new_empty(T, B, H)  # the candidate state after the tanh
+        outputs = projected.new_empty(T, B, H)
+        bias = None if b_hn is None else torch.cat([b_hn.new_zeros(2 * H), b_hn])
+        recurrent = StepWeight(w_hh, B, bias)  # h -> W_hh h + (0, 0, b_hn)
+        h = h0
+        for t, p_t in enumerate(projected.unbind(0)):  # each (B, 3H)
+            hh_t = recurrent(h)  # (B, 3H)
+            torch.add(p_t[:, :2 * H], hh_t[:, :2 * H], out=rz[t]).sigmoid_()
+            r, z = rz[t, :, :H], rz[t, :, H:]
+            hn[t].copy_(hh_t[:, 2 * H:])
+            torch.addcmul(p_t[:, 2 * H:], r, hn[t], out=n[t]).tanh_()
+            h = torch.sub(h, n[t], out=outputs[t]).mul_(z).add_(n[t])  # h' = n + z (h - n)
+        ctx.save_for_backward(rz, hn, n, outputs, h0, w_hh)
+        ctx.has_bias = b_hn is not None
+        return outputs
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_outputs: torch.Tensor):
+        rz, hn, n, outputs, h0, w_hh = ctx.saved_tensors
+        B, H = h0.shape
+        r, z = rz[..., :H], rz[..., H:]  # each (T, B, H)
+        h_prev = torch.cat([h0.unsqueeze(0), outputs[:-1]])  # (T, B, H): the state each step read
+        # Derivatives of the pre-activations, for all steps at once:
+        slope_n = (1 - z) * (1 - n * n)  # d pre_n / dh'
+        slope_z = (h_prev - n) * z * (1 - z)  # d pre_z / dh'
+        slope_r = hn * r * (1 - r)  # d pre_r / d pre_n
+        grad_hh = outputs.new_empty(outputs.shape[0], B, 3 * H)  # dL/d(W_hh h_{t-1} + (0, 0, b_hn))
+        grad_pre_n = torch.empty_like(n)  # (T, B, H): dL/d(pre-activation of n)
+        grad_h = torch.zeros_like(h0)  # dL/dh_t arriving from step t + 1
+        back = StepWeight(w_hh.t(), B)  # g -> g W_hh
+        for t in range(outputs.shape[0] - 1, -1, -1):
+            dh = grad_h + grad_outputs[t]  # (B, H)
+            pre_n = torch.mul(dh, slope_n[t], out=grad_pre_n[t])
+            g = grad_hh[t]  # (B, 3H)
+            torch.mul(pre_n, slope_r[t], out=g[:, :H])
+            torch.mul(dh, slope_z[t], out=g[:, H:2 * H])
+            torch.mul(pre_n, r[t], out=g[:, 2 * H:])
+            grad_h = back(g, dh * z[t])  # (B, H): dL/dh_{t-1}
+        grad_projected = torch.cat([grad_hh[..., :2 * H], grad_pre_n], dim=2)  # (T, B, 3H)
+        grad_w_hh = grad_hh.flatten(0, 1).t() @ h_prev.flatten(0, 1)  # (3H, T*B) x (T*B, H)
+        grad_b_hn = grad_hh[..., 2 * H:].sum((0, 1)) if ctx.has_bias else None
+        return grad_projected, grad_h, grad_w_hh, grad_b_hn
+
+
+class LSTMRecurrence(torch.autograd.Function):
+    """The LSTM recurrence over T steps, with a hand-written backward (see :class:`ElmanRecurrence`).
+
+    The forward writes the activated gates, cell states and tanh(c) in place into
+    preallocated (T, B, ·) tensors; the backward precomputes every gate derivative for all
+    steps at once, so its loop is one product and a few element-wise operations, and
+    W_hh's gradient is one product at the end.
+
+    Inputs: projected (T, B, 4H) contiguous, W_xh x_t + both biases in the gate order
+    i, f, g, o; h0, c0 (B, H); w_hh (4H, H).
+    Outputs: (T, B, H) hidden states; c_n (B, H), the last cell state.
+    """
+
+    @staticmethod
+    def forward(ctx, projected: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, w_hh: torch.Tensor):
+        T, B, H = projected.shape[0], projected.shape[1], h0.shape[1]
+        gates = torch.empty_like(projected)  # (T, B, 4H): i, f, g, o after their activations
+        cells = projected.new_empty(T, B, H)
+        tanh_cells = projected.new_empty(T, B, H)
+        outputs = projected.new_empty(T, B, H)
+        recurrent = StepWeight(w_hh, B)  # h -> W_hh h (+ p_t)
+        h, c = h0, c0
+        for t, p_t in enumerate(projected.unbind(0)):  # each (B, 4H)
+            pre, a = recurrent(h, p_t), gates[t]  # (B, 4H) each
+            torch.sigmoid(pre[:, :2 * H], out=a[:, :2 * H])  # i, f
+            torch.tanh(pre[:, 2 * H:3 * H], out=a[:, 2 * H:3 * H])  # g
+            torch.sigmoid(pre[:, 3 * H:], out=a[:, 3 * H:])  # o
+            i, f, g, o = a.chunk(4, dim=1)
+            c = torch.mul(f, c, out=cells[t]).addcmul_(i, g)  # c' = f c + i g
+            h = torch.mul(o, torch.tanh(c, out=tanh_cells[t]), out=outputs[t])  # h' = o tanh(c')
+        ctx.save_for_backward(gates, cells, tanh_cells, outputs, h0, c0, w_hh)
+        return outputs, c.clone()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_outputs: torch.Tensor, grad_c_n: torch.Tensor):
+        gates, cells, tanh_cells, outputs, h0, c0, w_hh = ctx.saved_tensors
+        B, H = h0.shape
+        i, f, g, o = gates.chunk(4, dim=2)  # each (T, B, H)
+        c_prev = torch.cat([c0.unsqueeze(0), cells[:-1]])  # (T, B, H)
+        # Derivatives of the pre-activations, for all steps at once: per unit of dL/dc for
+        # i, f, g and per unit of dL/dh for o.
+        slopes = torch.cat([g * i * (1 - i), c_prev * f * (1 - f), i * (1 - g * g),
+                            tanh_cells * o * (1 - o)], dim=2).view(-1, B, 4, H)  # (T, B, 4, H)
+        slope_c = o * (1 - tanh_cells * tanh_cells)  # dh'/dc' (T, B, H)
+        grad_gates = torch.empty_like(gates)  # (T, B, 4H): dL/d(pre-activations)
+        grad_h = torch.zeros_like(h0)  # dL/dh_t arriving from step t + 1
+        grad_c = grad_c_n.clone()  # dL/dc_t arriving from step t + 1
+        back = StepWeight(w_hh.t(), B)  # g -> g W_hh
+        for t in range(outputs.shape[0] - 1, -1, -1):
+            dh = grad_h + grad_outputs[t]  # (B, H)
+            dc = grad_c.addcmul_(dh, slope_c[t])  # (B, H)
+            g_t = grad_gates[t].view(B, 4, H)
+            torch.mul(dc.unsqueeze(1), slopes[t, :, :3], out=g_t[:, :3])  # i, f, g
+            torch.mul(dh, slopes[t, :, 3], out=g_t[:, 3])  # o
+            grad_c = dc * f[t]  # dL/dc_{t-1}
+            grad_h = back(grad_gates[t])  # (B, H): dL/dh_{t-1}
+        h_prev = torch.cat([h0.unsqueeze(0), outputs[:-1]])  # (T, B, H): the state each step read
+        grad_w_hh = grad_gates.flatten(0, 1).t() @ h_prev.flatten(0, 1)  # (4H, T*B) x (T*B, H)
+        return grad_gates, grad_h, grad_c, grad_w_hh
 
 
 class RNNCell(_Cell):
@@ -161,33 +343,23 @@ class RNNCell(_Cell):
         pre = self.Wxh(x) + self.Whh(h_prev)
         return torch.tanh(pre) if self.nonlinearity == "tanh" else torch.relu(pre)
 
+    def recur(self, p_t: torch.Tensor, state: tuple[torch.Tensor]) -> tuple[torch.Tensor]:
+        """One step from the projected input. Inputs: p_t (B, H) = :meth:`project` of x_t; state (h (B, H),).
+
+        Outputs: (h' (B, H),).
+        """
+        pre = torch.addmm(p_t, state[0], self.Whh.weight.t())  # (B, H)
+        return (torch.relu(pre) if self.nonlinearity == "relu" else torch.tanh(pre),)
+
     def forward_sequence(self, x: torch.Tensor, state: tuple[torch.Tensor], time_dim: int,
                          mask: torch.Tensor | None = None):
         """Inputs: x (B, T, D) if time_dim == 1 else (T, B, D); state (h (B, H),); mask (T, B, 1) or None.
 
         Outputs: outputs in the layout of x with last dim H; state (h (B, H),) after the last step.
         """
-        (h,) = state
-        # Hoist the input projection out of the time loop: one (B*T, D) x (D, H) product
-        # instead of T small ones, with both biases folded into it.
-        bias = self.Wxh.bias + self.Whh.bias if self.bias else None
-        projected = F.linear(x, self.Wxh.weight, bias)  # (B, T, H) or (T, B, H)
-        relu = self.nonlinearity == "relu"
-        if mask is None:
-            if time_dim == 0:  # the recurrence runs over contiguous (B, H) slices of (T, B, H)
-                outputs = ElmanRecurrence.apply(projected.contiguous(), h, self.Whh.weight, relu)
-                return outputs, (outputs[-1],)
-            outputs = ElmanRecurrence.apply(projected.transpose(0, 1).contiguous(), h, self.Whh.weight, relu)
-            return outputs.transpose(0, 1), (outputs[-1],)  # (B, T, H)
-        # Variable lengths: plain autograd through the step loop, holding finished sequences.
-        w_hh_t = self.Whh.weight.t()  # (H, H)
-        outputs = []
-        for t, p_t in enumerate(_steps(projected, time_dim)):  # each (B, H)
-            pre = torch.addmm(p_t, h, w_hh_t)  # (B, H)
-            h_new = torch.relu(pre) if relu else torch.tanh(pre)
-            h_new, h = h_new * mask[t], _masked(h_new, h, mask[t])
-            outputs.append(h_new)
-        return torch.stack(outputs, dim=time_dim), (h,)
+        if mask is not None:
+            return _masked_loop(self, x, state, time_dim, mask)
+        return _sequence(ElmanRecurrence, self, x, state, time_dim, self.nonlinearity == "relu")
 
     def extra_repr(self) -> str:
         s = super().extra_repr()
@@ -221,32 +393,33 @@ class GRUCell(_Cell):
         n = torch.tanh(x_n + r * h_n)
         return (1 - z) * n + z * h_prev
 
+    def input_bias(self) -> torch.Tensor | None:
+        """b_xh + (b_hr, b_hz, 0), (3H,) or None: b_hn sits inside r * (.), so it stays in the loop."""
+        if not self.bias:
+            return None
+        H = self.hidden_size
+        return self.Wxh.bias + torch.cat([self.Whh.bias[:2 * H], self.Whh.bias.new_zeros(H)])
+
+    def recur(self, p_t: torch.Tensor, state: tuple[torch.Tensor]) -> tuple[torch.Tensor]:
+        """One step from the projected input. Inputs: p_t (B, 3H) = :meth:`project` of x_t; state (h (B, H),).
+
+        Outputs: (h' (B, H),).
+        """
+        (h,), H = state, self.hidden_size
+        hh = h @ self.Whh.weight.t()  # (B, 3H)
+        rz = torch.sigmoid(p_t[:, :2 * H] + hh[:, :2 * H])  # (B, 2H)
+        r, z = rz[:, :H], rz[:, H:]
+        h_n = hh[:, 2 * H:] + self.Whh.bias[2 * H:] if self.bias else hh[:, 2 * H:]
+        n = torch.tanh(p_t[:, 2 * H:] + r * h_n)  # (B, H)
+        return (n + z * (h - n),)  # = (1 - z) n + z h, one operation fewer
+
     def forward_sequence(self, x: torch.Tensor, state: tuple[torch.Tensor], time_dim: int,
                          mask: torch.Tensor | None = None):
         """As :meth:`RNNCell.forward_sequence`."""
-        (h,) = state
-        H = self.hidden_size
-        projected = F.linear(x, self.Wxh.weight, self.Wxh.bias)  # (B, T, 3H) or (T, B, 3H)
-        if self.bias:
-            # b_hr and b_hz simply add, so they join the hoisted product; b_hn sits inside r * (.).
-            b_hh = self.Whh.bias
-            projected = projected + torch.cat([b_hh[:2 * H], b_hh.new_zeros(H)])
-            b_hn = b_hh[2 * H:]
-        w_hh_t = self.Whh.weight.t()  # (H, 3H)
-        outputs = []
-        for t, p_t in enumerate(_steps(projected, time_dim)):  # each (B, 3H)
-            hh = h @ w_hh_t  # (B, 3H)
-            rz = torch.sigmoid(p_t[:, :2 * H] + hh[:, :2 * H])  # (B, 2H)
-            r, z = rz[:, :H], rz[:, H:]
-            h_n = hh[:, 2 * H:] + b_hn if self.bias else hh[:, 2 * H:]
-            n = torch.tanh(p_t[:, 2 * H:] + r * h_n)  # (B, H)
-            h_new = n + z * (h - n)  # = (1 - z) n + z h, one operation fewer
-            if mask is not None:
-                h_new, h = h_new * mask[t], _masked(h_new, h, mask[t])
-            else:
-                h = h_new
-            outputs.append(h_new)
-        return torch.stack(outputs, dim=time_dim), (h,)
+        if mask is not None:
+            return _masked_loop(self, x, state, time_dim, mask)
+        b_hn = self.Whh.bias[2 * self.hidden_size:] if self.bias else None
+        return _sequence(GRURecurrence, self, x, state, time_dim, b_hn)
 
 
 class LSTMCell(_Cell):
@@ -290,26 +463,22 @@ class LSTMCell(_Cell):
         c = torch.sigmoid(f) * c_prev + torch.sigmoid(i) * torch.tanh(g)
         return torch.sigmoid(o) * torch.tanh(c), c
 
+    def recur(self, p_t: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """One step from the projected input. Inputs: p_t (B, 4H) = :meth:`project` of x_t; state (h, c), each (B, H).
+
+        Outputs: (h', c'), each (B, H).
+        """
+        h, c = state
+        i, f, g, o = torch.addmm(p_t, h, self.Whh.weight.t()).chunk(4, dim=1)  # each (B, H)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        return torch.sigmoid(o) * torch.tanh(c), c
+
     def forward_sequence(self, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor], time_dim: int,
                          mask: torch.Tensor | None = None):
         """As :meth:`RNNCell.forward_sequence`, with state (h, c)."""
-        h, c = state
-        bias = self.Wxh.bias + self.Whh.bias if self.bias else None
-        projected = F.linear(x, self.Wxh.weight, bias)  # (B, T, 4H) or (T, B, 4H)
-        w_hh_t = self.Whh.weight.t()  # (H, 4H)
-        outputs = []
-        for t, p_t in enumerate(_steps(projected, time_dim)):  # each (B, 4H)
-            gates = torch.addmm(p_t, h, w_hh_t)  # (B, 4H)
-            i, f, g, o = gates.chunk(4, dim=1)
-            c_new = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-            h_new = torch.sigmoid(o) * torch.tanh(c_new)
-            if mask is not None:
-                c = _masked(c_new, c, mask[t])
-                h_new, h = h_new * mask[t], _masked(h_new, h, mask[t])
-            else:
-                h, c = h_new, c_new
-            outputs.append(h_new)
-        return torch.stack(outputs, dim=time_dim), (h, c)
+        if mask is not None:
+            return _masked_loop(self, x, state, time_dim, mask)
+        return _sequence(LSTMRecurrence, self, x, state, time_dim)
 
 
 CELLS = {"rnn_tanh": (RNNCell, {"nonlinearity": "tanh"}), "rnn_relu": (RNNCell, {"nonlinearity": "relu"}),
