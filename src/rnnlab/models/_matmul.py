@@ -1,4 +1,5 @@
-"""Products by a weight that stays fixed over a whole sequence: the recurrent W_hh.
+"""Products by a weight that stays fixed over a whole sequence: the recurrent W_hh, and the
+hoisted input projection W_xh.
 
 Every step of a recurrence multiplies a (B, K) state by the same (K, N) matrix. On the
 CPU, ``torch.addmm`` calls the BLAS PyTorch was built with (MKL in the official x86
@@ -9,6 +10,9 @@ large benchmark shapes this is 1.5-3x faster than ``addmm`` on the AMD EPYC mach
 benchmark table was measured on (where MKL does not use its widest kernels); on CPUs where
 the BLAS already runs at full speed the gain is smaller. Each packed call has a fixed cost
 of about 15 us, so small products (the seed shape, generation at batch 1) stay on ``addmm``.
+
+The hoisted input projection, one (T*B, D) x (D, G*H) product per layer, gains in the
+same way (:func:`linear`; its backward is written out in :class:`PackedLinear`).
 
 Only float32 CPU tensors, with oneDNN available, take the packed path; float64, CUDA and
 builds without oneDNN use ``torch.addmm``. Results differ from ``addmm`` only by the order
@@ -25,11 +29,17 @@ import contextlib
 from collections.abc import Iterator
 
 import torch
+import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 # A product of B x K x N multiply-adds at or above this size is worth its packed call's
 # fixed cost (measured: (64, 128) x (128, 512) and (64, 256) x (256, 256) run 1.5x faster
 # packed; (64, 128) x (128, 128) runs 1.2x slower).
 MIN_PACKED_MACS = 2**21
+# A one-off product (the hoisted input projection) also pays for packing its weight and
+# for a new oneDNN primitive, about 100 us: worth it from about 2^25 multiply-adds
+# (measured: (2560, 64) x (64, 256) forward + backward 1.2x faster; (1280, 64) x (64, 256) even).
+MIN_PACKED_LINEAR_MACS = 2**25
 
 _enabled = True
 
@@ -53,6 +63,15 @@ def _available() -> bool:
 _AVAILABLE = _available()
 
 
+def _packable(weight: torch.Tensor, rows: int, min_macs: int = MIN_PACKED_MACS) -> bool:
+    return (_enabled and _AVAILABLE and weight.device.type == "cpu" and weight.dtype == torch.float32
+            and rows * weight.numel() >= min_macs)
+
+
+def _pack(weight: torch.Tensor, rows: int) -> torch.Tensor:
+    return torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), rows)
+
+
 class StepWeight:
     """Right-multiplication by one fixed weight, many times: ``x @ weight.t() (+ add)``.
 
@@ -67,10 +86,7 @@ class StepWeight:
 
     def __init__(self, weight: torch.Tensor, batch_size: int, bias: torch.Tensor | None = None):
         self.weight_t, self.bias = weight.t(), bias  # (K, N), (N,)
-        self.packed = None
-        if (_enabled and _AVAILABLE and weight.device.type == "cpu" and weight.dtype == torch.float32
-                and batch_size * weight.numel() >= MIN_PACKED_MACS):
-            self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), batch_size)
+        self.packed = _pack(weight, batch_size) if _packable(weight, batch_size) else None
 
     def __call__(self, x: torch.Tensor, add: torch.Tensor | None = None) -> torch.Tensor:
         if self.packed is None:
@@ -81,3 +97,41 @@ class StepWeight:
         if add is None:
             return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
         return torch.ops.mkldnn._linear_pointwise.binary(x, add, self.packed, self.bias, "add")
+
+
+class PackedLinear(torch.autograd.Function):
+    """``F.linear`` for a 2-D input through oneDNN's packed product, with its backward.
+
+    Inputs: x (M, K), weight (N, K), bias (N,) or None. Outputs: (M, N).
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return torch.ops.mkldnn._linear_pointwise(x, _pack(weight, x.shape[0]), bias, "none", [], "")
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        x, weight = ctx.saved_tensors
+        grad_x = grad_weight = grad_bias = None
+        if ctx.needs_input_grad[0]:  # grad (M, N) x weight (N, K), weight.t() packed as a linear's weight
+            grad_x = torch.ops.mkldnn._linear_pointwise(grad, _pack(weight.t(), x.shape[0]), None, "none", [], "")
+        if ctx.needs_input_grad[1]:
+            grad_weight = grad.t() @ x  # (N, M) x (M, K)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_bias = grad.sum(0)
+        return grad_x, grad_weight, grad_bias
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.linear(x, weight, bias)``; large float32 CPU products go through :class:`PackedLinear`.
+
+    Inputs: x (..., K), weight (N, K), bias (N,) or None. Outputs: (..., N).
+    """
+    rows = x.numel() // max(x.shape[-1], 1)
+    if not _packable(weight, rows, MIN_PACKED_LINEAR_MACS) or x.dtype != weight.dtype:
+        return F.linear(x, weight, bias)
+    y = PackedLinear.apply(x.reshape(rows, x.shape[-1]), weight, bias)  # (M, N)
+    return y.view(*x.shape[:-1], weight.shape[0])

@@ -19,7 +19,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from . import _checks
-from ._matmul import StepWeight
+from ._matmul import StepWeight, linear
 
 
 class _Cell(nn.Module):
@@ -61,7 +61,7 @@ class _Cell(nn.Module):
 
     def project(self, x: torch.Tensor) -> torch.Tensor:
         """The input projection, hoisted out of the time loop. Inputs: x (..., D). Outputs: (..., G*H)."""
-        return F.linear(x, self.Wxh.weight, self.input_bias())
+        return linear(x, self.Wxh.weight, self.input_bias())
 
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}"
