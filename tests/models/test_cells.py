@@ -205,3 +205,24 @@ def test_gradcheck_every_cell_path(cell, bias, with_lengths):
         return out, *_flat(h_n)
 
     assert torch.autograd.gradcheck(fn, (x, *h0, *weights))
+
+
+@pytest.mark.parametrize("cell", ["rnn_tanh", "rnn_relu", "gru", "lstm"])
+def test_generation_step_equals_full_forward(cell):
+    torch.manual_seed(8)
+    lm = CharRNN(12, 8, 16, num_layers=3, cell=cell).eval()
+    seq = torch.randint(0, 12, (2, 9))
+    full_logits, full_state = lm(seq)
+    _, state = lm(seq[:, :4])
+    layers = [tuple(s[layer] for s in _flat(state)) for layer in range(3)]
+    step = lm._decoder()
+    for t in range(4, 9):
+        logits, layers = step(seq[:, t], layers)  # reads token t: the logits at position t
+        torch.testing.assert_close(logits, full_logits[:, t], atol=1e-6, rtol=1e-5)
+    for i, s in enumerate(_flat(full_state)):
+        torch.testing.assert_close(torch.stack([layer[i] for layer in layers]), s, atol=1e-6, rtol=1e-5)
+    # generate() samples from those steps: with top_k=1 it is argmax decoding of the full forward.
+    greedy = seq[:, :4]
+    for _ in range(8):
+        greedy = torch.cat([greedy, lm(greedy)[0][:, -1].argmax(-1, keepdim=True)], dim=1)
+    assert torch.equal(lm.generate(seq[:, :4], 8, top_k=1), greedy)

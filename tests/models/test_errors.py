@@ -136,5 +136,12 @@ def test_generate_arguments(char_model):
 def test_generate_with_diverged_weights(char_model):
     with torch.no_grad():
         char_model.fc.weight.fill_(float("nan"))
-    with raises(ValueError, "expected finite logits", "NaN or inf"):
+    with raises(ValueError, "expected finite weights for generation", "NaN or inf in fc.weight"):
+        char_model.generate(torch.zeros(1, 2, dtype=torch.long), 5)
+
+
+def test_generate_with_overflowing_logits(char_model):
+    with torch.no_grad():  # finite weights whose products overflow float32
+        char_model.fc.weight.fill_(3e38)
+    with raises(ValueError, "expected finite logits while generating", "NaN or inf"):
         char_model.generate(torch.zeros(1, 2, dtype=torch.long), 5)

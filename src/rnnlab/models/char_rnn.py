@@ -98,24 +98,58 @@ class CharRNN(nn.Module):
                                   or not 1 <= top_k <= self.vocab_size):
             raise ValueError(f"expected top_k in [1, {self.vocab_size}] (the vocabulary size) or None, got {top_k!r}")
 
+        for name, p in self.named_parameters():
+            if not torch.isfinite(p).all():
+                raise ValueError(f"expected finite weights for generation, got NaN or inf in {name} "
+                                 "(the model's weights have diverged; check training)")
+
         tokens = [prompt.long()]
-        logits, h = self._logits(prompt, None)  # (B, T0, V), (L, B, H)
+        logits, state = self._logits(prompt, None)  # (B, T0, V), (L, B, H) [or (h, c)]
+        step = self._decoder()
+        layers = [tuple(s[layer] for s in (state if isinstance(state, tuple) else (state,)))
+                  for layer in range(self.rnn.num_layers)]  # per layer: (h,) or (h, c), each (B, H)
+        last = logits[:, -1]  # (B, V)
         for i in range(max_new_tokens):
-            next_token = self._sample(logits[:, -1], temperature, top_k, generator)  # (B, 1)
+            next_token = self._sample(last, temperature, top_k, generator)  # (B, 1)
             tokens.append(next_token)
             if i + 1 < max_new_tokens:
-                logits, h = self._logits(next_token, h)  # (B, 1, V), (L, B, H)
+                last, layers = step(next_token.squeeze(1), layers)  # (B, V)
         return torch.cat(tokens, dim=1)  # (B, T0 + max_new_tokens)
+
+    def _decoder(self):
+        """The one-token step of :meth:`generate`, the same computation as :meth:`forward` on a
+        (B, 1) input, with every cost that does not depend on the token moved out of the loop:
+        input checks, the summed biases, and the embedding, which is folded into layer 0's
+        input projection (one (V, D) x (D, G*H) product, then a row lookup per token).
+
+        Returns step(token (B,), layers) -> (logits (B, V), layers), where layers holds each
+        layer's state as a tuple, (h,) or (h, c), of (B, H) tensors.
+        """
+        cells, training = self.rnn.cells, self.training
+        table = cells[0].project(self.embedding.weight)  # (V, G*H): W_xh E[v] + biases for every v
+        projections = [(cell.Wxh.weight, cell.input_bias()) for cell in cells]
+
+        def step(token: torch.Tensor, layers: list):
+            x = table[token]  # (B, G*H)
+            new_layers = []
+            for layer, cell in enumerate(cells):
+                if layer > 0:
+                    if training and self.rnn.dropout is not None:
+                        x = self.rnn.dropout(x)
+                    x = F.linear(x, *projections[layer])  # (B, G*H)
+                state = cell.recur(x, layers[layer])
+                new_layers.append(state)
+                x = state[0]  # (B, H)
+            if training:
+                x = self.dropout(x)
+            return F.linear(x, self.fc.weight, self.fc.bias), new_layers  # (B, V)
+
+        return step
 
     @staticmethod
     def _sample(logits: torch.Tensor, temperature: float, top_k: int | None,
                 generator: torch.Generator | None) -> torch.Tensor:
         """Inputs: logits (B, V). Outputs: sampled ids (B, 1)."""
-        if not torch.isfinite(logits).all():
-            raise ValueError(
-                "expected finite logits while generating, got NaN or inf "
-                "(the model's weights have diverged; check training)"
-            )
         # Subtract the row maximum before dividing: a tiny temperature then pushes the
         # other logits to -inf (probability 0) instead of overflowing to +inf.
         logits = (logits - logits.amax(dim=-1, keepdim=True)) / temperature
@@ -123,4 +157,10 @@ class CharRNN(nn.Module):
             kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
             logits = logits.masked_fill(logits < kth, float("-inf"))
         probs = F.softmax(logits, dim=-1)  # (B, V)
-        return torch.multinomial(probs, 1, generator=generator)  # (B, 1)
+        try:
+            return torch.multinomial(probs, 1, generator=generator)  # (B, 1)
+        except RuntimeError as err:  # NaN or inf in the logits: the products overflowed
+            if torch.isfinite(probs).all():
+                raise
+            raise ValueError("expected finite logits while generating, got NaN or inf "
+                             "(the model's weights are too large; check training)") from err
