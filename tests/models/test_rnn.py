@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from rnnlab.models import RNN, RNNCell
+from rnnlab.models.dropout import Dropout
 
 TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
 
@@ -193,7 +194,7 @@ def test_dropout_feeds_the_next_layer_with_inverted_scaling():
     out, _ = rnn(x)
     torch.manual_seed(7)
     first, _ = first_layer(x)
-    second, _ = second_layer(torch.nn.functional.dropout(first, 0.5, training=True))
+    second, _ = second_layer(Dropout(0.5)(first))
     torch.testing.assert_close(out, second, atol=1e-12, rtol=0)
 
 
@@ -211,3 +212,23 @@ def test_rnn_cell_init_and_shapes():
     assert cell(torch.randn(32, 10), torch.zeros(32, 64)).shape == (32, 64)
     assert "bias=False" in repr(RNNCell(3, 4, bias=False))
     assert "num_layers=2, dropout=0.2" in repr(RNN(10, 64, 2, dropout=0.2))
+
+
+def test_dropout_module_matches_torch_dropout_contract():
+    torch.manual_seed(9)
+    x = torch.randn(200, 300, dtype=torch.float64, requires_grad=True)
+    drop = Dropout(0.3)
+    assert drop.training and "p=0.3" in repr(drop)
+    y = drop(x)
+    kept = y != 0
+    assert abs(kept.double().mean().item() - 0.7) < 0.01  # 60,000 draws: std 0.0019
+    torch.testing.assert_close(y[kept], x[kept] / 0.7, atol=1e-12, rtol=0)  # inverted scaling
+    (grad,) = torch.autograd.grad((y * 2).sum(), x)
+    torch.testing.assert_close(grad, kept.double() * 2 / 0.7, atol=1e-12, rtol=0)  # same mask backward
+    torch.manual_seed(10)
+    a = drop(x)
+    torch.manual_seed(10)
+    assert torch.equal(a, drop(x))  # the global generator decides the mask
+    assert drop.eval()(x) is x and Dropout(0.0).train()(x) is x
+    with pytest.raises(ValueError, match=r"expected p in \[0, 1\), got 1.0"):
+        Dropout(1.0)

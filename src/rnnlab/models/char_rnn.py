@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import _checks
+from .dropout import Dropout
 from .rnn import RNN
 
 
@@ -43,7 +44,7 @@ class CharRNN(nn.Module):
         self.vocab_size = _checks.positive_int("vocab_size", vocab_size)
         self.embedding = nn.Embedding(vocab_size, _checks.positive_int("embed_dim", embed_dim))
         self.rnn = RNN(embed_dim, hidden_size, num_layers, dropout=dropout, cell=cell)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.fc = nn.Linear(hidden_size, vocab_size)
 
     def _check_ids(self, name: str, idx) -> None:

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from . import _checks
+from .dropout import Dropout
 from .rnn import RNN
 
 
@@ -42,7 +43,7 @@ class SequenceClassifier(nn.Module):
         self.num_classes = _checks.positive_int("num_classes", num_classes)
         self.rnn = RNN(input_size, hidden_size, num_layers, dropout=dropout, cell=cell)
         self.fc = nn.Linear(hidden_size, num_classes)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """Inputs: x (B, T, D); lengths (B,) or None. Outputs: logits (B, C)."""

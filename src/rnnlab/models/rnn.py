@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from . import _checks
+from .dropout import Dropout
 from .cell import CELLS, make_cell
 
 State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]  # h (L, B, H), or (h, c) for the LSTM
@@ -102,7 +103,7 @@ class RNN(nn.Module):
             make_cell(cell, input_size if layer == 0 else hidden_size, hidden_size, bias=bias)
             for layer in range(num_layers)
         )
-        self.dropout = nn.Dropout(dropout) if dropout > 0 and num_layers > 1 else None
+        self.dropout = Dropout(dropout) if dropout > 0 and num_layers > 1 else None
 
     @property
     def is_lstm(self) -> bool:

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from . import _checks
+from .dropout import Dropout
 from .bidirectional import BidirectionalRNN
 from .rnn import RNN
 
@@ -44,7 +45,7 @@ class SequenceTagger(nn.Module):
         self.num_tags = _checks.positive_int("num_tags", num_tags)
         rnn_cls = BidirectionalRNN if bidirectional else RNN
         self.rnn = rnn_cls(input_size, hidden_size, num_layers, dropout=dropout, cell=cell)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.fc = nn.Linear(hidden_size * (2 if bidirectional else 1), num_tags)
         self.bidirectional = bool(bidirectional)
 
