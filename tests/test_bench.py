@@ -29,15 +29,20 @@ def test_benchmark_writes_csv_and_markdown(tmp_path):
         reader = csv.DictReader(f)
         rows = list(reader)
     assert reader.fieldnames == bench.COLUMNS
-    assert [r["row"] for r in rows] == list(bench.ROWS)
+    core = ["forward", "backward", "stepwise", "memory"]
+    assert [r["row"] for r in rows] == core + ["forward", "backward", "memory"] * 2 + list(bench.ROWS[4:])
     assert all(r["shape"] == str(TINY_SHAPE) for r in rows[:4])
+    assert [r["shape"] for r in rows[4:10]] == [f"{TINY_SHAPE} gru"] * 3 + [f"{TINY_SHAPE} lstm"] * 3
+    assert [r["reference_name"] for r in rows[:10]] == (["torch.nn.RNN", "torch.nn.RNN", "rnnlab RNN.forward_stepwise",
+                                                         "torch.nn.RNN"] + ["torch.nn.GRU"] * 3 + ["torch.nn.LSTM"] * 3)
     for r in rows:
         assert float(r["rnnlab"]) > 0 and float(r["reference"]) > 0 and float(r["ratio"]) > 0, r
         assert r["meets_target"] in ("yes", "no") if r["target"] else r["meets_target"] == "-"
+    assert all(not r["target"] for r in rows[4:10])  # the targets are the default cell's
 
     markdown = (out / "benchmark.md").read_text()
     table = [line for line in markdown.splitlines() if line.startswith("|")]
-    assert len(table) == 2 + len(bench.ROWS)  # header, rule, one line per row
+    assert len(table) == 2 + len(rows)  # header, rule, one line per row
     for row in bench.ROWS:
         assert f"| {row} |" in markdown
 
@@ -50,7 +55,7 @@ def test_benchmark_skips_char_epoch_without_text(tmp_path):
 
 
 @pytest.mark.parametrize("argument, value", [("rows", "forward,sideways"), ("shapes", ["huge"]), ("reps", 0),
-                                             ("device", "tpu")])
+                                             ("device", "tpu"), ("cells", "rnn_relu")])
 def test_benchmark_rejects_bad_arguments(tmp_path, argument, value):
     with pytest.raises(ValueError, match=argument):
         bench.run(**{argument: value}, out=tmp_path)

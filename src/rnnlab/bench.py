@@ -5,7 +5,8 @@
 Every number is a ratio against a reference measured in the same process. The two sides
 are called in turn (rnnlab, reference, rnnlab, reference, ...) so that a change in machine
 load hits both alike, and each side's time is the median of ``reps`` timed calls after
-``warmup`` untimed ones (the first calls fault in fresh memory pages and fill caches).
+``warmup`` untimed ones (the first calls fault in fresh memory pages and fill caches); a
+timed sample repeats a fast call until it lasts at least 20 ms.
 Threads are fixed with ``torch.set_num_threads``, tensors are float32, and on CUDA every
 timed call is bracketed by ``torch.cuda.synchronize`` (cuDNN's TF32 is switched off for
 the run, so torch.nn.RNN computes in float32 like rnnlab). Run it on an otherwise idle
@@ -13,15 +14,16 @@ machine: when other processes keep the cores busy, each of the thousands of smal
 per-step matrix products waits for descheduled threads, and times grow many-fold (the
 header records the load average before and after).
 
-Rows, for each shape (B, T, D, H, L) of :data:`SHAPES`, against ``torch.nn.RNN`` (tanh,
-batch_first) with the same weights (``RNN.from_torch``):
+Rows, for each shape (B, T, D, H, L) of :data:`SHAPES` and each cell (the default Elman
+tanh cell against ``torch.nn.RNN``; GRU and LSTM against ``torch.nn.GRU`` and
+``torch.nn.LSTM``), batch_first, with the same weights (``RNN.from_torch``):
 
 - ``forward``: forward pass under ``torch.no_grad``.
 - ``backward``: forward + backward: gradients of ``outputs.sum() + h_n.sum()`` with respect
   to the input and every weight.
 - ``stepwise``: the same forward + backward, rnnlab's layer-major ``RNN.forward`` against
   the seed's step-by-step loop ``RNN.forward_stepwise`` (the reference here is rnnlab's
-  own readable loop, not torch).
+  own readable loop, not torch); default cell only.
 - ``memory``: memory a forward + backward needs beyond the weights and the input (see
   :func:`saved_bytes` and :func:`cuda_peak_bytes`); deterministic, so measured once.
 
@@ -121,9 +123,9 @@ class Result:
 
 
 def make_result(row: str, shape: str, device: torch.device, rnnlab: float | None, reference: float | None,
-                unit: str, reference_name: str, note: str) -> Result:
-    """A row with its ratio and target; ``rnnlab=None`` makes a skipped row."""
-    op, bound = TARGETS.get(row, ("", None))
+                unit: str, reference_name: str, note: str, targeted: bool = True) -> Result:
+    """A row with its ratio and target (none if not ``targeted``); ``rnnlab=None`` makes a skipped row."""
+    op, bound = TARGETS.get(row, ("", None)) if targeted else ("", None)
     target = f"{op} {bound}" if op else ""
     if rnnlab is None:
         return Result(row, shape, str(device), None, None, unit, None, reference_name, target, "skipped", note)
@@ -139,29 +141,56 @@ def _sync(device: torch.device) -> None:
 
 
 def time_interleaved(fns: Sequence[Callable[[], object]], reps: int, warmup: int,
-                     device: torch.device) -> list[float]:
-    """Median seconds of each function over ``reps`` rounds, after ``warmup`` untimed
-    rounds; a round calls every function once, in order."""
-    times: list[list[float]] = [[] for _ in fns]
-    for round_ in range(warmup + reps):
-        for fn, slot in zip(fns, times):
-            _sync(device)
-            start = time.perf_counter()
+                     device: torch.device, min_sample_s: float = 0.02) -> list[float]:
+    """Median seconds per call of each function over ``reps`` rounds, after ``warmup``
+    untimed rounds; a round times every function once, in order.
+
+    A timed sample is ``number`` back-to-back calls, with ``number`` chosen after the
+    warm-up so that the fastest function's sample lasts at least ``min_sample_s`` (as
+    ``timeit`` does): sub-millisecond calls are otherwise at the mercy of timer and
+    scheduler noise. Every function gets the same ``number``.
+    """
+    for _ in range(warmup):
+        for fn in fns:
             fn()
-            _sync(device)
-            if round_ >= warmup:
-                slot.append(time.perf_counter() - start)
+    number = 1
+    if min_sample_s > 0:
+        fastest = min(_time_calls(fn, 1, device) for fn in fns)
+        number = max(1, math.ceil(min_sample_s / max(fastest, 1e-9)))
+    times: list[list[float]] = [[] for _ in fns]
+    for _ in range(reps):
+        for fn, slot in zip(fns, times):
+            slot.append(_time_calls(fn, number, device) / number)
     return [statistics.median(slot) for slot in times]
 
 
+def _time_calls(fn: Callable[[], object], number: int, device: torch.device) -> float:
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(number):
+        fn()
+    _sync(device)
+    return time.perf_counter() - start
+
+
 # ------------------------------------------------------------ core RNN benchmarks
-def core_pair(shape: Shape, device: torch.device) -> tuple[RNN, nn.RNN, torch.Tensor]:
-    """An rnnlab RNN with the weights of a fresh torch.nn.RNN of ``shape``, and x (B, T, D)."""
+# The torch.nn module each cell is compared with (batch_first; the Elman cell with tanh).
+TORCH_MODULES = {"rnn_tanh": ("torch.nn.RNN", nn.RNN), "gru": ("torch.nn.GRU", nn.GRU),
+                 "lstm": ("torch.nn.LSTM", nn.LSTM)}
+TARGETED_CELL = "rnn_tanh"  # the targets are set for the default RNN; other cells' rows show no target
+
+
+def core_pair(shape: Shape, device: torch.device, cell: str = TARGETED_CELL) -> tuple[RNN, nn.RNNBase, torch.Tensor]:
+    """An rnnlab RNN with the weights of a fresh torch.nn module of ``shape`` and ``cell``, and x (B, T, D)."""
     torch.manual_seed(0)
-    reference = nn.RNN(shape.D, shape.H, shape.L, nonlinearity="tanh", batch_first=True).to(device)
+    reference = TORCH_MODULES[cell][1](shape.D, shape.H, shape.L, batch_first=True).to(device)
     ours = RNN.from_torch(reference)
     x = torch.randn(shape.B, shape.T, shape.D, device=device)  # (B, T, D)
     return ours, reference, x
+
+
+def _flat_state(h_n) -> tuple[torch.Tensor, ...]:
+    return tuple(h_n) if isinstance(h_n, tuple) else (h_n,)  # (h_n,) or (h_n, c_n)
 
 
 def forward_only(forward: Callable, x: torch.Tensor) -> Callable[[], None]:
@@ -172,7 +201,7 @@ def forward_only(forward: Callable, x: torch.Tensor) -> Callable[[], None]:
 
 
 def forward_backward(forward: Callable, module: nn.Module, x: torch.Tensor) -> Callable[[], None]:
-    """Gradients of outputs.sum() + h_n.sum() with respect to x and every weight.
+    """Gradients of outputs.sum() + h_n.sum() (+ c_n.sum()) with respect to x and every weight.
 
     ``torch.autograd.grad`` returns the gradients instead of accumulating them into
     ``.grad``, so no call pays for zeroing or adding to the previous call's gradients.
@@ -181,8 +210,8 @@ def forward_backward(forward: Callable, module: nn.Module, x: torch.Tensor) -> C
     inputs = [x, *module.parameters()]
 
     def run():
-        outputs, h_n = forward(x)  # (B, T, H), (L, B, H)
-        torch.autograd.grad(outputs.sum() + h_n.sum(), inputs)
+        outputs, h_n = forward(x)  # (B, T, H), (L, B, H) [or (h_n, c_n)]
+        torch.autograd.grad(outputs.sum() + sum(s.sum() for s in _flat_state(h_n)), inputs)
     return run
 
 
@@ -203,8 +232,8 @@ def saved_bytes(forward: Callable, module: nn.Module, x: torch.Tensor) -> int:
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(count, lambda t: t):
-        outputs = forward(x)  # (outputs (B, T, H), h_n (L, B, H))
-    for t in outputs:
+        outputs, h_n = forward(x)  # (B, T, H), (L, B, H) [or (h_n, c_n)]
+    for t in (outputs, *_flat_state(h_n)):
         count(t)
     return sum(n for ptr, n in sizes.items() if ptr not in known)
 
@@ -220,33 +249,38 @@ def cuda_peak_bytes(run: Callable[[], None], device: torch.device) -> int:
     return torch.cuda.max_memory_allocated(device) - base
 
 
-def core_rows(shape: Shape, rows: Sequence[str], reps: int, warmup: int, device: torch.device) -> list[Result]:
-    """The forward, backward, stepwise and memory rows selected in ``rows`` for one shape."""
-    ours, reference, x = core_pair(shape, device)
-    torch_name = "torch.nn.RNN"
+def core_rows(shape: Shape, rows: Sequence[str], reps: int, warmup: int, device: torch.device,
+              cell: str = TARGETED_CELL) -> list[Result]:
+    """The forward, backward, stepwise and memory rows selected in ``rows`` for one shape and
+    cell (stepwise only for the default cell)."""
+    ours, reference, x = core_pair(shape, device, cell)
+    torch_name = TORCH_MODULES[cell][0]
+    label = str(shape) if cell == TARGETED_CELL else f"{shape} {cell}"
+    targeted = cell == TARGETED_CELL
     results = []
     if "forward" in rows:
         t_ours, t_ref = time_interleaved([forward_only(ours, x), forward_only(reference, x)], reps, warmup, device)
-        results.append(make_result("forward", str(shape), device, 1e3 * t_ours, 1e3 * t_ref, "ms", torch_name,
-                                   "forward under torch.no_grad"))
+        results.append(make_result("forward", label, device, 1e3 * t_ours, 1e3 * t_ref, "ms", torch_name,
+                                   "forward under torch.no_grad", targeted))
     if "backward" in rows:
         t_ours, t_ref = time_interleaved([forward_backward(ours, ours, x), forward_backward(reference, reference, x)],
                                          reps, warmup, device)
-        results.append(make_result("backward", str(shape), device, 1e3 * t_ours, 1e3 * t_ref, "ms", torch_name,
-                                   "forward + backward (gradients for the input and every weight)"))
-    if "stepwise" in rows:
+        results.append(make_result("backward", label, device, 1e3 * t_ours, 1e3 * t_ref, "ms", torch_name,
+                                   "forward + backward (gradients for the input and every weight)", targeted))
+    if "stepwise" in rows and targeted:
         t_ours, t_step = time_interleaved([forward_backward(ours, ours, x),
                                            forward_backward(ours.forward_stepwise, ours, x)], reps, warmup, device)
-        results.append(make_result("stepwise", str(shape), device, 1e3 * t_ours, 1e3 * t_step, "ms",
+        results.append(make_result("stepwise", label, device, 1e3 * t_ours, 1e3 * t_step, "ms",
                                    "rnnlab RNN.forward_stepwise",
                                    "forward + backward; rnnlab's layer-major RNN.forward against the seed's "
                                    "step-by-step loop (both rnnlab; no target)"))
     if "memory" in rows:
-        results.append(memory_row(shape, ours, reference, x, device))
+        results.append(memory_row(label, ours, reference, x, device, torch_name, targeted))
     return results
 
 
-def memory_row(shape: Shape, ours: RNN, reference: nn.RNN, x: torch.Tensor, device: torch.device) -> Result:
+def memory_row(label: str, ours: RNN, reference: nn.RNNBase, x: torch.Tensor, device: torch.device,
+               torch_name: str = "torch.nn.RNN", targeted: bool = True) -> Result:
     if device.type == "cuda":
         ours_bytes = cuda_peak_bytes(forward_backward(ours, ours, x), device)
         ref_bytes = cuda_peak_bytes(forward_backward(reference, reference, x), device)
@@ -256,8 +290,8 @@ def memory_row(shape: Shape, ours: RNN, reference: nn.RNN, x: torch.Tensor, devi
         ref_bytes = saved_bytes(reference, reference, x)
         note = ("bytes autograd saves for backward (distinct storages, weights and input left out) "
                 "plus outputs and h_n")
-    return make_result("memory", str(shape), device, ours_bytes / 2**20, ref_bytes / 2**20, "MiB",
-                       "torch.nn.RNN", note)
+    return make_result("memory", label, device, ours_bytes / 2**20, ref_bytes / 2**20, "MiB", torch_name, note,
+                       targeted)
 
 
 # ----------------------------------------------------------------------- generation
@@ -623,6 +657,7 @@ def _device(device: str) -> torch.device:
 
 def run(shapes: str | Sequence[str | Shape] = tuple(SHAPES), rows: str | Sequence[str] = ROWS, reps: int = 10,
         warmup: int = 2, threads: int = 2, device: str = "cpu", out: str | Path = "outputs/benchmarks",
+        cells: str | Sequence[str] = tuple(TORCH_MODULES),
         shakespeare: str | None = None, conf_dir: str | Path = "conf", gen_tokens: int = 200,
         char_windows: int = 3200, classifier_overrides: Sequence[str] = (),
         char_overrides: Sequence[str] = ()) -> list[Result]:
@@ -632,6 +667,9 @@ def run(shapes: str | Sequence[str | Shape] = tuple(SHAPES), rows: str | Sequenc
         shapes: names from :data:`SHAPES` (a list, or comma-separated), or :class:`Shape`
             objects; used by the forward, backward, stepwise and memory rows.
         rows: names from :data:`ROWS` (a list, or comma-separated).
+        cells: cells of the core rows, from :data:`TORCH_MODULES` (a list, or comma-separated),
+            each against its torch.nn module; the targets apply to ``rnn_tanh``, and the
+            stepwise row is run for it only.
         reps: timed repetitions per measurement; each time is their median.
         warmup: untimed repetitions before them.
         threads: ``torch.set_num_threads`` for the run (restored afterwards).
@@ -649,6 +687,7 @@ def run(shapes: str | Sequence[str | Shape] = tuple(SHAPES), rows: str | Sequenc
     """
     shapes = [s if isinstance(s, Shape) else SHAPES[s] for s in _names("shapes", shapes, list(SHAPES))]
     rows = _names("rows", rows, ROWS)
+    cells = _names("cells", cells, list(TORCH_MODULES))
     reps, warmup = _positive("reps", reps), _positive("warmup", warmup, minimum=0)
     threads, gen_tokens = _positive("threads", threads), _positive("gen_tokens", gen_tokens)
     char_windows = _positive("char_windows", char_windows)
@@ -665,12 +704,13 @@ def run(shapes: str | Sequence[str | Shape] = tuple(SHAPES), rows: str | Sequenc
     def add(result: Result) -> None:
         results.append(result)
         ratio = "skipped" if result.ratio is None else f"ratio {result.ratio:.2f}"
-        print(f"  {result.row:<15} {result.shape:<40} {ratio}", flush=True)
+        print(f"  {result.row:<15} {result.shape:<45} {ratio}", flush=True)
 
     try:
-        for shape in shapes if set(rows) & set(CORE_ROWS) else []:
-            for result in core_rows(shape, rows, reps, warmup, dev):
-                add(result)
+        for cell in cells if set(rows) & set(CORE_ROWS) else []:
+            for shape in shapes:
+                for result in core_rows(shape, rows, reps, warmup, dev, cell):
+                    add(result)
         if "generate" in rows:
             add(generate_row(gen_tokens, reps, warmup, dev))
         if "e2e_classifier" in rows:
@@ -696,6 +736,8 @@ def main(argv: Sequence[str] | None = None) -> list[Result]:
     parser = argparse.ArgumentParser(prog="python -m rnnlab.bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--shapes", default=",".join(SHAPES), help=f"comma-separated, of {', '.join(SHAPES)}")
     parser.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated, of {', '.join(ROWS)}")
+    parser.add_argument("--cells", default=",".join(TORCH_MODULES),
+                        help=f"cells of the core rows, comma-separated, of {', '.join(TORCH_MODULES)}")
     parser.add_argument("--reps", type=int, default=10, help="timed repetitions (median)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed repetitions before them")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
