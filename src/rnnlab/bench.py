@@ -69,6 +69,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from torch import nn
 
 from .models import RNN, CharRNN
+from .models._matmul import packed_matmul
 from .train import train
 
 
@@ -657,7 +658,7 @@ def _device(device: str) -> torch.device:
 
 def run(shapes: str | Sequence[str | Shape] = tuple(SHAPES), rows: str | Sequence[str] = ROWS, reps: int = 10,
         warmup: int = 2, threads: int = 2, device: str = "cpu", out: str | Path = "outputs/benchmarks",
-        cells: str | Sequence[str] = tuple(TORCH_MODULES),
+        cells: str | Sequence[str] = tuple(TORCH_MODULES), packed: bool = True,
         shakespeare: str | None = None, conf_dir: str | Path = "conf", gen_tokens: int = 200,
         char_windows: int = 3200, classifier_overrides: Sequence[str] = (),
         char_overrides: Sequence[str] = ()) -> list[Result]:
@@ -670,6 +671,8 @@ def run(shapes: str | Sequence[str | Shape] = tuple(SHAPES), rows: str | Sequenc
         cells: cells of the core rows, from :data:`TORCH_MODULES` (a list, or comma-separated),
             each against its torch.nn module; the targets apply to ``rnn_tanh``, and the
             stepwise row is run for it only.
+        packed: let rnnlab use oneDNN's packed weights (:mod:`rnnlab.models._matmul`);
+            ``False`` measures rnnlab with ``torch.addmm`` only, as on a build without oneDNN.
         reps: timed repetitions per measurement; each time is their median.
         warmup: untimed repetitions before them.
         threads: ``torch.set_num_threads`` for the run (restored afterwards).
@@ -700,6 +703,7 @@ def run(shapes: str | Sequence[str | Shape] = tuple(SHAPES), rows: str | Sequenc
     torch.set_num_threads(threads)
     torch.backends.cudnn.allow_tf32 = False
     results: list[Result] = []
+    stack = contextlib.ExitStack()
 
     def add(result: Result) -> None:
         results.append(result)
@@ -707,6 +711,7 @@ def run(shapes: str | Sequence[str | Shape] = tuple(SHAPES), rows: str | Sequenc
         print(f"  {result.row:<15} {result.shape:<45} {ratio}", flush=True)
 
     try:
+        stack.enter_context(packed_matmul(packed))
         for cell in cells if set(rows) & set(CORE_ROWS) else []:
             for shape in shapes:
                 for result in core_rows(shape, rows, reps, warmup, dev, cell):
@@ -718,12 +723,14 @@ def run(shapes: str | Sequence[str | Shape] = tuple(SHAPES), rows: str | Sequenc
         if "e2e_char" in rows:
             add(e2e_char_row(conf_dir, shakespeare, char_windows, char_overrides, reps, warmup, dev))
     finally:
+        stack.close()
         torch.set_num_threads(old_threads)
         torch.backends.cudnn.allow_tf32 = old_tf32
         HydraConfig.instance().cfg = old_hydra
 
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "CPU"
     header = (f"{datetime.now():%Y-%m-%d %H:%M}, torch {torch.__version__}, {name}, {threads} threads, float32, "
+              f"{'oneDNN packed weights on' if packed else 'packed weights off (torch.addmm only)'}, "
               f"median of {reps} interleaved repetitions after {warmup} warm-up, load average {load_before} before "
               f"and {_load_average()} after (on {os.cpu_count()} cores). Ratios are rnnlab / reference "
               "(times and memory: lower is better; generate, tokens/s: higher is better).")
@@ -738,6 +745,8 @@ def main(argv: Sequence[str] | None = None) -> list[Result]:
     parser.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated, of {', '.join(ROWS)}")
     parser.add_argument("--cells", default=",".join(TORCH_MODULES),
                         help=f"cells of the core rows, comma-separated, of {', '.join(TORCH_MODULES)}")
+    parser.add_argument("--no-packed", dest="packed", action="store_false",
+                        help="rnnlab without oneDNN's packed weights (torch.addmm only)")
     parser.add_argument("--reps", type=int, default=10, help="timed repetitions (median)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed repetitions before them")
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")

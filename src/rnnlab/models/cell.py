@@ -6,15 +6,19 @@ parameters in two ``nn.Linear`` layers, ``Wxh`` (input to hidden) and ``Whh`` (h
 hidden), with the gates stacked in PyTorch's order, so weights copy one-to-one from and
 to ``torch.nn.RNN`` / ``GRU`` / ``LSTM``.
 
-``forward`` is one step, the readable definition. ``forward_sequence`` runs the cell
-over all T steps with the input projection hoisted out of the loop; :class:`RNN` uses it.
-States are tuples: ``(h,)`` for the Elman and GRU cells, ``(h, c)`` for the LSTM.
+``forward`` is one step, the readable definition. ``project`` and ``recur`` are the same
+step cut in two: the input projection, which does not depend on the previous state and so
+can be computed for all T steps in one product, and the recurrent rest. ``forward_sequence``
+runs the cell over all T steps, as :class:`RNN` uses it: the hoisted projection, then the
+recurrence as an autograd Function with a hand-written backward (:class:`ElmanRecurrence`,
+:class:`GRURecurrence`, :class:`LSTMRecurrence`); with a length mask, ``recur`` step by
+step under autograd. States are tuples: ``(h,)`` for the Elman and GRU cells, ``(h, c)``
+for the LSTM. The tests check every path against ``torch.nn`` and against each other.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
@@ -23,7 +27,9 @@ from ._matmul import StepWeight, linear
 
 
 class _Cell(nn.Module):
-    """Shared construction and checks. Subclasses set ``gates`` and ``state_size``."""
+    """Shared construction and checks. Subclasses set ``gates`` and ``state_size`` and define
+    ``forward`` (one step), ``recur`` (one step from the projected input) and
+    ``forward_sequence``."""
 
     gates: int = 1
     state_size: int = 1
@@ -104,6 +110,12 @@ def _steps(projected: torch.Tensor, time_dim: int):
     # unbind + one stack at the end, not projected[:, t] indexing: the backward of a
     # strided slice writes a full-size zero gradient per step (O(T^2) memory traffic).
     return projected.unbind(time_dim)
+
+
+def _tanh_(x: torch.Tensor) -> torch.Tensor:
+    """tanh in place, as 2 sigmoid(2x) - 1: on the CPU, ATen's sigmoid is about 4x faster than
+    its tanh, so these four passes take about half the time of one tanh."""
+    return x.mul_(2).sigmoid_().mul_(2).sub_(1)
 
 
 def _masked(new: torch.Tensor, old: torch.Tensor, mask_t: torch.Tensor | None) -> torch.Tensor:
@@ -200,7 +212,7 @@ class GRURecurrence(torch.autograd.Function):
             torch.add(p_t[:, :2 * H], hh_t[:, :2 * H], out=rz[t]).sigmoid_()
             r, z = rz[t, :, :H], rz[t, :, H:]
             hn[t].copy_(hh_t[:, 2 * H:])
-            torch.addcmul(p_t[:, 2 * H:], r, hn[t], out=n[t]).tanh_()
+            _tanh_(torch.addcmul(p_t[:, 2 * H:], r, hn[t], out=n[t]))
             h = torch.sub(h, n[t], out=outputs[t]).mul_(z).add_(n[t])  # h' = n + z (h - n)
         ctx.save_for_backward(rz, hn, n, outputs, h0, w_hh)
         ctx.has_bias = b_hn is not None
@@ -259,12 +271,14 @@ class LSTMRecurrence(torch.autograd.Function):
         h, c = h0, c0
         for t, p_t in enumerate(projected.unbind(0)):  # each (B, 4H)
             pre, a = recurrent(h, p_t), gates[t]  # (B, 4H) each
-            torch.sigmoid(pre[:, :2 * H], out=a[:, :2 * H])  # i, f
-            torch.tanh(pre[:, 2 * H:3 * H], out=a[:, 2 * H:3 * H])  # g
-            torch.sigmoid(pre[:, 3 * H:], out=a[:, 3 * H:])  # o
+            # One sigmoid for all four gates, g's through tanh(x) = 2 sigmoid(2x) - 1 (see _tanh_).
+            pre[:, 2 * H:3 * H].mul_(2)
+            torch.sigmoid(pre, out=a)
+            a[:, 2 * H:3 * H].mul_(2).sub_(1)
             i, f, g, o = a.chunk(4, dim=1)
             c = torch.mul(f, c, out=cells[t]).addcmul_(i, g)  # c' = f c + i g
-            h = torch.mul(o, torch.tanh(c, out=tanh_cells[t]), out=outputs[t])  # h' = o tanh(c')
+            tanh_c = torch.mul(c, 2, out=tanh_cells[t]).sigmoid_().mul_(2).sub_(1)  # tanh(c'), as in _tanh_
+            h = torch.mul(o, tanh_c, out=outputs[t])  # h' = o tanh(c')
         ctx.save_for_backward(gates, cells, tanh_cells, outputs, h0, c0, w_hh)
         return outputs, c.clone()
 

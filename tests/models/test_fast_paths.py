@@ -1,0 +1,70 @@
+"""The CPU fast paths in float32 against torch.nn: oneDNN's packed weights for the per-step
+products and the hoisted projections (taken above their size thresholds), and the same
+sizes with packing switched off (``torch.addmm`` only). The float64 parity tests elsewhere
+run the ``addmm`` path, as packing is float32-only."""
+
+import pytest
+import torch
+from torch import nn
+
+from rnnlab.models import RNN
+from rnnlab.models import _matmul
+from rnnlab.models._matmul import StepWeight, packed_matmul
+
+TORCH = {"rnn_tanh": nn.RNN, "rnn_relu": lambda *a, **k: nn.RNN(*a, nonlinearity="relu", **k), "gru": nn.GRU,
+         "lstm": nn.LSTM}
+needs_onednn = pytest.mark.skipif(not _matmul._AVAILABLE, reason="this PyTorch build has no oneDNN")
+# Big enough for both thresholds: B*H*G*H >= 2^21 per step, T*B*D*G*H >= 2^25 per projection.
+B, T, D, H = 64, 32, 96, 192
+
+
+def _flat(state):
+    return list(state) if isinstance(state, tuple) else [state]
+
+
+def _run(module, x, h0):
+    xi = x.clone().requires_grad_()
+    hi = [s.clone().requires_grad_() for s in h0]
+    out, h_n = module(xi, tuple(hi) if len(hi) == 2 else hi[0])
+    loss = (out * torch.linspace(-1, 1, out.shape[-1])).sum() + sum((s ** 2).sum() for s in _flat(h_n))
+    params = list(module.parameters())
+    grads = torch.autograd.grad(loss, [xi, *hi, *params])
+    return [out, *_flat(h_n), *grads[:len(hi) + 1]], dict(zip(params, grads[len(hi) + 1:]))
+
+
+@needs_onednn
+@pytest.mark.parametrize("cell", list(TORCH))
+@pytest.mark.parametrize("packed", [True, False])
+def test_float32_fast_paths_match_torch(cell, packed):
+    torch.manual_seed(0)
+    ref = TORCH[cell](D, H, 2, batch_first=True)
+    mine = RNN.from_torch(ref)
+    with packed_matmul(packed):
+        for layer, cell_module in enumerate(mine.cells):  # the sizes take the path under test
+            assert (StepWeight(cell_module.Whh.weight, B).packed is not None) == packed
+            assert _matmul._packable(cell_module.Wxh.weight, T * B, _matmul.MIN_PACKED_LINEAR_MACS) == packed
+        x = torch.randn(B, T, D)
+        h0 = [torch.randn(2, B, H) * 0.5 for _ in range(2 if cell == "lstm" else 1)]
+        ours, our_grads = _run(mine, x, h0)
+    theirs, their_grads = _run(ref, x, h0)
+    pairs = [(our_grads[mine_p], their_grads[ref_p]) for mine_p, ref_p in mine._weight_pairs(ref)]
+    # float32 with different summation orders: compare relative to each tensor's scale.
+    for a, b in [*zip(ours, theirs, strict=True), *pairs]:
+        torch.testing.assert_close(a, b, atol=2e-5 * b.abs().max().item() + 1e-6, rtol=1e-4)
+
+
+def test_packed_matmul_switch_restores_the_previous_setting():
+    before = _matmul._enabled
+    with packed_matmul(False):
+        assert not _matmul._enabled
+        with packed_matmul(True):
+            assert _matmul._enabled
+        assert not _matmul._enabled
+    assert _matmul._enabled == before
+
+
+def test_small_or_float64_products_stay_on_addmm():
+    assert StepWeight(torch.randn(64, 64), 64).packed is None  # (64, 64) x (64, 64): below the threshold
+    assert StepWeight(torch.randn(512, 512, dtype=torch.float64), 64).packed is None
+    w, x, add = torch.randn(32, 16), torch.randn(8, 16), torch.randn(8, 32)
+    torch.testing.assert_close(StepWeight(w, 8, bias=torch.ones(32))(x, add), x @ w.t() + add + 1)
