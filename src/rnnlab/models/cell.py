@@ -225,22 +225,21 @@ class GRURecurrence(torch.autograd.Function):
         B, H = h0.shape
         r, z = rz[..., :H], rz[..., H:]  # each (T, B, H)
         h_prev = torch.cat([h0.unsqueeze(0), outputs[:-1]])  # (T, B, H): the state each step read
-        # Derivatives of the pre-activations, for all steps at once:
-        slope_n = (1 - z) * (1 - n * n)  # d pre_n / dh'
-        slope_z = (h_prev - n) * z * (1 - z)  # d pre_z / dh'
-        slope_r = hn * r * (1 - r)  # d pre_r / d pre_n
-        grad_hh = outputs.new_empty(outputs.shape[0], B, 3 * H)  # dL/d(W_hh h_{t-1} + (0, 0, b_hn))
-        grad_pre_n = torch.empty_like(n)  # (T, B, H): dL/d(pre-activation of n)
+        # Derivatives with respect to dL/dh' of every step, for all steps at once: of the
+        # pre-activation of n, and of what W_hh h_{t-1} + (0, 0, b_hn) feeds (r, z, and n via r).
+        slope_n = (1 - z) * (1 - n * n)  # d pre_n / dh'  (T, B, H)
+        slopes = torch.stack([slope_n * hn * r * (1 - r), (h_prev - n) * z * (1 - z), slope_n * r],
+                             dim=2)  # (T, B, 3, H)
+        # The loop turns slope_n[t] and slopes[t] into gradients in place (no fresh buffers
+        # written step by step; see ElmanRecurrence.backward).
         grad_h = torch.zeros_like(h0)  # dL/dh_t arriving from step t + 1
         back = StepWeight(w_hh.t(), B)  # g -> g W_hh
         for t in range(outputs.shape[0] - 1, -1, -1):
             dh = grad_h + grad_outputs[t]  # (B, H)
-            pre_n = torch.mul(dh, slope_n[t], out=grad_pre_n[t])
-            g = grad_hh[t]  # (B, 3H)
-            torch.mul(pre_n, slope_r[t], out=g[:, :H])
-            torch.mul(dh, slope_z[t], out=g[:, H:2 * H])
-            torch.mul(pre_n, r[t], out=g[:, 2 * H:])
+            slope_n[t].mul_(dh)  # dL/d pre_n
+            g = slopes[t].mul_(dh.unsqueeze(1)).view(B, 3 * H)  # dL/d(W_hh h_{t-1} + (0, 0, b_hn))
             grad_h = back(g, dh * z[t])  # (B, H): dL/dh_{t-1}
+        grad_hh, grad_pre_n = slopes.view(-1, B, 3 * H), slope_n  # (T, B, 3H), (T, B, H)
         grad_projected = torch.cat([grad_hh[..., :2 * H], grad_pre_n], dim=2)  # (T, B, 3H)
         grad_w_hh = grad_hh.flatten(0, 1).t() @ h_prev.flatten(0, 1)  # (3H, T*B) x (T*B, H)
         grad_b_hn = grad_hh[..., 2 * H:].sum((0, 1)) if ctx.has_bias else None
@@ -294,18 +293,19 @@ class LSTMRecurrence(torch.autograd.Function):
         slopes = torch.cat([g * i * (1 - i), c_prev * f * (1 - f), i * (1 - g * g),
                             tanh_cells * o * (1 - o)], dim=2).view(-1, B, 4, H)  # (T, B, 4, H)
         slope_c = o * (1 - tanh_cells * tanh_cells)  # dh'/dc' (T, B, H)
-        grad_gates = torch.empty_like(gates)  # (T, B, 4H): dL/d(pre-activations)
+        # The loop turns slopes[t] into dL/d(pre-activations) in place (no fresh buffer
+        # written step by step; see ElmanRecurrence.backward).
         grad_h = torch.zeros_like(h0)  # dL/dh_t arriving from step t + 1
         grad_c = grad_c_n.clone()  # dL/dc_t arriving from step t + 1
         back = StepWeight(w_hh.t(), B)  # g -> g W_hh
         for t in range(outputs.shape[0] - 1, -1, -1):
             dh = grad_h + grad_outputs[t]  # (B, H)
             dc = grad_c.addcmul_(dh, slope_c[t])  # (B, H)
-            g_t = grad_gates[t].view(B, 4, H)
-            torch.mul(dc.unsqueeze(1), slopes[t, :, :3], out=g_t[:, :3])  # i, f, g
-            torch.mul(dh, slopes[t, :, 3], out=g_t[:, 3])  # o
+            slopes[t, :, :3].mul_(dc.unsqueeze(1))  # i, f, g
+            slopes[t, :, 3].mul_(dh)  # o
             grad_c = dc * f[t]  # dL/dc_{t-1}
-            grad_h = back(grad_gates[t])  # (B, H): dL/dh_{t-1}
+            grad_h = back(slopes[t].view(B, 4 * H))  # (B, H): dL/dh_{t-1}
+        grad_gates = slopes.view(-1, B, 4 * H)  # (T, B, 4H)
         h_prev = torch.cat([h0.unsqueeze(0), outputs[:-1]])  # (T, B, H): the state each step read
         grad_w_hh = grad_gates.flatten(0, 1).t() @ h_prev.flatten(0, 1)  # (4H, T*B) x (T*B, H)
         return grad_gates, grad_h, grad_c, grad_w_hh
