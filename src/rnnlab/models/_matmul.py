@@ -133,5 +133,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     rows = x.numel() // max(x.shape[-1], 1)
     if not _packable(weight, rows, MIN_PACKED_LINEAR_MACS) or x.dtype != weight.dtype:
         return F.linear(x, weight, bias)
+    if x.dim() == 2:
+        return PackedLinear.apply(x, weight, bias)  # (M, N), not a view
     y = PackedLinear.apply(x.reshape(rows, x.shape[-1]), weight, bias)  # (M, N)
     return y.view(*x.shape[:-1], weight.shape[0])

@@ -77,16 +77,19 @@ class _Cell(nn.Module):
 
 
 def _sequence(recurrence, cell: _Cell, x: torch.Tensor, state: tuple[torch.Tensor, ...], time_dim: int, *args):
-    """Run an autograd Function over the projected sequence in time-major, contiguous layout.
+    """Run an autograd Function over the projected sequence, time-major.
 
     Inputs: x (B, T, D) if time_dim == 1 else (T, B, D). Outputs: outputs in x's layout
     with last dim H; the Function's final state.
     """
-    projected = cell.project(x)  # (B, T, G*H) or (T, B, G*H)
-    if time_dim == 1:
-        projected = projected.transpose(0, 1)  # (T, B, G*H)
-    result = recurrence.apply(projected.contiguous(), *state, cell.Whh.weight, *args)
-    outputs, *final = result if isinstance(result, tuple) else (result,)  # outputs (T, B, H)
+    T, B = (x.shape[0], x.shape[1]) if time_dim == 0 else (x.shape[1], x.shape[0])
+    x = x if time_dim == 0 else x.transpose(0, 1)  # (T, B, D)
+    # One (T*B, D) x (D, G*H) product. The result is a 2-D tensor of its own (not a view),
+    # which the recurrence may overwrite in place without autograd copying it.
+    projected = cell.project(x.reshape(T * B, x.shape[2]))  # (T*B, G*H), rows time-major
+    result = recurrence.apply(projected, *state, cell.Whh.weight, *args)
+    outputs, *final = result if isinstance(result, tuple) else (result,)
+    outputs = outputs.view(T, B, cell.hidden_size)  # (T, B, H)
     return (outputs if time_dim == 0 else outputs.transpose(0, 1)), (outputs[-1], *final)
 
 
@@ -132,40 +135,46 @@ class ElmanRecurrence(torch.autograd.Function):
     element-wise step per t) and gets W_hh's gradient as a single (H, T*B) x (T*B, H)
     product at the end. It saves what ``torch.nn.RNN`` saves: the outputs and h_0.
 
-    Inputs: projected (T, B, H) contiguous, the hoisted W_xh x_t + biases; h0 (B, H);
-    w_hh (H, H); relu: ReLU instead of tanh.
-    Outputs: (T, B, H) hidden states.
+    The outputs are written in place over ``projected`` (each step reads p_t before it
+    writes h_t there), which the Function marks dirty and returns, like an in-place
+    operation: a fresh (T, B, H) buffer would fault in a new memory page every few steps.
+
+    Inputs: projected (T*B, H) contiguous, the hoisted W_xh x_t + biases with rows in
+    time-major order, a temporary the caller gives up; h0 (B, H); w_hh (H, H); relu: ReLU
+    instead of tanh.
+    Outputs: (T*B, H) hidden states, in the memory of ``projected``.
     """
 
     @staticmethod
     def forward(ctx, projected: torch.Tensor, h0: torch.Tensor, w_hh: torch.Tensor, relu: bool) -> torch.Tensor:
-        outputs = torch.empty_like(projected)  # (T, B, H); each step writes its slice: no stack at the end
+        ctx.mark_dirty(projected)
+        outputs = projected.view(-1, *h0.shape)  # (T, B, H); each step overwrites its slice: no stack at the end
         if relu:
             recurrent = StepWeight(w_hh, h0.shape[0])  # h -> W_hh h + p_t
             h = h0
-            for p_t, out_t in zip(projected.unbind(0), outputs.unbind(0)):  # each (B, H)
-                h = torch.clamp(recurrent(h, p_t), min=0, out=out_t)
+            for p_t in outputs.unbind(0):  # each (B, H): p_t, then h_t once the product has read p_t
+                h = torch.clamp(recurrent(h, p_t), min=0, out=p_t)
         else:
             # tanh(a) = 2 sigmoid(2a) - 1, and on the CPU ATen's sigmoid runs about 4x faster
             # than its tanh. Run the loop on s_t = sigmoid(2 a_t) = (h_t + 1) / 2 instead of h_t:
             #   2 a_t = 2 p_t + 2 W_hh (2 s_{t-1} - 1) = q_t + (4 W_hh) s_{t-1},  q_t = 2 p_t - 2 W_hh 1,
             # so each step is still one product and one activation; h = 2 s - 1 at the end is
             # one operation over all T steps. (The scalings by 2 and 4 are exact.)
-            # q is written into the outputs' memory: step t reads q_t before it writes s_t there.
-            q = torch.mul(projected, 2, out=outputs).sub_(w_hh.sum(1), alpha=2)  # (T, B, H)
+            q = outputs.mul_(2).sub_(w_hh.sum(1), alpha=2)  # (T, B, H); step t reads q_t, then writes s_t there
             recurrent = StepWeight(4 * w_hh, h0.shape[0])  # s -> 4 W_hh s + q_t
             s = (h0 + 1) / 2
             for q_t in q.unbind(0):  # each (B, H)
                 s = torch.sigmoid(recurrent(s, q_t), out=q_t)
             outputs.mul_(2).sub_(1)  # h_t = 2 s_t - 1
-        ctx.save_for_backward(outputs, h0, w_hh)
+        ctx.save_for_backward(projected, h0, w_hh)
         ctx.relu = relu
-        return outputs
+        return projected
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_outputs: torch.Tensor):
         outputs, h0, w_hh = ctx.saved_tensors
+        outputs, grad_outputs = outputs.view(-1, *h0.shape), grad_outputs.view(-1, *h0.shape)  # (T, B, H)
         # act'(pre) for all steps at once (tanh' = 1 - h^2, relu' = [h > 0]): one large
         # element-wise operation instead of T small ones inside the loop.
         slope = (outputs > 0).to(outputs.dtype) if ctx.relu else torch.mul(outputs, outputs).neg_().add_(1)
@@ -180,7 +189,7 @@ class ElmanRecurrence(torch.autograd.Function):
         # W_hh's gradient sum_t g_t h_{t-1}^T as one (H, (T-1)*B) x ((T-1)*B, H) product plus step 1's.
         grad_w_hh = grad_pre[1:].flatten(0, 1).t() @ outputs[:-1].flatten(0, 1)
         grad_w_hh.addmm_(grad_pre[0].t(), h0)
-        return grad_pre, grad_h, grad_w_hh, None
+        return grad_pre.view(-1, grad_pre.shape[2]), grad_h, grad_w_hh, None
 
 
 class GRURecurrence(torch.autograd.Function):
@@ -191,15 +200,16 @@ class GRURecurrence(torch.autograd.Function):
     all steps at once, so its loop is one product and a few element-wise operations, and
     W_hh's gradient is one product at the end.
 
-    Inputs: projected (T, B, 3H) contiguous, W_xh x_t + b_xh + (b_hr, b_hz, 0) in the gate
-    order r, z, n; h0 (B, H); w_hh (3H, H); b_hn (H,) or None.
+    Inputs: projected (T*B, 3H) contiguous, W_xh x_t + b_xh + (b_hr, b_hz, 0) in the gate
+    order r, z, n, rows time-major; h0 (B, H); w_hh (3H, H); b_hn (H,) or None.
     Outputs: (T, B, H) hidden states.
     """
 
     @staticmethod
     def forward(ctx, projected: torch.Tensor, h0: torch.Tensor, w_hh: torch.Tensor,
                 b_hn: torch.Tensor | None) -> torch.Tensor:
-        T, B, H = projected.shape[0], projected.shape[1], h0.shape[1]
+        (B, H), T = h0.shape, projected.shape[0] // h0.shape[0]
+        projected = projected.view(T, B, 3 * H)
         rz = projected.new_empty(T, B, 2 * H)  # r and z after the sigmoid
         hn = projected.new_empty(T, B, H)  # W_hn h_{t-1} + b_hn, which r multiplies
         n = projected.new_empty(T, B, H)  # the candidate state after the tanh
@@ -240,7 +250,7 @@ class GRURecurrence(torch.autograd.Function):
             g = slopes[t].mul_(dh.unsqueeze(1)).view(B, 3 * H)  # dL/d(W_hh h_{t-1} + (0, 0, b_hn))
             grad_h = back(g, dh * z[t])  # (B, H): dL/dh_{t-1}
         grad_hh, grad_pre_n = slopes.view(-1, B, 3 * H), slope_n  # (T, B, 3H), (T, B, H)
-        grad_projected = torch.cat([grad_hh[..., :2 * H], grad_pre_n], dim=2)  # (T, B, 3H)
+        grad_projected = torch.cat([grad_hh[..., :2 * H], grad_pre_n], dim=2).view(-1, 3 * H)  # (T*B, 3H)
         grad_w_hh = grad_hh.flatten(0, 1).t() @ h_prev.flatten(0, 1)  # (3H, T*B) x (T*B, H)
         grad_b_hn = grad_hh[..., 2 * H:].sum((0, 1)) if ctx.has_bias else None
         return grad_projected, grad_h, grad_w_hh, grad_b_hn
@@ -254,14 +264,15 @@ class LSTMRecurrence(torch.autograd.Function):
     steps at once, so its loop is one product and a few element-wise operations, and
     W_hh's gradient is one product at the end.
 
-    Inputs: projected (T, B, 4H) contiguous, W_xh x_t + both biases in the gate order
-    i, f, g, o; h0, c0 (B, H); w_hh (4H, H).
+    Inputs: projected (T*B, 4H) contiguous, W_xh x_t + both biases in the gate order
+    i, f, g, o, rows time-major; h0, c0 (B, H); w_hh (4H, H).
     Outputs: (T, B, H) hidden states; c_n (B, H), the last cell state.
     """
 
     @staticmethod
     def forward(ctx, projected: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, w_hh: torch.Tensor):
-        T, B, H = projected.shape[0], projected.shape[1], h0.shape[1]
+        (B, H), T = h0.shape, projected.shape[0] // h0.shape[0]
+        projected = projected.view(T, B, 4 * H)
         gates = torch.empty_like(projected)  # (T, B, 4H): i, f, g, o after their activations
         cells = projected.new_empty(T, B, H)
         tanh_cells = projected.new_empty(T, B, H)
@@ -305,10 +316,10 @@ class LSTMRecurrence(torch.autograd.Function):
             slopes[t, :, 3].mul_(dh)  # o
             grad_c = dc * f[t]  # dL/dc_{t-1}
             grad_h = back(slopes[t].view(B, 4 * H))  # (B, H): dL/dh_{t-1}
-        grad_gates = slopes.view(-1, B, 4 * H)  # (T, B, 4H)
+        grad_gates = slopes.view(-1, B, 4 * H)  # (T, B, 4H): dL/d(pre-activations)
         h_prev = torch.cat([h0.unsqueeze(0), outputs[:-1]])  # (T, B, H): the state each step read
         grad_w_hh = grad_gates.flatten(0, 1).t() @ h_prev.flatten(0, 1)  # (4H, T*B) x (T*B, H)
-        return grad_gates, grad_h, grad_c, grad_w_hh
+        return grad_gates.view(-1, 4 * H), grad_h, grad_c, grad_w_hh
 
 
 class RNNCell(_Cell):
