@@ -56,8 +56,20 @@ def packed_matmul(enabled: bool) -> Iterator[None]:
 
 
 def _available() -> bool:
-    return (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
-            and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
+    """Whether this PyTorch build has oneDNN's packed product (private ops, used by
+    torch.compile's CPU backend) and it computes x @ w.t() + add; else everything uses addmm."""
+    if not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        w = torch.arange(32, dtype=torch.float32).view(8, 4) / 32  # no random numbers: the
+        x = torch.arange(8, dtype=torch.float32).view(2, 4) / 8  # global generator stays as it is
+        add = torch.ones(2, 8)
+        packed = torch.ops.mkldnn._reorder_linear_weight(w, 2)
+        y = torch.ops.mkldnn._linear_pointwise.binary(x, add, packed, None, "add")
+        z = torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")
+        return torch.allclose(y, torch.addmm(add, x, w.t())) and torch.allclose(z, x @ w.t())
+    except (AttributeError, RuntimeError, TypeError):
+        return False
 
 
 _AVAILABLE = _available()
