@@ -19,6 +19,8 @@ builds without oneDNN use ``torch.addmm``. Results differ from ``addmm`` only by
 of floating-point summation. ``packed_matmul(False)`` switches packing off, for example to
 measure what it brings::
 
+    from rnnlab.models import packed_matmul
+
     with packed_matmul(False):
         outputs, h_n = rnn(x)
 """
