@@ -1,0 +1,63 @@
+"""The CUDA paths: every cell against cuDNN's torch.nn modules, dropout, generation and the
+benchmark with device=cuda. Skipped where no GPU is present."""
+
+import csv
+
+import pytest
+import torch
+from torch import nn
+
+from rnnlab import bench
+from rnnlab.models import RNN, CharRNN, Dropout
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+TORCH = {"rnn_tanh": nn.RNN, "rnn_relu": lambda *a, **k: nn.RNN(*a, nonlinearity="relu", **k), "gru": nn.GRU,
+         "lstm": nn.LSTM}
+
+
+def _flat(state):
+    return list(state) if isinstance(state, tuple) else [state]
+
+
+@pytest.mark.parametrize("cell", list(TORCH))
+def test_cells_on_cuda_match_cudnn(cell, monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    torch.manual_seed(0)
+    ref = TORCH[cell](16, 32, 2, batch_first=True).cuda()
+    mine = RNN.from_torch(ref)
+    assert mine.cells[0].Wxh.weight.is_cuda
+    x = torch.randn(8, 12, 16, device="cuda")
+
+    def run(module):
+        xi = x.clone().requires_grad_()
+        out, h_n = module(xi)
+        loss = out.sum() + sum((s ** 2).sum() for s in _flat(h_n))
+        grads = torch.autograd.grad(loss, [xi, *module.parameters()])
+        return [out, *_flat(h_n), grads[0]], dict(zip(module.parameters(), grads[1:]))
+
+    ours, our_grads = run(mine)
+    theirs, their_grads = run(ref)
+    for a, b in zip(ours, theirs, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    for mine_p, ref_p in mine._weight_pairs(ref):
+        torch.testing.assert_close(our_grads[mine_p], their_grads[ref_p], atol=1e-4, rtol=1e-4)
+
+
+def test_dropout_and_generation_on_cuda():
+    torch.manual_seed(1)
+    y = Dropout(0.3)(torch.ones(100_000, device="cuda"))
+    assert abs((y != 0).float().mean().item() - 0.7) < 0.01 and torch.allclose(y[y != 0], torch.tensor(1 / 0.7, device="cuda"))
+    lm = CharRNN(12, 8, 16, num_layers=2, cell="lstm").cuda().eval()
+    prompt = torch.randint(0, 12, (2, 3), device="cuda")
+    out = lm.generate(prompt, 10, generator=torch.Generator("cuda").manual_seed(0))
+    assert out.shape == (2, 13) and out.is_cuda and torch.equal(out[:, :3], prompt)
+
+
+def test_benchmark_runs_on_cuda(tmp_path):
+    bench.run(shapes=[bench.Shape("tiny", B=4, T=5, D=3, H=8, L=2)], rows=["forward", "backward", "memory"],
+              reps=2, warmup=1, device="cuda", out=tmp_path)
+    with (tmp_path / "benchmark.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 9 and all(r["device"].startswith("cuda") and float(r["ratio"]) > 0 for r in rows)
