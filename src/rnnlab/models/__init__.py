@@ -1,7 +1,8 @@
 """From-scratch recurrent models: plain ``nn.Module``s with no training code.
 
-``RNNCell`` (Elman, tanh or ReLU), ``GRUCell``, ``LSTMCell`` and ``RNN`` are the core; ``SequenceClassifier``, ``SequenceTagger``,
-``CharRNN`` and ``BidirectionalRNN`` are the seed article's four architectures built on it.
+``RNNCell`` (Elman, tanh or ReLU), ``GRUCell``, ``LSTMCell`` and ``RNN`` are the core;
+``SequenceClassifier``, ``SequenceTagger``, ``CharRNN`` and ``BidirectionalRNN`` are the seed
+article's four architectures built on it.
 ``Dropout`` is ``nn.Dropout``'s contract with a cheaper CPU mask; ``packed_matmul(False)``
 switches off oneDNN's packed weights (see ``_matmul``).
 """
