@@ -3,6 +3,7 @@ and the same run twice. Resumed runs must end bit for bit where an uninterrupted
 
 import csv
 import math
+import shutil
 import signal
 import subprocess
 import sys
@@ -136,3 +137,22 @@ def test_nan_job_in_a_sweep_is_marked_failed_and_the_sweep_goes_on(tmp_path):
     assert rows[1.0]["status"] == "ok" and math.isfinite(float(rows[1.0]["val/acc_best"]))
     assert rows[1e40]["status"] == "failed"
     assert rows[1e40]["error"].startswith("TrainingDiverged: the training loss is nan at step ")
+
+
+def test_resume_replaces_the_checkpoint_a_crashed_run_left_behind(tmp_path, tiny_run):
+    # A crash after the best checkpoint of an epoch is written but before last.ckpt is leaves
+    # epoch_001.ckpt on disk, unknown to the checkpoint state the run resumes from. The
+    # resumed run re-creates that epoch exactly and must overwrite the file, not write
+    # epoch_001-v1.ckpt beside an orphan that is never cleaned up.
+    common = ["model.scheduler=null", "test=false", "callbacks.model_checkpoint.save_top_k=2"]
+    tiny_run(tmp_path / "full", *common, "trainer.max_epochs=2")
+    tiny_run(tmp_path / "crashed", *common, "trainer.max_epochs=1")  # last.ckpt holds epoch 0
+    shutil.copy(tmp_path / "full" / "checkpoints" / "epoch_001.ckpt",
+                tmp_path / "crashed" / "checkpoints" / "epoch_001.ckpt")  # what the crash left
+    tiny_run(tmp_path / "crashed", *common, "trainer.max_epochs=2", "ckpt_path=last")
+    names = sorted(p.name for p in (tmp_path / "crashed" / "checkpoints").glob("*.ckpt"))
+    assert names == sorted(p.name for p in (tmp_path / "full" / "checkpoints").glob("*.ckpt"))
+    assert names == ["epoch_000.ckpt", "epoch_001.ckpt", "last.ckpt"]
+    for name in names:
+        a, b = weights(tmp_path / "crashed" / "checkpoints" / name), weights(tmp_path / "full" / "checkpoints" / name)
+        assert all(torch.equal(a[k], b[k]) for k in a), name
