@@ -703,7 +703,6 @@ def run(shapes: str | Sequence[str | Shape] = tuple(SHAPES), rows: str | Sequenc
     torch.set_num_threads(threads)
     torch.backends.cudnn.allow_tf32 = False
     results: list[Result] = []
-    stack = contextlib.ExitStack()
 
     def add(result: Result) -> None:
         results.append(result)
@@ -711,19 +710,18 @@ def run(shapes: str | Sequence[str | Shape] = tuple(SHAPES), rows: str | Sequenc
         print(f"  {result.row:<15} {result.shape:<45} {ratio}", flush=True)
 
     try:
-        stack.enter_context(packed_matmul(packed))
-        for cell in cells if set(rows) & set(CORE_ROWS) else []:
-            for shape in shapes:
-                for result in core_rows(shape, rows, reps, warmup, dev, cell):
-                    add(result)
-        if "generate" in rows:
-            add(generate_row(gen_tokens, reps, warmup, dev))
-        if "e2e_classifier" in rows:
-            add(e2e_classifier_row(conf_dir, classifier_overrides, reps, warmup, dev))
-        if "e2e_char" in rows:
-            add(e2e_char_row(conf_dir, shakespeare, char_windows, char_overrides, reps, warmup, dev))
+        with packed_matmul(packed):
+            for cell in cells if set(rows) & set(CORE_ROWS) else []:
+                for shape in shapes:
+                    for result in core_rows(shape, rows, reps, warmup, dev, cell):
+                        add(result)
+            if "generate" in rows:
+                add(generate_row(gen_tokens, reps, warmup, dev))
+            if "e2e_classifier" in rows:
+                add(e2e_classifier_row(conf_dir, classifier_overrides, reps, warmup, dev))
+            if "e2e_char" in rows:
+                add(e2e_char_row(conf_dir, shakespeare, char_windows, char_overrides, reps, warmup, dev))
     finally:
-        stack.close()
         torch.set_num_threads(old_threads)
         torch.backends.cudnn.allow_tf32 = old_tf32
         HydraConfig.instance().cfg = old_hydra

@@ -121,9 +121,9 @@ def _tanh_(x: torch.Tensor) -> torch.Tensor:
     return x.mul_(2).sigmoid_().mul_(2).sub_(1)
 
 
-def _masked(new: torch.Tensor, old: torch.Tensor, mask_t: torch.Tensor | None) -> torch.Tensor:
+def _masked(new: torch.Tensor, old: torch.Tensor, mask_t: torch.Tensor) -> torch.Tensor:
     """Keep the old state where a sequence has already ended (mask_t (B, 1) False)."""
-    return new if mask_t is None else torch.where(mask_t, new, old)
+    return torch.where(mask_t, new, old)
 
 
 class ElmanRecurrence(torch.autograd.Function):

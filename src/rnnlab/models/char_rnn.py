@@ -128,7 +128,7 @@ class CharRNN(nn.Module):
         """
         cells, training = self.rnn.cells, self.training
         table = cells[0].project(self.embedding.weight)  # (V, G*H): W_xh E[v] + biases for every v
-        projections = [(cell.Wxh.weight, cell.input_bias()) for cell in cells]
+        projections = [(cell.Wxh.weight, cell.input_bias()) for cell in cells[1:]]  # layers 1..L-1
 
         def step(token: torch.Tensor, layers: list):
             x = table[token]  # (B, G*H)
@@ -137,7 +137,7 @@ class CharRNN(nn.Module):
                 if layer > 0:
                     if training and self.rnn.dropout is not None:
                         x = self.rnn.dropout(x)
-                    x = F.linear(x, *projections[layer])  # (B, G*H)
+                    x = F.linear(x, *projections[layer - 1])  # (B, G*H)
                 state = cell.recur(x, layers[layer])
                 new_layers.append(state)
                 x = state[0]  # (B, H)
