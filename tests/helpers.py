@@ -6,12 +6,22 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
+from torch import nn
 
 import rnnlab.config  # noqa: F401  (registers the ${rnnlab.*} resolvers)
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = ROOT / "conf"
 SHAKESPEARE = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
+
+# The torch.nn module each rnnlab cell is checked against.
+TORCH_RNNS = {"rnn_tanh": nn.RNN, "rnn_relu": lambda *a, **k: nn.RNN(*a, nonlinearity="relu", **k), "gru": nn.GRU,
+              "lstm": nn.LSTM}
+
+
+def flat_state(state) -> list:
+    """A state as a list of tensors: [h], or [h, c] for the LSTM's (h, c)."""
+    return list(state) if isinstance(state, tuple) else [state]
 
 # Small, fast versions of every dataset and a quiet CPU trainer.
 TINY = {

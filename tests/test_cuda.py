@@ -5,27 +5,20 @@ import csv
 
 import pytest
 import torch
-from torch import nn
 
+from helpers import TORCH_RNNS, flat_state
 from rnnlab import bench
 from rnnlab.models import RNN, CharRNN, Dropout
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
-TORCH = {"rnn_tanh": nn.RNN, "rnn_relu": lambda *a, **k: nn.RNN(*a, nonlinearity="relu", **k), "gru": nn.GRU,
-         "lstm": nn.LSTM}
 
-
-def _flat(state):
-    return list(state) if isinstance(state, tuple) else [state]
-
-
-@pytest.mark.parametrize("cell", list(TORCH))
+@pytest.mark.parametrize("cell", list(TORCH_RNNS))
 def test_cells_on_cuda_match_cudnn(cell, monkeypatch):
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     torch.manual_seed(0)
-    ref = TORCH[cell](16, 32, 2, batch_first=True).cuda()
+    ref = TORCH_RNNS[cell](16, 32, 2, batch_first=True).cuda()
     mine = RNN.from_torch(ref)
     assert mine.cells[0].Wxh.weight.is_cuda
     x = torch.randn(8, 12, 16, device="cuda")
@@ -33,9 +26,9 @@ def test_cells_on_cuda_match_cudnn(cell, monkeypatch):
     def run(module):
         xi = x.clone().requires_grad_()
         out, h_n = module(xi)
-        loss = out.sum() + sum((s ** 2).sum() for s in _flat(h_n))
+        loss = out.sum() + sum((s ** 2).sum() for s in flat_state(h_n))
         grads = torch.autograd.grad(loss, [xi, *module.parameters()])
-        return [out, *_flat(h_n), grads[0]], dict(zip(module.parameters(), grads[1:]))
+        return [out, *flat_state(h_n), grads[0]], dict(zip(module.parameters(), grads[1:]))
 
     ours, our_grads = run(mine)
     theirs, their_grads = run(ref)

@@ -8,19 +8,13 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from helpers import TORCH_RNNS, flat_state
 from rnnlab.models import RNN, BidirectionalRNN, CharRNN, GRUCell, LSTMCell, SequenceClassifier, SequenceTagger
-
-TORCH = {"rnn_relu": lambda *a, **k: nn.RNN(*a, nonlinearity="relu", **k), "gru": nn.GRU, "lstm": nn.LSTM,
-         "rnn_tanh": nn.RNN}
 
 
 def _state(cell, L, B, H, dtype=torch.float64):
     h = torch.randn(L, B, H, dtype=dtype)
     return (h, torch.randn(L, B, H, dtype=dtype)) if cell == "lstm" else h
-
-
-def _flat(state):
-    return list(state) if isinstance(state, tuple) else [state]
 
 
 @pytest.mark.parametrize("cell,num_layers,batch_first,give_h0,bias",
@@ -30,7 +24,7 @@ def test_parity_with_torch_gru_lstm_relu(cell, num_layers, batch_first, give_h0,
     rng = random.Random(f"{cell}{num_layers}{batch_first}{give_h0}{bias}")
     B, T, D, H = rng.randint(1, 4), rng.randint(1, 8), rng.randint(1, 6), rng.randint(1, 7)
     torch.manual_seed(rng.randint(0, 10_000))
-    ref = TORCH[cell](D, H, num_layers, batch_first=batch_first, bias=bias).double()
+    ref = TORCH_RNNS[cell](D, H, num_layers, batch_first=batch_first, bias=bias).double()
     mine = RNN.from_torch(ref)
     assert mine.cell == cell
     x = torch.randn((B, T, D) if batch_first else (T, B, D), dtype=torch.float64)
@@ -38,13 +32,13 @@ def test_parity_with_torch_gru_lstm_relu(cell, num_layers, batch_first, give_h0,
 
     def run(module):
         xi = x.clone().requires_grad_()
-        hi = tuple(s.clone().requires_grad_() for s in _flat(h0)) if give_h0 else None
+        hi = tuple(s.clone().requires_grad_() for s in flat_state(h0)) if give_h0 else None
         h_arg = (hi if cell == "lstm" else hi[0]) if give_h0 else None
         out, h_n = module(xi, h_arg)
         loss = (out * torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view_as(out)).sum()
-        loss = loss + sum((s ** 2).sum() for s in _flat(h_n))
+        loss = loss + sum((s ** 2).sum() for s in flat_state(h_n))
         loss.backward()
-        return out, _flat(h_n), xi.grad, [s.grad for s in hi] if give_h0 else []
+        return out, flat_state(h_n), xi.grad, [s.grad for s in hi] if give_h0 else []
 
     out_r, hn_r, gx_r, gh_r = run(ref)
     out_m, hn_m, gx_m, gh_m = run(mine)
@@ -64,7 +58,7 @@ def test_round_trip_and_step_loop(cell):
     torch.manual_seed(0)
     mine = RNN(3, 5, num_layers=2, cell=cell).double()
     ref = mine.to_torch()
-    assert type(ref) is type(TORCH[cell](3, 5))
+    assert type(ref) is type(TORCH_RNNS[cell](3, 5))
     x = torch.randn(2, 7, 3, dtype=torch.float64)
     torch.testing.assert_close(mine(x)[0], ref(x)[0], atol=1e-12, rtol=0)
     # The fast layer-major path equals the seed's step loop for every cell.
@@ -72,7 +66,7 @@ def test_round_trip_and_step_loop(cell):
     fast_out, fast_h = mine(x, h0)
     loop_out, loop_h = mine.forward_stepwise(x, h0)
     torch.testing.assert_close(fast_out, loop_out, atol=1e-12, rtol=0)
-    for a, b in zip(_flat(fast_h), _flat(loop_h), strict=True):
+    for a, b in zip(flat_state(fast_h), flat_state(loop_h), strict=True):
         torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
     # Streaming in chunks carries the (h, c) state.
     first_out, state = mine(x[:, :3], h0)
@@ -100,7 +94,7 @@ def test_cells_match_torch_cells_one_step():
 @pytest.mark.parametrize("cell,num_layers", list(itertools.product(["rnn_tanh", "rnn_relu", "gru", "lstm"], [1, 2])))
 def test_variable_lengths_match_packed_sequences(cell, num_layers):
     torch.manual_seed(2)
-    ref = TORCH[cell](4, 6, num_layers, batch_first=True).double()
+    ref = TORCH_RNNS[cell](4, 6, num_layers, batch_first=True).double()
     mine = RNN.from_torch(ref)
     lengths = torch.tensor([7, 3, 5, 1])
     x = torch.randn(4, 7, 4, dtype=torch.float64)
@@ -110,7 +104,7 @@ def test_variable_lengths_match_packed_sequences(cell, num_layers):
     ref_out, _ = pad_packed_sequence(ref_out, batch_first=True, total_length=7)
     out, h_n = mine(x, h0, lengths=lengths)
     torch.testing.assert_close(out, ref_out, atol=1e-10, rtol=0)  # zeros past each length
-    for a, b in zip(_flat(h_n), _flat(ref_h), strict=True):
+    for a, b in zip(flat_state(h_n), flat_state(ref_h), strict=True):
         torch.testing.assert_close(a, b, atol=1e-10, rtol=0)  # state at each sequence's last step
     # Padding content is irrelevant.
     noisy = x.clone()
@@ -121,7 +115,7 @@ def test_variable_lengths_match_packed_sequences(cell, num_layers):
 @pytest.mark.parametrize("cell", ["rnn_tanh", "gru", "lstm"])
 def test_bidirectional_with_lengths_matches_packed_bidirectional_torch(cell):
     torch.manual_seed(3)
-    ref = TORCH[cell](3, 5, 1, batch_first=True, bidirectional=True).double()
+    ref = TORCH_RNNS[cell](3, 5, 1, batch_first=True, bidirectional=True).double()
     mine = BidirectionalRNN(3, 5, num_layers=1, cell=cell).double()
     with torch.no_grad():
         for stack, suffix in ((mine.forward_rnn, ""), (mine.backward_rnn, "_reverse")):
@@ -136,7 +130,7 @@ def test_bidirectional_with_lengths_matches_packed_bidirectional_torch(cell):
     ref_out, _ = pad_packed_sequence(ref_out, batch_first=True, total_length=6)
     out, h_n = mine(x, lengths=lengths)
     torch.testing.assert_close(out, ref_out, atol=1e-10, rtol=0)
-    for a, b in zip(_flat(h_n), _flat(ref_h), strict=True):
+    for a, b in zip(flat_state(h_n), flat_state(ref_h), strict=True):
         torch.testing.assert_close(a, b, atol=1e-10, rtol=0)
 
 
@@ -196,13 +190,13 @@ def test_gradcheck_every_cell_path(cell, bias, with_lengths):
     names = [n for n, _ in rnn.named_parameters()]
     weights = [p.detach().clone().requires_grad_() for p in rnn.parameters()]
     x = torch.randn(2, 4, 2, dtype=torch.float64, requires_grad=True)
-    h0 = [s.requires_grad_() for s in _flat(_state(cell, 2, 2, 3))]
+    h0 = [s.requires_grad_() for s in flat_state(_state(cell, 2, 2, 3))]
     kwargs = {"lengths": torch.tensor([4, 2])} if with_lengths else {}
 
     def fn(x, *args):
         state, ws = (tuple(args[:2]), args[2:]) if cell == "lstm" else (args[0], args[1:])
         out, h_n = torch.func.functional_call(rnn, dict(zip(names, ws)), (x, state), kwargs)
-        return out, *_flat(h_n)
+        return out, *flat_state(h_n)
 
     assert torch.autograd.gradcheck(fn, (x, *h0, *weights))
 
@@ -214,12 +208,12 @@ def test_generation_step_equals_full_forward(cell):
     seq = torch.randint(0, 12, (2, 9))
     full_logits, full_state = lm(seq)
     _, state = lm(seq[:, :4])
-    layers = [tuple(s[layer] for s in _flat(state)) for layer in range(3)]
+    layers = [tuple(s[layer] for s in flat_state(state)) for layer in range(3)]
     step = lm._decoder()
     for t in range(4, 9):
         logits, layers = step(seq[:, t], layers)  # reads token t: the logits at position t
         torch.testing.assert_close(logits, full_logits[:, t], atol=1e-6, rtol=1e-5)
-    for i, s in enumerate(_flat(full_state)):
+    for i, s in enumerate(flat_state(full_state)):
         torch.testing.assert_close(torch.stack([layer[i] for layer in layers]), s, atol=1e-6, rtol=1e-5)
     # generate() samples from those steps: with top_k=1 it is argmax decoding of the full forward.
     greedy = seq[:, :4]

@@ -5,39 +5,33 @@ run the ``addmm`` path, as packing is float32-only."""
 
 import pytest
 import torch
-from torch import nn
 
+from helpers import TORCH_RNNS, flat_state
 from rnnlab.models import RNN
 from rnnlab.models import _matmul
 from rnnlab.models._matmul import StepWeight, packed_matmul
 
-TORCH = {"rnn_tanh": nn.RNN, "rnn_relu": lambda *a, **k: nn.RNN(*a, nonlinearity="relu", **k), "gru": nn.GRU,
-         "lstm": nn.LSTM}
 needs_onednn = pytest.mark.skipif(not _matmul._AVAILABLE, reason="this PyTorch build has no oneDNN")
 # Big enough for both thresholds: B*H*G*H >= 2^21 per step, T*B*D*G*H >= 2^25 per projection.
 B, T, D, H = 64, 32, 96, 192
-
-
-def _flat(state):
-    return list(state) if isinstance(state, tuple) else [state]
 
 
 def _run(module, x, h0):
     xi = x.clone().requires_grad_()
     hi = [s.clone().requires_grad_() for s in h0]
     out, h_n = module(xi, tuple(hi) if len(hi) == 2 else hi[0])
-    loss = (out * torch.linspace(-1, 1, out.shape[-1])).sum() + sum((s ** 2).sum() for s in _flat(h_n))
+    loss = (out * torch.linspace(-1, 1, out.shape[-1])).sum() + sum((s ** 2).sum() for s in flat_state(h_n))
     params = list(module.parameters())
     grads = torch.autograd.grad(loss, [xi, *hi, *params])
-    return [out, *_flat(h_n), *grads[:len(hi) + 1]], dict(zip(params, grads[len(hi) + 1:]))
+    return [out, *flat_state(h_n), *grads[:len(hi) + 1]], dict(zip(params, grads[len(hi) + 1:]))
 
 
 @needs_onednn
-@pytest.mark.parametrize("cell", list(TORCH))
+@pytest.mark.parametrize("cell", list(TORCH_RNNS))
 @pytest.mark.parametrize("packed", [True, False])
 def test_float32_fast_paths_match_torch(cell, packed):
     torch.manual_seed(0)
-    ref = TORCH[cell](D, H, 2, batch_first=True)
+    ref = TORCH_RNNS[cell](D, H, 2, batch_first=True)
     mine = RNN.from_torch(ref)
     with packed_matmul(packed):
         for layer, cell_module in enumerate(mine.cells):  # the sizes take the path under test
