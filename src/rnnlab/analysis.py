@@ -127,7 +127,7 @@ def heatmap_figure(rec: Recording, example: int = 0):
     """Hidden activations, units × time, one panel per layer, for one example."""
     plt = _plt()
     layers = rec.states.shape[0]
-    fig, axes = plt.subplots(layers, 1, figsize=(8, 2.2 * layers + 0.6), squeeze=False)
+    fig, axes = plt.subplots(layers, 1, figsize=(8, 2.2 * layers + 0.6), squeeze=False, layout="constrained")
     for layer, ax in enumerate(axes[:, 0]):
         image = ax.imshow(rec.states[layer, example].T.numpy(), aspect="auto", cmap="RdBu_r", vmin=-1, vmax=1,
                           interpolation="nearest")
@@ -135,14 +135,13 @@ def heatmap_figure(rec: Recording, example: int = 0):
         fig.colorbar(image, ax=ax, fraction=0.025)
     axes[-1, 0].set_xlabel("time step t")
     fig.suptitle(f"{rec.name}: hidden activations of example {example}")
-    fig.tight_layout()
     return fig
 
 
 def gradient_flow_figure(recordings: list[Recording], labels: list[str] | None = None):
     """||∂loss/∂h_t|| against t, one line per layer (and per recording), log scale."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = plt.subplots(figsize=(7, 4), layout="constrained")
     for i, rec in enumerate(recordings):
         label = labels[i] if labels else rec.name
         for layer, norms in enumerate(rec.grad_norms):
@@ -153,20 +152,18 @@ def gradient_flow_figure(recordings: list[Recording], labels: list[str] | None =
     ax.set_title("gradient flow over time")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
-    fig.tight_layout()
     return fig
 
 
 def saturation_figure(rec: Recording):
     """Fraction of units with |h| > 0.99, per layer."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(4.5, 3.2))
+    fig, ax = plt.subplots(figsize=(4.5, 3.2), layout="constrained")
     values = rec.saturation().numpy()
     ax.bar([f"layer {i}" for i in range(len(values))], values, color="tab:red")
     ax.set_ylim(0, 1)
     ax.set_ylabel(f"fraction |h| > {SATURATION}")
     ax.set_title(f"{rec.name}: saturated units")
-    fig.tight_layout()
     return fig
 
 
@@ -178,7 +175,7 @@ def pca_figure(rec: Recording, labels: torch.Tensor | None):
     mean = flat.mean(dim=0)
     _, _, v = torch.pca_lowrank(flat - mean, q=min(2, *flat.shape), center=False)
     points = ((top - mean) @ v[:, :2])  # (B, T, 2)
-    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    fig, ax = plt.subplots(figsize=(5.5, 4.5), layout="constrained")
     colours = plt.get_cmap("tab10")
     for b in range(points.shape[0]):
         label = int(labels[b]) if labels is not None and labels.dim() == 1 else 0
@@ -189,7 +186,6 @@ def pca_figure(rec: Recording, labels: torch.Tensor | None):
     ax.set_xlabel("PC 1")
     ax.set_ylabel("PC 2")
     ax.set_title("hidden-state trajectories (dot: final state; colour: class)")
-    fig.tight_layout()
     return fig
 
 

@@ -30,12 +30,17 @@ class ParameterHistograms(L.Callback):
 
     Args:
         every_n_steps: interval in optimizer steps (>= 1).
+        bins: number of equal-width buckets between each tensor's min and max (>= 1).
+            TensorBoard's own ``tf.summary.histogram`` uses 30. (``add_histogram``'s default,
+            about 1,500 exponentially spaced "tensorflow" buckets, costs about 1 ms per
+            tensor, 4-6x more, and makes the event file larger.)
     """
 
-    def __init__(self, every_n_steps: int = 50):
-        if isinstance(every_n_steps, bool) or not isinstance(every_n_steps, int) or every_n_steps < 1:
-            raise ValueError(f"callbacks.parameter_histograms.every_n_steps: expected an int >= 1, got {every_n_steps!r}")
-        self.every_n_steps = every_n_steps
+    def __init__(self, every_n_steps: int = 50, bins: int = 64):
+        for name, value in (("every_n_steps", every_n_steps), ("bins", bins)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"callbacks.parameter_histograms.{name}: expected an int >= 1, got {value!r}")
+        self.every_n_steps, self.bins = every_n_steps, bins
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         step = trainer.global_step
@@ -46,9 +51,9 @@ class ParameterHistograms(L.Callback):
             if not isinstance(logger, TensorBoardLogger):
                 continue
             for name, param in pl_module.net.named_parameters():
-                logger.experiment.add_histogram(f"weights/{name}", param.detach(), step)
+                logger.experiment.add_histogram(f"weights/{name}", param.detach(), step, bins=self.bins)
                 if param.grad is not None:
-                    logger.experiment.add_histogram(f"grads/{name}", param.grad.detach(), step)
+                    logger.experiment.add_histogram(f"grads/{name}", param.grad.detach(), step, bins=self.bins)
 
 
 class StepSeed(L.Callback):

@@ -119,6 +119,11 @@ def test_tensorboard_files_hold_scalars_hparams_and_histograms(classifier_run):
     assert len(events.Scalars("val/acc")) == 4  # one point per epoch
     histograms = set(events.Tags()["histograms"])
     assert {"weights/rnn.cells.0.Wxh.weight", "grads/rnn.cells.1.Whh.weight", "weights/fc.bias"} <= histograms
+    # 64 equal-width buckets (ParameterHistograms' default) over the 64 x 64 values of W_hh;
+    # TensorBoard's format keeps the non-empty range plus one empty bucket on the left.
+    hist = events.Histograms("weights/rnn.cells.1.Whh.weight")[-1].histogram_value
+    assert hist.num == 64 * 64 and sum(hist.bucket) == 64 * 64
+    assert 2 <= len(hist.bucket) <= 65 and hist.bucket_limit[-1] == pytest.approx(hist.max)
     hparams = events.PluginTagToContent("hparams")
     assert {"_hparams_/experiment", "_hparams_/session_start_info"} <= set(hparams)
     from tensorboard.plugins.hparams import plugin_data_pb2

@@ -36,6 +36,8 @@ BAD_VALUES = {
                                     "seq_len=100000", "fewer than one window of seq_len + 1 = 100001"]),
     "sample_temperature_zero": (["model=char_rnn", "model.sample_temperature=0"], "chars",
                                 ["model.sample_temperature: expected a number > 0, got 0"]),
+    "zero_histogram_bins": (["callbacks.parameter_histograms.bins=0"], "synthetic",
+                            ["callbacks.parameter_histograms.bins: expected an int >= 1, got 0"]),
     "missing_checkpoint": (["ckpt_path=/nonexistent/last.ckpt"], "synthetic",
                            ["ckpt_path: expected a checkpoint file, got '/nonexistent/last.ckpt', "
                             "which does not exist"]),
