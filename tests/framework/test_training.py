@@ -117,6 +117,8 @@ def test_tensorboard_files_hold_scalars_hparams_and_histograms(classifier_run):
         assert tag in scalars, tag
     assert events.Scalars("test/acc")[-1].value == pytest.approx(metrics["test/acc"])
     assert len(events.Scalars("val/acc")) == 4  # one point per epoch
+    # The batch loss at every 5th optimizer step (log_every_n_steps=5) of 4 x 63 steps.
+    assert [e.step for e in events.Scalars("train/loss")] == list(range(4, 4 * 63, 5))
     histograms = set(events.Tags()["histograms"])
     assert {"weights/rnn.cells.0.Wxh.weight", "grads/rnn.cells.1.Whh.weight", "weights/fc.bias"} <= histograms
     # 64 equal-width buckets (ParameterHistograms' default) over the 64 x 64 values of W_hh;
