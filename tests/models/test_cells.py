@@ -53,6 +53,32 @@ def test_parity_with_torch_gru_lstm_relu(cell, num_layers, batch_first, give_h0,
         torch.testing.assert_close(ours.grad, theirs.grad, **close)
 
 
+@pytest.mark.parametrize("cell,uses", list(itertools.product(["rnn_tanh", "rnn_relu", "gru", "lstm"],
+                                                              ["outputs", "h_n", "c_n", "top_h_n"])))
+def test_parity_when_the_loss_reads_only_some_results(cell, uses):
+    # The recurrences skip the gradient of a result nothing read (a classifier reads only
+    # h_n[-1]; a tagger only the outputs): their gradients must still match torch.nn's.
+    if uses == "c_n" and cell != "lstm":
+        pytest.skip("only the LSTM has c_n")
+    torch.manual_seed(3)
+    ref = TORCH_RNNS[cell](3, 5, 2, batch_first=True).double()
+    mine = RNN.from_torch(ref)
+    x = torch.randn(4, 6, 3, dtype=torch.float64)
+
+    def run(module):
+        xi = x.clone().requires_grad_()
+        out, h_n = module(xi)
+        h, c = h_n if cell == "lstm" else (h_n, None)
+        picked = {"outputs": out, "h_n": h, "c_n": c, "top_h_n": h[-1]}[uses]
+        (picked * torch.linspace(-1, 1, picked.numel(), dtype=picked.dtype).view_as(picked)).sum().backward()
+        return xi.grad
+
+    close = dict(atol=1e-10, rtol=1e-10)
+    torch.testing.assert_close(run(mine), run(ref), **close)
+    for ours, theirs in mine._weight_pairs(ref):
+        torch.testing.assert_close(ours.grad, theirs.grad, **close)
+
+
 @pytest.mark.parametrize("cell", ["rnn_relu", "gru", "lstm"])
 def test_round_trip_and_step_loop(cell):
     torch.manual_seed(0)

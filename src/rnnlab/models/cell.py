@@ -80,17 +80,21 @@ def _sequence(recurrence, cell: _Cell, x: torch.Tensor, state: tuple[torch.Tenso
     """Run an autograd Function over the projected sequence, time-major.
 
     Inputs: x (B, T, D) if time_dim == 1 else (T, B, D). Outputs: outputs in x's layout
-    with last dim H; the Function's final state.
+    with last dim H; the final state (h_T (B, H)[, c_T (B, H)]).
+
+    The Functions return h_T as a tensor of its own, not a view of the outputs: a model that
+    reads only h_T (a classifier) or only the outputs then sends no gradient to the other,
+    and the backward skips it, instead of receiving a (T, B, H) tensor of zeros (a
+    full-size fill, copy and add per layer and step of training).
     """
     T, B = (x.shape[0], x.shape[1]) if time_dim == 0 else (x.shape[1], x.shape[0])
     x = x if time_dim == 0 else x.transpose(0, 1)  # (T, B, D)
     # One (T*B, D) x (D, G*H) product. The result is a 2-D tensor of its own (not a view),
     # which the recurrence may overwrite in place without autograd copying it.
     projected = cell.project(x.reshape(T * B, x.shape[2]))  # (T*B, G*H), rows time-major
-    result = recurrence.apply(projected, *state, cell.Whh.weight, *args)
-    outputs, *final = result if isinstance(result, tuple) else (result,)
+    outputs, *final = recurrence.apply(projected, *state, cell.Whh.weight, *args)
     outputs = outputs.view(T, B, cell.hidden_size)  # (T, B, H)
-    return (outputs if time_dim == 0 else outputs.transpose(0, 1)), (outputs[-1], *final)
+    return (outputs if time_dim == 0 else outputs.transpose(0, 1)), tuple(final)
 
 
 def _masked_loop(cell: _Cell, x: torch.Tensor, state: tuple[torch.Tensor, ...], time_dim: int,
@@ -142,12 +146,15 @@ class ElmanRecurrence(torch.autograd.Function):
     Inputs: projected (T*B, H) contiguous, the hoisted W_xh x_t + biases with rows in
     time-major order, a temporary the caller gives up; h0 (B, H); w_hh (H, H); relu: ReLU
     instead of tanh.
-    Outputs: (T*B, H) hidden states, in the memory of ``projected``.
+    Outputs: (T*B, H) hidden states, in the memory of ``projected``; h_T (B, H), the last
+    of them as a tensor of its own. Either may go unused (its gradient is then None).
     """
 
     @staticmethod
-    def forward(ctx, projected: torch.Tensor, h0: torch.Tensor, w_hh: torch.Tensor, relu: bool) -> torch.Tensor:
+    def forward(ctx, projected: torch.Tensor, h0: torch.Tensor, w_hh: torch.Tensor,
+                relu: bool) -> tuple[torch.Tensor, torch.Tensor]:
         ctx.mark_dirty(projected)
+        ctx.set_materialize_grads(False)
         outputs = projected.view(-1, *h0.shape)  # (T, B, H); each step overwrites its slice: no stack at the end
         if relu:
             recurrent = StepWeight(w_hh, h0.shape[0])  # h -> W_hh h + p_t
@@ -168,24 +175,27 @@ class ElmanRecurrence(torch.autograd.Function):
             outputs.mul_(2).sub_(1)  # h_t = 2 s_t - 1
         ctx.save_for_backward(projected, h0, w_hh)
         ctx.relu = relu
-        return projected
+        return projected, outputs[-1].clone()
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_outputs: torch.Tensor):
+    def backward(ctx, grad_outputs: torch.Tensor | None, grad_h_n: torch.Tensor | None):
         outputs, h0, w_hh = ctx.saved_tensors
-        outputs, grad_outputs = outputs.view(-1, *h0.shape), grad_outputs.view(-1, *h0.shape)  # (T, B, H)
+        outputs = outputs.view(-1, *h0.shape)  # (T, B, H)
         # act'(pre) for all steps at once (tanh' = 1 - h^2, relu' = [h > 0]): one large
         # element-wise operation instead of T small ones inside the loop.
         slope = (outputs > 0).to(outputs.dtype) if ctx.relu else torch.mul(outputs, outputs).neg_().add_(1)
         # The loop turns slope[t] (T, B, H) into dL/d(pre-activation) at step t, in place:
         # no second (T, B, H) buffer whose fresh pages every step would fault in.
         grad_pre = slope
-        grad_h = torch.zeros_like(h0)  # dL/dh_t arriving from step t + 1
+        # dL/dh_t arriving from step t + 1 (from h_n at the last step)
+        grad_h = torch.zeros_like(h0) if grad_h_n is None else grad_h_n.clone()
+        from_outputs = None if grad_outputs is None else grad_outputs.view(-1, *h0.shape).unbind(0)  # each (B, H)
         back = StepWeight(w_hh.t(), h0.shape[0])  # g -> g W_hh
-        for t in range(outputs.shape[0] - 1, -1, -1):
-            grad_pre[t].mul_(grad_h.add_(grad_outputs[t]))
-            grad_h = back(grad_pre[t])  # (B, H): dL/dh_{t-1}
+        for t, g_t in zip(range(outputs.shape[0] - 1, -1, -1), reversed(grad_pre.unbind(0))):
+            if from_outputs is not None:
+                grad_h.add_(from_outputs[t])
+            grad_h = back(g_t.mul_(grad_h))  # (B, H): dL/dh_{t-1}
         # W_hh's gradient sum_t g_t h_{t-1}^T as one (H, (T-1)*B) x ((T-1)*B, H) product plus step 1's.
         grad_w_hh = grad_pre[1:].flatten(0, 1).t() @ outputs[:-1].flatten(0, 1)
         grad_w_hh.addmm_(grad_pre[0].t(), h0)
@@ -202,12 +212,13 @@ class GRURecurrence(torch.autograd.Function):
 
     Inputs: projected (T*B, 3H) contiguous, W_xh x_t + b_xh + (b_hr, b_hz, 0) in the gate
     order r, z, n, rows time-major; h0 (B, H); w_hh (3H, H); b_hn (H,) or None.
-    Outputs: (T, B, H) hidden states.
+    Outputs: (T, B, H) hidden states; h_T (B, H) as a tensor of its own.
     """
 
     @staticmethod
     def forward(ctx, projected: torch.Tensor, h0: torch.Tensor, w_hh: torch.Tensor,
-                b_hn: torch.Tensor | None) -> torch.Tensor:
+                b_hn: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        ctx.set_materialize_grads(False)
         (B, H), T = h0.shape, projected.shape[0] // h0.shape[0]
         projected = projected.view(T, B, 3 * H)
         rz = projected.new_empty(T, B, 2 * H)  # r and z after the sigmoid
@@ -226,11 +237,11 @@ class GRURecurrence(torch.autograd.Function):
             h = torch.sub(h, n[t], out=outputs[t]).mul_(z).add_(n[t])  # h' = n + z (h - n)
         ctx.save_for_backward(rz, hn, n, outputs, h0, w_hh)
         ctx.has_bias = b_hn is not None
-        return outputs
+        return outputs, h.clone()
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_outputs: torch.Tensor):
+    def backward(ctx, grad_outputs: torch.Tensor | None, grad_h_n: torch.Tensor | None):
         rz, hn, n, outputs, h0, w_hh = ctx.saved_tensors
         B, H = h0.shape
         r, z = rz[..., :H], rz[..., H:]  # each (T, B, H)
@@ -242,10 +253,10 @@ class GRURecurrence(torch.autograd.Function):
                              dim=2)  # (T, B, 3, H)
         # The loop turns slope_n[t] and slopes[t] into gradients in place (no fresh buffers
         # written step by step; see ElmanRecurrence.backward).
-        grad_h = torch.zeros_like(h0)  # dL/dh_t arriving from step t + 1
+        grad_h = torch.zeros_like(h0) if grad_h_n is None else grad_h_n  # dL/dh_t from step t + 1 (or h_n)
         back = StepWeight(w_hh.t(), B)  # g -> g W_hh
         for t in range(outputs.shape[0] - 1, -1, -1):
-            dh = grad_h + grad_outputs[t]  # (B, H)
+            dh = grad_h if grad_outputs is None else grad_h + grad_outputs[t]  # (B, H)
             slope_n[t].mul_(dh)  # dL/d pre_n
             g = slopes[t].mul_(dh.unsqueeze(1)).view(B, 3 * H)  # dL/d(W_hh h_{t-1} + (0, 0, b_hn))
             grad_h = back(g, dh * z[t])  # (B, H): dL/dh_{t-1}
@@ -266,11 +277,13 @@ class LSTMRecurrence(torch.autograd.Function):
 
     Inputs: projected (T*B, 4H) contiguous, W_xh x_t + both biases in the gate order
     i, f, g, o, rows time-major; h0, c0 (B, H); w_hh (4H, H).
-    Outputs: (T, B, H) hidden states; c_n (B, H), the last cell state.
+    Outputs: (T, B, H) hidden states; h_T and c_T (B, H), the last hidden and cell states,
+    tensors of their own.
     """
 
     @staticmethod
     def forward(ctx, projected: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, w_hh: torch.Tensor):
+        ctx.set_materialize_grads(False)
         (B, H), T = h0.shape, projected.shape[0] // h0.shape[0]
         projected = projected.view(T, B, 4 * H)
         gates = torch.empty_like(projected)  # (T, B, 4H): i, f, g, o after their activations
@@ -290,11 +303,12 @@ class LSTMRecurrence(torch.autograd.Function):
             tanh_c = torch.mul(c, 2, out=tanh_cells[t]).sigmoid_().mul_(2).sub_(1)  # tanh(c'), as in _tanh_
             h = torch.mul(o, tanh_c, out=outputs[t])  # h' = o tanh(c')
         ctx.save_for_backward(gates, cells, tanh_cells, outputs, h0, c0, w_hh)
-        return outputs, c.clone()
+        return outputs, h.clone(), c.clone()
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_outputs: torch.Tensor, grad_c_n: torch.Tensor):
+    def backward(ctx, grad_outputs: torch.Tensor | None, grad_h_n: torch.Tensor | None,
+                 grad_c_n: torch.Tensor | None):
         gates, cells, tanh_cells, outputs, h0, c0, w_hh = ctx.saved_tensors
         B, H = h0.shape
         i, f, g, o = gates.chunk(4, dim=2)  # each (T, B, H)
@@ -306,11 +320,11 @@ class LSTMRecurrence(torch.autograd.Function):
         slope_c = o * (1 - tanh_cells * tanh_cells)  # dh'/dc' (T, B, H)
         # The loop turns slopes[t] into dL/d(pre-activations) in place (no fresh buffer
         # written step by step; see ElmanRecurrence.backward).
-        grad_h = torch.zeros_like(h0)  # dL/dh_t arriving from step t + 1
-        grad_c = grad_c_n.clone()  # dL/dc_t arriving from step t + 1
+        grad_h = torch.zeros_like(h0) if grad_h_n is None else grad_h_n  # dL/dh_t from step t + 1 (or h_n)
+        grad_c = torch.zeros_like(c0) if grad_c_n is None else grad_c_n.clone()  # dL/dc_t, updated in place
         back = StepWeight(w_hh.t(), B)  # g -> g W_hh
         for t in range(outputs.shape[0] - 1, -1, -1):
-            dh = grad_h + grad_outputs[t]  # (B, H)
+            dh = grad_h if grad_outputs is None else grad_h + grad_outputs[t]  # (B, H)
             dc = grad_c.addcmul_(dh, slope_c[t])  # (B, H)
             slopes[t, :, :3].mul_(dc.unsqueeze(1))  # i, f, g
             slopes[t, :, 3].mul_(dh)  # o
