@@ -86,6 +86,7 @@ def test_fast_dev_run(model, train_config):
     cfg = train_config(f"model={model}", "debug=fdr", data=MODELS[model][0])
     metrics, _ = train(cfg)
     assert "test/loss" in metrics
+    assert "train/loss" in metrics  # logged on its one step, though log_every_n_steps is 20
 
 
 def test_unknown_optimized_metric_is_a_clear_error(train_config):
