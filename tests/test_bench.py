@@ -38,11 +38,17 @@ def test_benchmark_writes_csv_and_markdown(tmp_path):
     for r in rows:
         assert float(r["rnnlab"]) > 0 and float(r["reference"]) > 0 and float(r["ratio"]) > 0, r
         assert r["meets_target"] in ("yes", "no") if r["target"] else r["meets_target"] == "-"
+        if r["row"] == "memory":  # measured once, no spread
+            assert r["ratio_q1"] == r["ratio_q3"] == ""
+        else:  # the quartiles of the two repetitions' own ratios
+            assert 0 < float(r["ratio_q1"]) <= float(r["ratio_q3"]), r
     assert all(not r["target"] for r in rows[4:10])  # the targets are the default cell's
 
     markdown = (out / "benchmark.md").read_text()
     table = [line for line in markdown.splitlines() if line.startswith("|")]
     assert len(table) == 2 + len(rows)  # header, rule, one line per row
+    first = rows[0]
+    assert f"| {float(first['ratio']):.2f} ({float(first['ratio_q1']):.2f}-{float(first['ratio_q3']):.2f}) |" in table[2]
     for row in bench.ROWS:
         assert f"| {row} |" in markdown
 
@@ -64,3 +70,12 @@ def test_benchmark_rejects_bad_arguments(tmp_path, argument, value):
 def test_benchmark_refuses_overrides_the_bare_loop_does_not_follow(tmp_path):
     with pytest.raises(ValueError, match="model.net.cell"):
         bench.run(rows=["e2e_classifier"], out=tmp_path, conf_dir=CONF_DIR, classifier_overrides=["model.net.cell=gru"])
+
+
+def test_result_holds_medians_their_ratio_and_the_spread_of_paired_ratios():
+    r = bench.make_result("forward", "s", "cpu", [1.0, 2.0, 3.0, 4.0], [2.0, 2.0, 2.0, 2.0], "ms", "ref", "")
+    assert (r.rnnlab, r.reference, r.ratio) == (2.5, 2.0, 1.25)
+    assert (r.ratio_q1, r.ratio_q3) == pytest.approx((0.875, 1.625))  # quartiles of 0.5, 1, 1.5, 2
+    assert r.meets_target == "no"  # forward's target is <= 0.8
+    once = bench.make_result("memory", "s", "cpu", 1.0, 2.0, "MiB", "ref", "")
+    assert (once.ratio, once.ratio_q1, once.ratio_q3, once.meets_target) == (0.5, None, None, "yes")

@@ -117,22 +117,38 @@ class Result:
     reference: float | None
     unit: str
     ratio: float | None
+    ratio_q1: float | None  # 25th and 75th percentiles of the per-repetition ratios (timed rows)
+    ratio_q3: float | None
     reference_name: str
     target: str
     meets_target: str  # "yes", "no", "-" (no target) or "skipped"
     note: str
 
 
-def make_result(row: str, shape: str, device: torch.device, rnnlab: float | None, reference: float | None,
-                unit: str, reference_name: str, note: str, targeted: bool = True) -> Result:
-    """A row with its ratio and target (none if not ``targeted``); ``rnnlab=None`` makes a skipped row."""
+def make_result(row: str, shape: str, device: torch.device, rnnlab: float | Sequence[float] | None,
+                reference: float | Sequence[float] | None, unit: str, reference_name: str, note: str,
+                targeted: bool = True) -> Result:
+    """A row with its ratio and target (none if not ``targeted``); ``rnnlab=None`` makes a skipped row.
+
+    ``rnnlab`` and ``reference`` are one value each, or the values of the interleaved
+    repetitions (in the row's unit): then the row holds each side's median, their ratio,
+    and the quartiles of the repetitions' own ratios (rnnlab_i / reference_i), a measure of
+    how much the ratio moved during the run.
+    """
     op, bound = TARGETS.get(row, ("", None)) if targeted else ("", None)
     target = f"{op} {bound}" if op else ""
     if rnnlab is None:
-        return Result(row, shape, str(device), None, None, unit, None, reference_name, target, "skipped", note)
+        return Result(row, shape, str(device), None, None, unit, None, None, None, reference_name, target, "skipped",
+                      note)
+    q1 = q3 = None
+    if not isinstance(rnnlab, (int, float)):
+        if len(rnnlab) > 1:
+            q1, _, q3 = statistics.quantiles([a / b for a, b in zip(rnnlab, reference, strict=True)], n=4,
+                                             method="inclusive")
+        rnnlab, reference = statistics.median(rnnlab), statistics.median(reference)
     ratio = rnnlab / reference
     meets = "-" if not op else "yes" if (ratio <= bound if op == "<=" else ratio >= bound) else "no"
-    return Result(row, shape, str(device), rnnlab, reference, unit, ratio, reference_name, target, meets, note)
+    return Result(row, shape, str(device), rnnlab, reference, unit, ratio, q1, q3, reference_name, target, meets, note)
 
 
 # ---------------------------------------------------------------------------- timing
@@ -142,8 +158,8 @@ def _sync(device: torch.device) -> None:
 
 
 def time_interleaved(fns: Sequence[Callable[[], object]], reps: int, warmup: int,
-                     device: torch.device, min_sample_s: float = 0.02) -> list[float]:
-    """Median seconds per call of each function over ``reps`` rounds, after ``warmup``
+                     device: torch.device, min_sample_s: float = 0.02) -> list[list[float]]:
+    """Seconds per call of each function in each of ``reps`` rounds, after ``warmup``
     untimed rounds; a round times every function once, in order.
 
     A timed sample is ``number`` back-to-back calls, with ``number`` chosen after the
@@ -162,7 +178,7 @@ def time_interleaved(fns: Sequence[Callable[[], object]], reps: int, warmup: int
     for _ in range(reps):
         for fn, slot in zip(fns, times):
             slot.append(_time_calls(fn, number, device) / number)
-    return [statistics.median(slot) for slot in times]
+    return times
 
 
 def _time_calls(fn: Callable[[], object], number: int, device: torch.device) -> float:
@@ -250,6 +266,10 @@ def cuda_peak_bytes(run: Callable[[], None], device: torch.device) -> int:
     return torch.cuda.max_memory_allocated(device) - base
 
 
+def _ms(seconds: Sequence[float]) -> list[float]:
+    return [1e3 * t for t in seconds]
+
+
 def core_rows(shape: Shape, rows: Sequence[str], reps: int, warmup: int, device: torch.device,
               cell: str = TARGETED_CELL) -> list[Result]:
     """The forward, backward, stepwise and memory rows selected in ``rows`` for one shape and
@@ -261,17 +281,17 @@ def core_rows(shape: Shape, rows: Sequence[str], reps: int, warmup: int, device:
     results = []
     if "forward" in rows:
         t_ours, t_ref = time_interleaved([forward_only(ours, x), forward_only(reference, x)], reps, warmup, device)
-        results.append(make_result("forward", label, device, 1e3 * t_ours, 1e3 * t_ref, "ms", torch_name,
+        results.append(make_result("forward", label, device, _ms(t_ours), _ms(t_ref), "ms", torch_name,
                                    "forward under torch.no_grad", targeted))
     if "backward" in rows:
         t_ours, t_ref = time_interleaved([forward_backward(ours, ours, x), forward_backward(reference, reference, x)],
                                          reps, warmup, device)
-        results.append(make_result("backward", label, device, 1e3 * t_ours, 1e3 * t_ref, "ms", torch_name,
+        results.append(make_result("backward", label, device, _ms(t_ours), _ms(t_ref), "ms", torch_name,
                                    "forward + backward (gradients for the input and every weight)", targeted))
     if "stepwise" in rows and targeted:
         t_ours, t_step = time_interleaved([forward_backward(ours, ours, x),
                                            forward_backward(ours.forward_stepwise, ours, x)], reps, warmup, device)
-        results.append(make_result("stepwise", label, device, 1e3 * t_ours, 1e3 * t_step, "ms",
+        results.append(make_result("stepwise", label, device, _ms(t_ours), _ms(t_step), "ms",
                                    "rnnlab RNN.forward_stepwise",
                                    "forward + backward; rnnlab's layer-major RNN.forward against the seed's "
                                    "step-by-step loop (both rnnlab; no target)"))
@@ -355,7 +375,8 @@ def generate_row(gen_tokens: int, reps: int, warmup: int, device: torch.device) 
     t_ours, t_ref = time_interleaved([rnnlab_side, torch_side], reps, warmup, device)
     shape = (f"B1 T0={GEN_PROMPT_LEN} V{GEN_VOCAB} D{GEN_EMBED} H{GEN_HIDDEN} L{GEN_LAYERS}, "
              f"{gen_tokens} tokens")
-    return make_result("generate", shape, device, gen_tokens / t_ours, gen_tokens / t_ref, "tokens/s",
+    return make_result("generate", shape, device, [gen_tokens / t for t in t_ours], [gen_tokens / t for t in t_ref],
+                       "tokens/s",
                        "nn.Embedding + nn.RNN + nn.Linear loop",
                        f"eval mode, no_grad, multinomial sampling at temperature {GEN_TEMPERATURE}, same weights")
 
@@ -602,6 +623,8 @@ def markdown_table(results: Sequence[Result]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     for r in results:
         ratio = "" if r.ratio is None else f"{r.ratio:.2f}"
+        if r.ratio_q1 is not None:
+            ratio += f" ({r.ratio_q1:.2f}-{r.ratio_q3:.2f})"
         cells = [r.row, r.shape, r.device, _fmt(r.rnnlab), _fmt(r.reference), r.unit, ratio, r.reference_name,
                  r.target, r.meets_target]
         lines.append("| " + " | ".join(cells) + " |")
@@ -707,6 +730,8 @@ def run(shapes: str | Sequence[str | Shape] = tuple(SHAPES), rows: str | Sequenc
     def add(result: Result) -> None:
         results.append(result)
         ratio = "skipped" if result.ratio is None else f"ratio {result.ratio:.2f}"
+        if result.ratio_q1 is not None:
+            ratio += f" ({result.ratio_q1:.2f}-{result.ratio_q3:.2f})"
         print(f"  {result.row:<15} {result.shape:<45} {ratio}", flush=True)
 
     try:
@@ -731,7 +756,8 @@ def run(shapes: str | Sequence[str | Shape] = tuple(SHAPES), rows: str | Sequenc
               f"{'oneDNN packed weights on' if packed else 'packed weights off (torch.addmm only)'}, "
               f"median of {reps} interleaved repetitions after {warmup} warm-up, load average {load_before} before "
               f"and {_load_average()} after (on {os.cpu_count()} cores). Ratios are rnnlab / reference "
-              "(times and memory: lower is better; generate, tokens/s: higher is better).")
+              "(times and memory: lower is better; generate, tokens/s: higher is better); in brackets, the 25th "
+              "to 75th percentile of the ratios within the repetitions' pairs.")
     csv_path, md_path = write_results(results, Path(out), header)
     print(f"\n{header}\n\n{markdown_table(results)}\n\n{notes(results)}\n\nWrote {csv_path} and {md_path}")
     return results
