@@ -167,12 +167,12 @@ class ElmanRecurrence(torch.autograd.Function):
             #   2 a_t = 2 p_t + 2 W_hh (2 s_{t-1} - 1) = q_t + (4 W_hh) s_{t-1},  q_t = 2 p_t - 2 W_hh 1,
             # so each step is still one product and one activation; h = 2 s - 1 at the end is
             # one operation over all T steps. (The scalings by 2 and 4 are exact.)
-            q = outputs.mul_(2).sub_(w_hh.sum(1), alpha=2)  # (T, B, H); step t reads q_t, then writes s_t there
+            q = torch.add(w_hh.sum(1).mul_(-2), outputs, alpha=2, out=outputs)  # (T, B, H): q_t, then s_t
             recurrent = StepWeight(4 * w_hh, h0.shape[0])  # s -> 4 W_hh s + q_t
             s = (h0 + 1) / 2
             for q_t in q.unbind(0):  # each (B, H)
                 s = torch.sigmoid(recurrent(s, q_t), out=q_t)
-            outputs.mul_(2).sub_(1)  # h_t = 2 s_t - 1
+            torch.add(outputs.new_full((1,), -1.0), outputs, alpha=2, out=outputs)  # h_t = 2 s_t - 1
         ctx.save_for_backward(projected, h0, w_hh)
         ctx.relu = relu
         return projected, outputs[-1].clone()
