@@ -131,22 +131,24 @@ def make_result(row: str, shape: str, device: torch.device, rnnlab: float | Sequ
     """A row with its ratio and target (none if not ``targeted``); ``rnnlab=None`` makes a skipped row.
 
     ``rnnlab`` and ``reference`` are one value each, or the values of the interleaved
-    repetitions (in the row's unit): then the row holds each side's median, their ratio,
-    and the quartiles of the repetitions' own ratios (rnnlab_i / reference_i), a measure of
-    how much the ratio moved during the run.
+    repetitions (in the row's unit). Then each repetition gives a ratio rnnlab_i /
+    reference_i of two measurements taken back to back, so a machine that speeds up or
+    slows down during the run moves both; the row's ratio is their median and
+    ``ratio_q1``/``ratio_q3`` their quartiles, and ``rnnlab``/``reference`` are each
+    side's median.
     """
     op, bound = TARGETS.get(row, ("", None)) if targeted else ("", None)
     target = f"{op} {bound}" if op else ""
     if rnnlab is None:
         return Result(row, shape, str(device), None, None, unit, None, None, None, reference_name, target, "skipped",
                       note)
-    q1 = q3 = None
-    if not isinstance(rnnlab, (int, float)):
-        if len(rnnlab) > 1:
-            q1, _, q3 = statistics.quantiles([a / b for a, b in zip(rnnlab, reference, strict=True)], n=4,
-                                             method="inclusive")
+    if isinstance(rnnlab, (int, float)):
+        ratio, q1, q3 = rnnlab / reference, None, None
+    else:
+        ratios = [a / b for a, b in zip(rnnlab, reference, strict=True)]
+        ratio = statistics.median(ratios)
+        q1, _, q3 = statistics.quantiles(ratios, n=4, method="inclusive") if len(ratios) > 1 else (None, None, None)
         rnnlab, reference = statistics.median(rnnlab), statistics.median(reference)
-    ratio = rnnlab / reference
     meets = "-" if not op else "yes" if (ratio <= bound if op == "<=" else ratio >= bound) else "no"
     return Result(row, shape, str(device), rnnlab, reference, unit, ratio, q1, q3, reference_name, target, meets, note)
 
@@ -756,8 +758,9 @@ def run(shapes: str | Sequence[str | Shape] = tuple(SHAPES), rows: str | Sequenc
               f"{'oneDNN packed weights on' if packed else 'packed weights off (torch.addmm only)'}, "
               f"median of {reps} interleaved repetitions after {warmup} warm-up, load average {load_before} before "
               f"and {_load_average()} after (on {os.cpu_count()} cores). Ratios are rnnlab / reference "
-              "(times and memory: lower is better; generate, tokens/s: higher is better); in brackets, the 25th "
-              "to 75th percentile of the ratios within the repetitions' pairs.")
+              "(times and memory: lower is better; generate, tokens/s: higher is better): the median of the "
+              "repetitions' ratios, and in brackets their 25th to 75th percentile; the rnnlab and reference "
+              "columns are each side's median.")
     csv_path, md_path = write_results(results, Path(out), header)
     print(f"\n{header}\n\n{markdown_table(results)}\n\n{notes(results)}\n\nWrote {csv_path} and {md_path}")
     return results
