@@ -4,9 +4,11 @@
 
 Every number is a ratio against a reference measured in the same process. The two sides
 are called in turn (rnnlab, reference, rnnlab, reference, ...) so that a change in machine
-load hits both alike, and each side's time is the median of ``reps`` timed calls after
-``warmup`` untimed ones (the first calls fault in fresh memory pages and fill caches); a
-timed sample repeats a fast call until it lasts at least 20 ms.
+load hits both alike: each of ``reps`` repetitions, after ``warmup`` untimed ones (the
+first calls fault in fresh memory pages and fill caches), gives one ratio of two calls
+timed back to back, and a row reports the median of these ratios with their quartiles,
+next to each side's median time. A timed sample repeats a fast call until it lasts at
+least 20 ms.
 Threads are fixed with ``torch.set_num_threads``, tensors are float32, and on CUDA every
 timed call is bracketed by ``torch.cuda.synchronize`` (cuDNN's TF32 is switched off for
 the run, so torch.nn.RNN computes in float32 like rnnlab). Run it on an otherwise idle
@@ -620,15 +622,20 @@ def _fmt(value: float | None) -> str:
     return f"{value:.0f}" if abs(value) >= 1000 else f"{value:.4g}"
 
 
+def _ratio_text(r: Result) -> str:
+    """The ratio, with its quartiles in brackets when it has them: "0.78 (0.77-0.79)"."""
+    if r.ratio is None:
+        return ""
+    spread = "" if r.ratio_q1 is None else f" ({r.ratio_q1:.2f}-{r.ratio_q3:.2f})"
+    return f"{r.ratio:.2f}{spread}"
+
+
 def markdown_table(results: Sequence[Result]) -> str:
     header = ["row", "shape", "device", "rnnlab", "reference", "unit", "ratio", "reference name", "target", "met"]
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     for r in results:
-        ratio = "" if r.ratio is None else f"{r.ratio:.2f}"
-        if r.ratio_q1 is not None:
-            ratio += f" ({r.ratio_q1:.2f}-{r.ratio_q3:.2f})"
-        cells = [r.row, r.shape, r.device, _fmt(r.rnnlab), _fmt(r.reference), r.unit, ratio, r.reference_name,
-                 r.target, r.meets_target]
+        cells = [r.row, r.shape, r.device, _fmt(r.rnnlab), _fmt(r.reference), r.unit, _ratio_text(r),
+                 r.reference_name, r.target, r.meets_target]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -731,9 +738,7 @@ def run(shapes: str | Sequence[str | Shape] = tuple(SHAPES), rows: str | Sequenc
 
     def add(result: Result) -> None:
         results.append(result)
-        ratio = "skipped" if result.ratio is None else f"ratio {result.ratio:.2f}"
-        if result.ratio_q1 is not None:
-            ratio += f" ({result.ratio_q1:.2f}-{result.ratio_q3:.2f})"
+        ratio = "skipped" if result.ratio is None else f"ratio {_ratio_text(result)}"
         print(f"  {result.row:<15} {result.shape:<45} {ratio}", flush=True)
 
     try:
