@@ -151,3 +151,100 @@ def test_loader_sampler_takes_lightnings_set_epoch():
     assert not torch.equal(next(iter(loader))[1], first)
     _set_sampler_epoch(loader, 0)
     assert torch.equal(next(iter(loader))[1], first)
+
+
+def _attached(dm, rank=0, world_size=1, overfit_batches=0):
+    """``dm`` with a trainer attached the way Lightning attaches one (``datamodule.trainer``),
+    holding only what the loaders read from it."""
+    from types import SimpleNamespace
+
+    dm.trainer = SimpleNamespace(global_rank=rank, world_size=world_size, overfit_batches=overfit_batches)
+    return dm
+
+
+def _rows(batches) -> torch.Tensor:
+    """Every sample a loader gave, one row each: its input flattened (variable-length
+    batches, each cut to its own longest sequence, padded back to one width)."""
+    rows = [b[0].flatten(1).float() for b in batches]
+    width = max(r.shape[1] for r in rows)
+    return torch.cat([torch.nn.functional.pad(r, (0, width - r.shape[1])) for r in rows])
+
+
+DATA_MODULES = {
+    "synthetic": lambda: SyntheticSequenceDataModule(num_train=300, num_val=70, num_test=50, batch_size=16),
+    "synthetic_varlen": lambda: SyntheticSequenceDataModule(num_train=300, num_val=70, num_test=50, batch_size=16,
+                                                            min_len=5),
+    "tagging": lambda: TaggingDataModule(num_train=300, num_val=70, num_test=50, batch_size=16),
+    "chars_random": lambda: CharDataModule(corpus_chars=8000, seq_len=16, batch_size=8, windows_per_epoch=200),
+    "chars_strided": lambda: CharDataModule(corpus_chars=8000, seq_len=16, batch_size=8, train_windows="strided"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(DATA_MODULES))
+def test_each_ddp_rank_reads_its_own_shard_of_every_split(name):
+    """What each of two ranks reads: disjoint shards that together are the single-process
+    epoch, in half the steps (training) and with every item once (evaluation)."""
+    torch.manual_seed(0)  # the shard seed comes from the run's seed (torch.initial_seed)
+    single = _attached(_setup(DATA_MODULES[name]()))
+    ranks = [_attached(_setup(DATA_MODULES[name]()), rank=r, world_size=2) for r in range(2)]
+    for split in ("train", "val", "test"):
+        whole = list(getattr(single, f"{split}_dataloader")())
+        shards = [list(getattr(dm, f"{split}_dataloader")()) for dm in ranks]
+        expected, *rows = _rows(whole), *(_rows(s) for s in shards)
+        width = max(r.shape[1] for r in (expected, *rows))
+        expected, *rows = [torch.nn.functional.pad(r, (0, width - r.shape[1])) for r in (expected, *rows)]
+        sizes = [len(r) for r in rows]
+        if split == "train":  # padded to equal shards by wrapping around: the same steps on every rank
+            assert sizes[0] == sizes[1] == math.ceil(len(expected) / 2)
+            assert len(shards[0]) == len(shards[1]) == math.ceil(sizes[0] / single.hparams.batch_size)
+            assert len(shards[0]) < len(whole)
+            expected = torch.cat([expected, expected[: 2 * sizes[0] - len(expected)]])  # the wrapped-around items
+        else:  # every item exactly once
+            assert sum(sizes) == len(expected) and sizes[0] - sizes[1] in (0, 1)
+        # Rank r reads items r, r + 2, r + 4, ... of the single-process order.
+        assert torch.equal(rows[0], expected[0::2]) and torch.equal(rows[1], expected[1::2])
+
+
+def test_stateful_streams_refuse_several_processes():
+    dm = _attached(_setup(CharDataModule(corpus_chars=8000, seq_len=16, batch_size=4, stateful=True)),
+                   rank=1, world_size=2)
+    with pytest.raises(ValueError, match="data.stateful=true reads each split as one set of streams; it needs a "
+                                         "single process"):
+        dm.train_dataloader()
+
+
+@pytest.mark.parametrize("name", sorted(DATA_MODULES))
+def test_overfit_batches_train_on_the_same_full_batches_every_epoch(name):
+    """trainer.overfit_batches (debug=overfit): whole batches of batch_size, the same ones in
+    the same order every epoch (Lightning's own fix would hand out single samples here)."""
+    from lightning.fabric.utilities.data import _set_sampler_epoch
+
+    dm = _attached(_setup(DATA_MODULES[name]()), overfit_batches=4)
+    loader = dm.train_dataloader()
+    epochs = []
+    for epoch in range(2):
+        _set_sampler_epoch(loader, epoch)
+        epochs.append([b[0] for _, b in zip(range(4), loader)])
+    assert all(len(x) == dm.hparams.batch_size for x in epochs[0])
+    assert all(torch.equal(a, b) for a, b in zip(*epochs))
+    # Without overfit_batches the next epoch reads other batches.
+    dm.trainer.overfit_batches = 0
+    loader = dm.train_dataloader()
+    _set_sampler_epoch(loader, 0)
+    first = next(iter(loader))[0]
+    _set_sampler_epoch(loader, 1)
+    assert not torch.equal(next(iter(loader))[0], first)
+
+
+def test_a_byte_order_mark_is_not_part_of_the_text(tmp_path):
+    path = tmp_path / "bom.txt"
+    path.write_bytes(b"\xef\xbb\xbf" + ("to be or not to be\n" * 100).encode())
+    dm = _setup(CharDataModule(path=str(path), seq_len=8))
+    assert "\ufeff" not in dm.vocab and dm.vocab == "".join(sorted(set("to be or not to be\n")))
+
+
+def test_a_relative_path_is_kept_absolute(tmp_path, monkeypatch):
+    (tmp_path / "corpus.txt").write_text("abc\n" * 300)
+    monkeypatch.chdir(tmp_path)
+    dm = CharDataModule(path="corpus.txt", seq_len=8)
+    assert dm.hparams.path == str(tmp_path / "corpus.txt")

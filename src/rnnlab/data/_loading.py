@@ -2,9 +2,11 @@
 
 A ``DataLoader`` with ``batch_size=B`` fetches B samples one by one and stacks them
 (``default_collate``): B Python calls and one copy per batch. For data that already
-sits in a tensor, indexing it with the batch's index tensor is a single gather. Passing
-a batch sampler as ``sampler`` and ``batch_size=None`` makes the loader hand the whole
-index list to ``__getitem__`` at once and skip collation.
+sits in a tensor, indexing it with the batch's index tensor is a single gather. The
+datasets here keep the usual one-sample ``__getitem__`` and add ``gather(indices)``, a
+whole batch at once; :func:`batched_loader` hands each batch of indices from its
+``batch_sampler`` to ``gather`` (through ``__getitems__``, which PyTorch's loader calls
+with a batch's indices) and passes the gathered batch on without collating it.
 
 The order of an epoch is a pure function of (seed, epoch, rank), not of a random
 generator's running state. So a run resumed from a checkpoint at epoch e sees exactly
@@ -17,15 +19,17 @@ from __future__ import annotations
 
 import lightning as L
 import torch
-from torch.utils.data import BatchSampler, DataLoader, Sampler, TensorDataset
+from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler, TensorDataset
+
+from ..models import _checks
 
 
 class IndexedTensorDataset(TensorDataset):
-    """A ``TensorDataset`` whose ``__getitem__`` also takes a list of indices."""
+    """A ``TensorDataset`` that also gathers a whole batch: ``gather(indices)`` returns each
+    tensor indexed by the batch's indices, (B, ...)."""
 
-    def __getitem__(self, index):
-        if isinstance(index, list):
-            index = torch.as_tensor(index)
+    def gather(self, indices: list[int]):
+        index = torch.as_tensor(indices)
         return tuple(t[index] for t in self.tensors)
 
 
@@ -41,8 +45,8 @@ class PaddedBatchDataset(IndexedTensorDataset):
         super().__init__(*tensors)
         self.time_dims = time_dims
 
-    def __getitem__(self, indices: list[int]):
-        batch = super().__getitem__(indices)  # each (B, T_max, ...) or (B,)
+    def gather(self, indices: list[int]):
+        batch = super().gather(indices)  # each (B, T_max, ...) or (B,)
         longest = int(batch[-1].max())
         return tuple(t[:, :longest] if has_time else t for t, has_time in zip(batch, self.time_dims))
 
@@ -100,25 +104,57 @@ class EpochBatchSampler(BatchSampler):
     """A ``BatchSampler`` that passes ``set_epoch`` on to its :class:`EpochSampler`."""
 
     def set_epoch(self, epoch: int) -> None:
-        self.sampler.set_epoch(epoch)
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
+
+
+class Batches(Dataset):
+    """What :func:`batched_loader` reads: ``dataset``, whose ``gather`` serves a whole batch."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        return self.dataset[index]
+
+    def __getitems__(self, indices: list[int]):
+        return self.dataset.gather(indices)
+
+
+def gathered(batch):
+    """The loader's ``collate_fn``: :meth:`Batches.__getitems__` already made the batch."""
+    return batch
 
 
 def batched_loader(dataset, batch_size: int, sampler: EpochSampler, num_workers: int = 0) -> DataLoader:
-    """A DataLoader that fetches whole batches of ``sampler``'s indices from ``dataset``."""
-    return DataLoader(dataset, sampler=EpochBatchSampler(sampler, batch_size, drop_last=False), batch_size=None,
-                      num_workers=num_workers, persistent_workers=num_workers > 0)
+    """A DataLoader that gathers whole batches of ``sampler``'s indices (``dataset.gather``)."""
+    return DataLoader(Batches(dataset), batch_sampler=EpochBatchSampler(sampler, batch_size, drop_last=False),
+                      collate_fn=gathered, num_workers=num_workers, persistent_workers=num_workers > 0)
 
 
 def shard(module: L.LightningDataModule) -> dict:
-    """This process's (rank, world_size) and the run's seed, from the attached trainer."""
-    trainer = getattr(module, "_trainer", None)
+    """This process's (rank, world_size) and the run's seed, from the trainer Lightning
+    attaches to the data module (``module.trainer``; none outside a fit: rank 0 of 1)."""
+    trainer = module.trainer
     rank, world_size = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
     return {"rank": rank, "world_size": world_size, "seed": torch.initial_seed() % 2**31}
 
 
+def overfitting(module: L.LightningDataModule) -> bool:
+    """Whether the attached trainer runs with ``overfit_batches`` (``debug=overfit``): the
+    training loader then yields the same batches, in the same order, every epoch.
+    (Lightning's own fix for this, swapping in a ``SequentialSampler``, would hand out
+    single samples instead of batches from these loaders.)"""
+    trainer = module.trainer
+    return trainer is not None and bool(getattr(trainer, "overfit_batches", 0))
+
+
 def check_min_len(min_len, seq_len: int) -> None:
     if min_len is not None and not (isinstance(min_len, int) and 1 <= min_len <= seq_len):
-        raise ValueError(f"expected min_len in [1, seq_len={seq_len}] or None, got {min_len!r}")
+        raise _checks.ArgumentError("min_len", f"expected min_len in [1, seq_len={seq_len}] or None, got {min_len!r}")
 
 
 class GeneratedSplitsDataModule(L.LightningDataModule):
@@ -155,7 +191,7 @@ class GeneratedSplitsDataModule(L.LightningDataModule):
 
     def _loader(self, split: str, train: bool) -> DataLoader:
         dataset = self.splits[split]
-        sampler = EpochSampler(len(dataset), shuffle=train, pad=train, **shard(self))
+        sampler = EpochSampler(len(dataset), shuffle=train and not overfitting(self), pad=train, **shard(self))
         return batched_loader(dataset, self.hparams.batch_size, sampler, num_workers=self.hparams.num_workers)
 
     def train_dataloader(self):

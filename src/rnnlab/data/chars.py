@@ -9,6 +9,7 @@ is a window of ``seq_len`` input ids and the same window shifted by one as targe
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import lightning as L
@@ -17,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..config import ConfigError
 from ..models import _checks
-from ._loading import EpochSampler, batched_loader, shard
+from ._loading import EpochSampler, batched_loader, overfitting, shard
 from .grammar import generate_grammar_corpus
 
 UNKNOWN = "\ufffd"
@@ -26,8 +27,9 @@ UNKNOWN = "\ufffd"
 class CharWindows(Dataset):
     """Windows of a 1-D id tensor: item i starts at ``i * stride``.
 
-    ``__getitem__`` takes a list of items and gathers them in one indexing operation.
-    Returns x (B, T) and y (B, T), y being x shifted one character ahead.
+    ``gather`` takes a batch of items and gathers them in one indexing operation: x (B, T)
+    and y (B, T), y being x shifted one character ahead (``__getitem__``: one window, x (T,)
+    and y (T,)).
     """
 
     def __init__(self, ids: torch.Tensor, seq_len: int, stride: int):
@@ -39,10 +41,14 @@ class CharWindows(Dataset):
     def __len__(self) -> int:
         return (len(self.ids) - self.seq_len - 1) // self.stride + 1
 
-    def __getitem__(self, items):
+    def gather(self, items: list[int]):
         starts = torch.as_tensor(items).reshape(-1, 1) * self.stride  # (B, 1)
         window = self.ids[starts + self.offsets]  # (B, T + 1)
         return window[:, :-1], window[:, 1:]  # (B, T), (B, T)
+
+    def __getitem__(self, item: int):
+        x, y = self.gather([item])
+        return x[0], y[0]  # (T,), (T,)
 
 
 class StreamWindows(Dataset):
@@ -73,14 +79,17 @@ class CharDataModule(L.LightningDataModule):
     """Character windows from ``path`` (UTF-8 text) or, if ``path`` is None, a generated corpus.
 
     Args:
-        path: a UTF-8 text file, e.g. ``../shared/data/tinyshakespeare.txt``; None uses
-            the grammar corpus of :mod:`rnnlab.data.grammar`.
+        path: a UTF-8 text file, e.g. ``../shared/data/tinyshakespeare.txt``, made absolute
+            (so a checkpoint's data config finds it from any directory); None uses the
+            grammar corpus of :mod:`rnnlab.data.grammar`.
         corpus_chars: size of the generated corpus (ignored with ``path``).
         seq_len: characters per training window T.
         batch_size: windows per batch.
         splits: train/val/test fractions of the text, in order.
         train_windows: ``"random"`` draws window starts uniformly at any position each
-            epoch; ``"strided"`` uses non-overlapping windows in shuffled order.
+            epoch; ``"strided"`` uses non-overlapping windows in shuffled order. (With
+            ``trainer.overfit_batches``, training reads the first non-overlapping windows
+            of the training text, in order, every epoch.)
         windows_per_epoch: training windows per epoch; None covers the training text
             once (len(train) // seq_len).
         seed: seed of the generated corpus.
@@ -98,13 +107,20 @@ class CharDataModule(L.LightningDataModule):
         super().__init__()
         for name in ("corpus_chars", "seq_len", "batch_size"):
             _checks.positive_int(name, locals()[name])
+        if path is not None:
+            if not isinstance(path, (str, os.PathLike)):
+                raise _checks.ArgumentTypeError("path", f"expected path to be a file path or None, got {path!r} "
+                                                       f"({type(path).__name__})")
+            path = os.path.abspath(os.path.expanduser(path))
         if windows_per_epoch is not None:
             _checks.positive_int("windows_per_epoch", windows_per_epoch)
         if train_windows not in ("random", "strided"):
-            raise ValueError(f"expected train_windows 'random' or 'strided', got {train_windows!r}")
+            raise _checks.ArgumentError("train_windows", f"expected train_windows 'random' or 'strided', "
+                                                         f"got {train_windows!r}")
         splits = tuple(float(f) for f in splits)
         if len(splits) != 3 or min(splits) <= 0 or abs(sum(splits) - 1) > 1e-6:
-            raise ValueError(f"expected splits of three positive fractions summing to 1, got {list(splits)}")
+            raise _checks.ArgumentError("splits", f"expected splits of three positive fractions summing to 1, "
+                                                  f"got {list(splits)}")
         self.save_hyperparameters()
         self.vocab: str | None = None
         self.ids: dict[str, torch.Tensor] = {}
@@ -130,7 +146,7 @@ class CharDataModule(L.LightningDataModule):
             raise ConfigError("data.path", f"{expected}, got {str(path)!r}, which is binary "
                                            f"(a NUL byte at offset {raw.index(0)})")
         try:
-            return raw.decode("utf-8")
+            return raw.decode("utf-8-sig")  # a leading byte-order mark is not text
         except UnicodeDecodeError as err:
             raise ConfigError("data.path", f"{expected}, got {str(path)!r}, which is not valid UTF-8 "
                                            f"(byte 0x{raw[err.start]:02x} at offset {err.start}); "
@@ -180,7 +196,10 @@ class CharDataModule(L.LightningDataModule):
         hp = self.hparams
         if hp.stateful:
             return self._stream_loader("train")
-        if hp.train_windows == "random":
+        if overfitting(self):
+            windows = CharWindows(self.ids["train"], hp.seq_len, stride=hp.seq_len)
+            sampler = EpochSampler(len(windows), shuffle=False, **shard(self))
+        elif hp.train_windows == "random":
             windows = CharWindows(self.ids["train"], hp.seq_len, stride=1)
             per_epoch = hp.windows_per_epoch or max(1, len(self.ids["train"]) // hp.seq_len)
             sampler = EpochSampler(len(windows), shuffle=True, num_samples=per_epoch, replacement=True, **shard(self))

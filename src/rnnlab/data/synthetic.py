@@ -53,9 +53,9 @@ class SyntheticSequenceDataModule(GeneratedSplitsDataModule):
             _checks.positive_int(name, locals()[name])
         check_min_len(min_len, seq_len)
         if num_classes != 2:
-            raise ValueError(f"expected num_classes=2 for the mean-sign task, got {num_classes}")
+            raise _checks.ArgumentError("num_classes", f"expected num_classes=2 for the mean-sign task, got {num_classes}")
         if batch_size > num_train:
-            raise ValueError(f"expected batch_size <= num_train ({num_train}), got {batch_size}")
+            raise _checks.ArgumentError("batch_size", f"expected batch_size <= num_train ({num_train}), got {batch_size}")
         self.save_hyperparameters()
         self.input_size, self.num_classes = input_size, num_classes
 

@@ -67,9 +67,9 @@ class TaggingDataModule(GeneratedSplitsDataModule):
             _checks.positive_int(name, locals()[name])
         check_min_len(min_len, seq_len)
         if _checks.positive_int("num_symbols", num_symbols) < 2:
-            raise ValueError(f"expected num_symbols >= 2, got {num_symbols}")
+            raise _checks.ArgumentError("num_symbols", f"expected num_symbols >= 2, got {num_symbols}")
         if batch_size > num_train:
-            raise ValueError(f"expected batch_size <= num_train ({num_train}), got {batch_size}")
+            raise _checks.ArgumentError("batch_size", f"expected batch_size <= num_train ({num_train}), got {batch_size}")
         self.save_hyperparameters()
         self.input_size, self.num_tags = num_symbols, num_symbols ** 2
 

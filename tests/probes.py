@@ -1,0 +1,26 @@
+"""Callbacks that record what a run did, for tests that check a mechanism from outside the
+process (``+callbacks.<name>._target_=probes.<Class>``; the subprocess needs ``tests`` on
+PYTHONPATH)."""
+
+from pathlib import Path
+
+import lightning as L
+import torch
+
+
+class RecordReads(L.Callback):
+    """Save, for each rank, the inputs of every training batch it read, epoch by epoch:
+    ``<out_dir>/rank<r>.pt`` holds a list with one (samples, features) tensor per epoch."""
+
+    def __init__(self, out_dir: str):
+        self.out_dir, self.epochs = Path(out_dir), []
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self.epochs.append([])
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.epochs[-1].append(batch[0].detach().flatten(1).float().cpu())
+
+    def on_train_end(self, trainer, pl_module):
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        torch.save([torch.cat(rows) for rows in self.epochs], self.out_dir / f"rank{trainer.global_rank}.pt")
