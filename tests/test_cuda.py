@@ -55,3 +55,30 @@ def test_benchmark_runs_on_cuda(tmp_path):
     with (tmp_path / "benchmark.csv").open(newline="") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 9 and all(r["device"].startswith("cuda") and float(r["ratio"]) > 0 for r in rows)
+
+
+@pytest.mark.parametrize("cell", list(TORCH_RNNS))
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("varlen", [False, True], ids=["full", "lengths"])
+def test_cells_train_under_cuda_autocast_close_to_float32(cell, dtype, varlen):
+    """trainer.precision=16-mixed / bf16-mixed on a GPU: the recurrences run in autocast's dtype
+    and stay within its precision of float32 (the CPU bf16 test in test_fast_paths, on CUDA)."""
+    torch.manual_seed(0)
+    rnn = RNN(32, 64, 2, cell=cell).cuda()
+    x = torch.randn(8, 24, 32, device="cuda")
+    lengths = torch.randint(1, 25, (8,)) if varlen else None
+
+    def run(enabled):
+        rnn.zero_grad(set_to_none=True)
+        xi = x.clone().requires_grad_()
+        with torch.autocast("cuda", dtype=dtype, enabled=enabled):
+            out, h_n = rnn(xi, lengths=lengths)
+            loss = (out.float() * torch.linspace(-1, 1, 64, device="cuda")).sum() + sum(
+                (s.float() ** 2).sum() for s in flat_state(h_n))
+        loss.backward()
+        return [out, *flat_state(h_n), xi.grad, *(p.grad for p in rnn.parameters())]
+
+    reference, mixed = run(False), run(True)
+    for i, (got, want) in enumerate(zip(mixed, reference)):
+        error = ((got.float() - want).norm() / want.norm()).item()
+        assert error < 0.1, f"{cell} {dtype}: tensor {i} differs from float32 by {error:.1%}"

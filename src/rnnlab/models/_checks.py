@@ -10,22 +10,47 @@ from __future__ import annotations
 import torch
 
 
+class ArgumentError(ValueError):
+    """A constructor argument with a value outside what it allows. ``argument`` names the
+    parameter, so an error from a config-built object can name the full config key
+    (``model.net.hidden_size``)."""
+
+    def __init__(self, argument: str, message: str):
+        super().__init__(message)
+        self.argument = argument
+
+
+class ArgumentTypeError(TypeError):
+    """A constructor argument of the wrong type; ``argument`` names the parameter."""
+
+    def __init__(self, argument: str, message: str):
+        super().__init__(message)
+        self.argument = argument
+
+
 def positive_int(name: str, value) -> int:
     """Return ``value`` if it is an int >= 1, else raise naming ``name``."""
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"expected {name} to be an int >= 1, got {value!r} ({type(value).__name__})")
+        raise ArgumentTypeError(name, f"expected {name} to be an int >= 1, got {value!r} ({type(value).__name__})")
     if value < 1:
-        raise ValueError(f"expected {name} >= 1, got {value}")
+        raise ArgumentError(name, f"expected {name} >= 1, got {value}")
     return value
 
 
 def dropout_prob(name: str, value) -> float:
     """Return ``value`` as a float if it lies in [0, 1), else raise naming ``name``."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"expected {name} to be a float in [0, 1), got {value!r} ({type(value).__name__})")
+        raise ArgumentTypeError(name, f"expected {name} to be a float in [0, 1), got {value!r} "
+                                      f"({type(value).__name__})")
     if not 0.0 <= value < 1.0:
-        raise ValueError(f"expected {name} in [0, 1), got {value}")
+        raise ArgumentError(name, f"expected {name} in [0, 1), got {value}")
     return float(value)
+
+
+def one_of(name: str, value, choices) -> None:
+    """Raise naming ``name`` unless ``value`` is one of ``choices``."""
+    if value not in choices:
+        raise ArgumentError(name, f"expected {name} in {sorted(choices)}, got {value!r}")
 
 
 def shape_str(shape) -> str:

@@ -78,8 +78,9 @@ _AVAILABLE = _available()
 
 
 def _packable(weight: torch.Tensor, rows: int, min_macs: int = MIN_PACKED_MACS) -> bool:
+    # Not under CPU autocast: the products must then run in autocast's dtype (F.linear does).
     return (_enabled and _AVAILABLE and weight.device.type == "cpu" and weight.dtype == torch.float32
-            and rows * weight.numel() >= min_macs)
+            and not torch.is_autocast_enabled("cpu") and rows * weight.numel() >= min_macs)
 
 
 def _pack(weight: torch.Tensor, rows: int) -> torch.Tensor:

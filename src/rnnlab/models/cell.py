@@ -92,7 +92,21 @@ def _sequence(recurrence, cell: _Cell, x: torch.Tensor, state: tuple[torch.Tenso
     # One (T*B, D) x (D, G*H) product. The result is a 2-D tensor of its own (not a view),
     # which the recurrence may overwrite in place without autograd copying it.
     projected = cell.project(x.reshape(T * B, x.shape[2]))  # (T*B, G*H), rows time-major
-    outputs, *final = recurrence.apply(projected, *state, cell.Whh.weight, *args)
+    weights = (cell.Whh.weight, *args)
+    device = projected.device.type
+    if torch.is_autocast_enabled(device):
+        # Mixed precision: run the whole recurrence in autocast's dtype, as autocast runs
+        # torch.nn's fused RNN kernels (and as torch.amp.custom_fwd(cast_inputs=...) would):
+        # every input cast once, autocast off inside, so the forward and the hand-written
+        # backward see tensors of one dtype. The casts are differentiable, so W_hh and h0
+        # get float32 gradients.
+        dtype = torch.get_autocast_dtype(device)
+        cast = [t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() else t
+                for t in (projected, *state, *weights)]
+        with torch.autocast(device, enabled=False):
+            outputs, *final = recurrence.apply(*cast)
+    else:
+        outputs, *final = recurrence.apply(projected, *state, *weights)
     outputs = outputs.view(T, B, cell.hidden_size)  # (T, B, H)
     return (outputs if time_dim == 0 else outputs.transpose(0, 1)), tuple(final)
 
@@ -156,11 +170,14 @@ class ElmanRecurrence(torch.autograd.Function):
         ctx.mark_dirty(projected)
         ctx.set_materialize_grads(False)
         outputs = projected.view(-1, *h0.shape)  # (T, B, H); each step overwrites its slice: no stack at the end
-        if relu:
+        if relu or projected.element_size() < 4:
+            # ReLU, or tanh in a 16-bit float (mixed precision), where 2 sigmoid(2a) - 1 would
+            # lose the precision of small h (bf16 resolves s = 0.5 to 2^-9, h to 2^-8).
             recurrent = StepWeight(w_hh, h0.shape[0])  # h -> W_hh h + p_t
             h = h0
             for p_t in outputs.unbind(0):  # each (B, H): p_t, then h_t once the product has read p_t
-                h = torch.clamp(recurrent(h, p_t), min=0, out=p_t)
+                pre = recurrent(h, p_t)
+                h = torch.clamp(pre, min=0, out=p_t) if relu else torch.tanh(pre, out=p_t)
         else:
             # tanh(a) = 2 sigmoid(2a) - 1, and on the CPU ATen's sigmoid runs about 4x faster
             # than its tanh. Run the loop on s_t = sigmoid(2 a_t) = (h_t + 1) / 2 instead of h_t:
@@ -371,8 +388,7 @@ class RNNCell(_Cell):
     """
 
     def __init__(self, input_size: int, hidden_size: int, bias: bool = True, nonlinearity: str = "tanh"):
-        if nonlinearity not in ("tanh", "relu"):
-            raise ValueError(f"expected nonlinearity 'tanh' or 'relu', got {nonlinearity!r}")
+        _checks.one_of("nonlinearity", nonlinearity, ("tanh", "relu"))
         self.nonlinearity = nonlinearity
         super().__init__(input_size, hidden_size, bias)
 
@@ -526,7 +542,6 @@ CELLS = {"rnn_tanh": (RNNCell, {"nonlinearity": "tanh"}), "rnn_relu": (RNNCell, 
 
 def make_cell(cell: str, input_size: int, hidden_size: int, bias: bool = True) -> _Cell:
     """Build the cell named ``cell`` (one of :data:`CELLS`)."""
-    if cell not in CELLS:
-        raise ValueError(f"expected cell in {sorted(CELLS)}, got {cell!r}")
+    _checks.one_of("cell", cell, CELLS)
     cls, kwargs = CELLS[cell]
     return cls(input_size, hidden_size, bias=bias, **kwargs)

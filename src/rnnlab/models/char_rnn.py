@@ -43,7 +43,9 @@ class CharRNN(nn.Module):
         super().__init__()
         self.vocab_size = _checks.positive_int("vocab_size", vocab_size)
         self.embedding = nn.Embedding(vocab_size, _checks.positive_int("embed_dim", embed_dim))
-        self.rnn = RNN(embed_dim, hidden_size, num_layers, dropout=dropout, cell=cell)
+        dropout = _checks.dropout_prob("dropout", dropout)
+        between_layers = dropout if num_layers != 1 else 0.0  # one layer: only the output's dropout
+        self.rnn = RNN(embed_dim, hidden_size, num_layers, dropout=between_layers, cell=cell)
         self.dropout = Dropout(dropout)
         self.fc = nn.Linear(hidden_size, vocab_size)
 

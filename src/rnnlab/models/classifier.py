@@ -41,7 +41,9 @@ class SequenceClassifier(nn.Module):
                  num_layers: int = 2, dropout: float = 0.2, cell: str = "rnn_tanh"):
         super().__init__()
         self.num_classes = _checks.positive_int("num_classes", num_classes)
-        self.rnn = RNN(input_size, hidden_size, num_layers, dropout=dropout, cell=cell)
+        dropout = _checks.dropout_prob("dropout", dropout)
+        between_layers = dropout if num_layers != 1 else 0.0  # one layer: only the head's dropout
+        self.rnn = RNN(input_size, hidden_size, num_layers, dropout=between_layers, cell=cell)
         self.fc = nn.Linear(hidden_size, num_classes)
         self.dropout = Dropout(dropout)
 

@@ -14,6 +14,8 @@ Both give the same numbers (the tests check it, and check both against ``torch.n
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
 
@@ -96,13 +98,15 @@ class RNN(nn.Module):
         self.hidden_size = _checks.positive_int("hidden_size", hidden_size)
         self.num_layers = _checks.positive_int("num_layers", num_layers)
         self.dropout_p = _checks.dropout_prob("dropout", dropout)
-        if cell not in CELLS:
-            raise ValueError(f"expected cell in {sorted(CELLS)}, got {cell!r}")
+        _checks.one_of("cell", cell, CELLS)
         self.bias, self.batch_first, self.cell = bool(bias), bool(batch_first), cell
         self.cells = nn.ModuleList(
             make_cell(cell, input_size if layer == 0 else hidden_size, hidden_size, bias=bias)
             for layer in range(num_layers)
         )
+        if dropout > 0 and num_layers == 1:  # as torch.nn.RNN warns
+            warnings.warn(f"dropout acts between stacked layers, so it needs num_layers > 1, got dropout={dropout} "
+                          "and num_layers=1: no dropout is applied", UserWarning, stacklevel=2)
         self.dropout = Dropout(dropout) if dropout > 0 and num_layers > 1 else None
 
     @property

@@ -43,8 +43,10 @@ class SequenceTagger(nn.Module):
                  cell: str = "rnn_tanh"):
         super().__init__()
         self.num_tags = _checks.positive_int("num_tags", num_tags)
+        dropout = _checks.dropout_prob("dropout", dropout)
+        between_layers = dropout if num_layers != 1 else 0.0  # one layer: only the head's dropout
         rnn_cls = BidirectionalRNN if bidirectional else RNN
-        self.rnn = rnn_cls(input_size, hidden_size, num_layers, dropout=dropout, cell=cell)
+        self.rnn = rnn_cls(input_size, hidden_size, num_layers, dropout=between_layers, cell=cell)
         self.dropout = Dropout(dropout)
         self.fc = nn.Linear(hidden_size * (2 if bidirectional else 1), num_tags)
         self.bidirectional = bool(bidirectional)
