@@ -6,6 +6,7 @@
 import argparse
 import logging
 
+from rnnlab.config import report_errors
 from rnnlab.sweeps import summarize
 
 
@@ -14,7 +15,8 @@ def main() -> None:
     parser.add_argument("sweep_dir", help="a multirun directory holding one sub-directory per job")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    summarize(args.sweep_dir)
+    with report_errors():  # one line and exit status 1 for a directory that is not a sweep
+        summarize(args.sweep_dir)
 
 
 if __name__ == "__main__":

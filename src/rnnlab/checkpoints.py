@@ -153,9 +153,10 @@ def load_task(path: str | Path) -> tuple[RNNTask, dict | None]:
 # ------------------------------------------------------------------ mismatches
 def describe_difference(key: str, ours, theirs, our_name: str, their_name: str) -> str:
     """``key: <our_name> X, <their_name> Y`` (no ``key:`` if key is empty); vocabularies
-    are compared character by character."""
+    (a key named ``vocab``) are compared character by character."""
     prefix = f"{key}: " if key else ""
-    if isinstance(ours, str) and isinstance(theirs, str) and max(len(ours), len(theirs)) > 20:
+    vocab = key.rsplit(".", 1)[-1] == "vocab"
+    if vocab and isinstance(ours, str) and isinstance(theirs, str) and max(len(ours), len(theirs)) > 20:
         only_ours, only_theirs = sorted(set(ours) - set(theirs)), sorted(set(theirs) - set(ours))
         if not only_ours and not only_theirs:
             return f"{prefix}the same {len(ours)} characters in a different order"
@@ -173,23 +174,80 @@ def _flatten(node, prefix: str = "") -> dict:
     return flat
 
 
+def _task_name(task_cls: type) -> str:
+    return f"{task_cls.__module__}.{task_cls.__qualname__}"
+
+
+def check_same_task(checkpoint: dict, task_cls: type, path: str | Path) -> None:
+    """Raise unless ``checkpoint`` was trained by a ``task_cls`` task: a resume goes on with the
+    same task, and comparing a classifier's settings with a language model's says nothing."""
+    saved = checkpoint.get("rnnlab", {}).get("task")
+    if saved != _task_name(task_cls):
+        saved_net = (checkpoint.get("hyper_parameters", {}).get("net") or {}).get("_target_", "?")
+        raise CheckpointError(f"ckpt_path: {str(path)!r} is a checkpoint of another task: "
+                              f"{str(saved).rsplit('.', 1)[-1]} ({saved_net}), while this run trains a "
+                              f"{task_cls.__name__}; choose the model= of the run it comes from")
+
+
+# What a resumed run may change: when it stops, and how progress is shown. Anything else
+# (model, optimizer, schedule, data, seed, devices, precision) would not continue the run
+# that the checkpoint holds, so a resume refuses it.
+RESUMABLE_CHANGES = (
+    "trainer.max_epochs", "trainer.max_steps", "trainer.min_epochs", "trainer.log_every_n_steps",
+    "trainer.enable_progress_bar", "trainer.enable_model_summary", "trainer.default_root_dir",
+    "data.num_workers", "model.sample_prompt", "model.sample_length", "model.sample_temperature",
+    "model.sample_seed",
+)
+_MODEL_KEYS = ("model.net", "model.vocab")  # what the weights are: a different model, not a setting
+
+
+def _settings(model: dict | None, data: dict | None, run: dict | None) -> dict:
+    flat = _flatten({"model": model}) if model else {}
+    if data is not None:
+        flat.update(_flatten({"data": data}))
+    if run is not None:
+        flat.update(_flatten({"trainer": run.get("trainer")}))
+        flat["seed"] = run.get("seed")
+    return flat
+
+
 def check_resumable(checkpoint: dict, task: RNNTask, path: str | Path) -> None:
-    """Raise, listing every difference, unless ``checkpoint`` holds the model ``task`` is:
-    the same task class, network config and vocabulary. (Optimizer and scheduler settings
-    may differ: resuming with a larger ``trainer.max_epochs`` changes a cosine schedule.)"""
-    name = f"{type(task).__module__}.{type(task).__qualname__}"
-    saved_name = checkpoint.get("rnnlab", {}).get("task")
-    differences = [] if saved_name == name else [describe_difference("task", saved_name, name, "checkpoint", "config")]
-    saved, current = checkpoint["hyper_parameters"], dict(task.hparams)
-    flat_saved = _flatten({"net": saved.get("net"), "vocab": saved.get("vocab")})
-    flat_current = _flatten({"net": current.get("net"), "vocab": current.get("vocab")})
-    for key in sorted(set(flat_saved) | set(flat_current)):
-        if flat_saved.get(key) != flat_current.get(key):
-            differences.append(describe_difference(f"model.{key}", flat_saved.get(key), flat_current.get(key),
-                                                   "checkpoint", "config"))
-    if differences:
-        raise CheckpointError(f"ckpt_path: {str(path)!r} holds a different model than this run's config: "
-                              + "; ".join(differences))
+    """Raise, listing every difference, unless this run continues the one ``checkpoint`` holds.
+
+    First the model (network config and vocabulary): a difference there is a different
+    model. Then every other setting the checkpoint recorded (optimizer, schedule, data,
+    trainer, seed): a difference there would be recorded as the run's setting without being
+    what the restored optimizer and schedule use, so only :data:`RESUMABLE_CHANGES` may
+    differ (``trainer.max_epochs=20`` extends a run that has no schedule tied to it).
+    Checkpoints that recorded fewer settings are compared on what they hold.
+    """
+    check_same_task(checkpoint, type(task), path)
+    info = checkpoint.get("rnnlab", {})
+    recorded = info.get("run") is not None  # older checkpoints hold the model settings only
+    saved = _settings(checkpoint["hyper_parameters"], info.get("data") if recorded else None, info.get("run"))
+    current = _settings(dict(task.hparams), task.data_config if recorded else None,
+                        task.run_config if recorded else None)
+    differing = [key for key in sorted(set(saved) | set(current))
+                 if saved.get(key) != current.get(key) and not key.startswith(RESUMABLE_CHANGES)]
+    model = [key for key in differing if key.startswith(_MODEL_KEYS)]
+    if model:
+        raise CheckpointError(f"ckpt_path: {str(path)!r} holds a different model than this run's config: " + "; ".join(
+            describe_difference(key, saved.get(key), current.get(key), "checkpoint", "config") for key in model))
+    if differing:
+        raise CheckpointError(
+            f"ckpt_path: resuming {str(path)!r} would change settings the run was trained with: " + "; ".join(
+                describe_difference(key, saved.get(key), current.get(key), "checkpoint", "config")
+                for key in differing)
+            + ". A resume continues the run as it was (only trainer.max_epochs, trainer.max_steps, "
+              "trainer.min_epochs and what is shown may change); start a new run for other settings")
+
+
+def epochs_done(checkpoint: dict) -> int:
+    """How many training epochs the run had finished when ``checkpoint`` was saved."""
+    try:
+        return int(checkpoint["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"])
+    except (KeyError, TypeError):
+        return int(checkpoint.get("epoch", -1)) + 1
 
 
 # ------------------------------------------------------------------ writing

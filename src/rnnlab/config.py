@@ -12,22 +12,28 @@ Resolvers:
 - ``${rnnlab.mul:a,b}``: a * b (e.g. the number of tags of the tagging task).
 - ``${rnnlab.cwd:}``: the absolute working directory. Unlike ``${hydra:runtime.cwd}`` it
   also resolves where Hydra's runtime config is not set yet, as in ``hydra.sweep.dir``.
+- ``${rnnlab.required:<what>}``: a key the user must set; resolving it is an error saying so.
+- ``${rnnlab.config_subdir:${ckpt_path}}``: ``hydra.output_subdir`` of a training run.
 """
 
 from __future__ import annotations
 
+import linecache
 import os
+import re
 import sys
+from collections.abc import Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
+from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from hydra.utils import get_class, instantiate
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import InterpolationResolutionError, OmegaConfBaseException
 
 # Interrupted runs exit like any program stopped by Ctrl-C (128 + SIGINT).
 INTERRUPTED_STATUS = 130
@@ -60,6 +66,9 @@ def instantiate_node(node, key: str, **kwargs):
             cause = cause.__cause__
         if isinstance(cause, ConfigError):
             raise ConfigError(f"{key}.{cause.key}", cause.reason) from None
+        argument = getattr(cause, "argument", None)  # rnnlab's checks name the argument they refuse
+        if argument is not None and isinstance(node, Mapping) and argument in node:
+            raise ConfigError(f"{key}.{argument}", str(cause)) from None
         if isinstance(cause, (ValueError, TypeError, MisconfigurationException)):
             raise ConfigError(key, str(cause)) from None
         if isinstance(cause, ImportError):  # a _target_ that does not exist, or a missing package
@@ -73,11 +82,18 @@ USER_ERRORS = (ValueError, TypeError, OSError, ArithmeticError, RuntimeError)
 
 
 def _raised_by_rnnlab(err: BaseException) -> bool:
+    """Whether a ``raise`` statement in rnnlab's code raised ``err``: a check made on purpose.
+    An error that a library call inside rnnlab's code raised (a torch operation failing in
+    a recurrence, say) is a bug, and keeps its traceback."""
     tb = err.__traceback__
     while tb is not None and tb.tb_next is not None:
         tb = tb.tb_next
-    return tb is not None and Path(tb.tb_frame.f_code.co_filename).resolve().is_relative_to(
-        Path(__file__).resolve().parent)
+    if tb is None:
+        return False
+    filename = tb.tb_frame.f_code.co_filename
+    if not Path(filename).resolve().is_relative_to(Path(__file__).resolve().parent):
+        return False
+    return linecache.getline(filename, tb.tb_lineno).lstrip().startswith("raise ")
 
 
 def one_line(err: BaseException) -> str:
@@ -85,6 +101,8 @@ def one_line(err: BaseException) -> str:
     lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
     if isinstance(err, OmegaConfBaseException):
         lines = [line for line in lines if not line.startswith(("full_key:", "object_type=", "reference_type="))]
+        if lines and isinstance(err, InterpolationResolutionError):  # what a resolver raised, not who relayed it
+            lines[0] = re.sub(r"^\w+ raised while resolving interpolation: ", "", lines[0])
         if getattr(err, "full_key", None):
             lines.insert(0, f"{err.full_key}:")
     return " ".join(lines) or type(err).__name__
@@ -131,16 +149,46 @@ def _task_attr(target: str, attr: str):
     return getattr(cls, attr)
 
 
+def _required(what: str, *, _node_) -> None:
+    """``${rnnlab.required:<what>}``: a value the config cannot do without. (A ``???`` in an
+    experiment config does not work for this: merged over a group's default, OmegaConf
+    keeps the default.)"""
+    key = _node_._get_full_key(None)
+    raise ValueError(f"expected {what}, got no value; this config requires it: add {key}=<value> to the command")
+
+
+# Where Hydra writes a run's config (hydra.output_subdir). A run that resumes from a
+# checkpoint writes it aside first (rnnlab.train moves it over .hydra/ once the resume is
+# accepted), so that a refused or no-op resume leaves the run directory as it was.
+CONFIG_SUBDIR = ".hydra"
+RESUME_CONFIG_SUBDIR = ".hydra/resume"
+
+
 def register_resolvers() -> None:
     resolvers = {
         "rnnlab.monitor": lambda target: _task_attr(target, "monitor"),
         "rnnlab.monitor_mode": lambda target: _task_attr(target, "monitor_mode"),
         "rnnlab.mul": lambda a, b: a * b,
         "rnnlab.cwd": os.getcwd,
+        "rnnlab.required": _required,
+        "rnnlab.config_subdir": lambda ckpt_path: CONFIG_SUBDIR if ckpt_path is None else RESUME_CONFIG_SUBDIR,
     }
     for name, fn in resolvers.items():
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)
 
 
+def register_configs() -> None:
+    """Configs that YAML cannot express, in Hydra's ConfigStore.
+
+    ``data_overrides``: a ``data:`` node that accepts any key from the command line
+    (``data.path=...`` rather than ``+data.path=...``). ``conf/eval.yaml`` uses it: the data
+    config comes from the checkpoint, so its keys are not known when Hydra composes.
+    """
+    node = OmegaConf.create({"data": {}})
+    OmegaConf.set_struct(node.data, False)
+    ConfigStore.instance().store(name="data_overrides", node=node)
+
+
 register_resolvers()
+register_configs()

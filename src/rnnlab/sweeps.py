@@ -19,6 +19,8 @@ import json
 import logging
 import math
 import os
+import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -30,32 +32,64 @@ from hydra.types import RunMode
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from .train import JobSkipped, train
+from .config import RESUME_CONFIG_SUBDIR
+from .train import RESULT_FILE, JobSkipped, RunAlreadyFinished, cpu_processes, train
 
 log = logging.getLogger(__name__)
-RESULT_FILE = "result.json"
 
 
-def _first_line(err: BaseException) -> str:
+def first_line(err: BaseException) -> str:
+    """``<ErrorType>: <first line of its message>``, as result.json and the summary record it."""
     text = str(err).strip()
     return f"{type(err).__name__}: {text.splitlines()[0] if text else ''}".rstrip(": ")
 
 
 def _set_threads(cfg: DictConfig) -> None:
-    """Give each of n parallel jobs (joblib launcher) 1/n of the cores, unless ``threads`` is set."""
+    """Give each of n parallel jobs (joblib launcher), or each of n CPU DDP processes, 1/n of
+    the cores, unless ``threads`` is set."""
     threads = cfg.get("threads")
     if threads is None and HydraConfig.initialized():
         n_jobs = OmegaConf.select(HydraConfig.get(), "launcher.n_jobs", default=None)
         if isinstance(n_jobs, int) and n_jobs > 1:
             threads = max(1, (os.cpu_count() or 1) // n_jobs)
+    processes = cpu_processes(cfg)
+    if threads is None and processes > 1:
+        threads = max(1, (os.cpu_count() or 1) // processes)
     if threads is not None:
         torch.set_num_threads(int(threads))
+
+
+class _ResumedConfig:
+    """Hydra's record of a resuming run (``.hydra/``), written aside by Hydra
+    (``hydra.output_subdir`` is ``.hydra/resume`` when ``ckpt_path`` is set, see
+    ``conf/train.yaml``): moved over ``.hydra/`` once the resume is accepted, removed if it
+    is refused, so the run directory always describes what the run did."""
+
+    def __init__(self):
+        self.staged = None
+        if HydraConfig.initialized() and HydraConfig.get().output_subdir == RESUME_CONFIG_SUBDIR:
+            self.staged = Path(HydraConfig.get().runtime.output_dir) / RESUME_CONFIG_SUBDIR
+
+    @rank_zero_only
+    def accept(self) -> None:
+        if self.staged is not None and self.staged.is_dir():
+            for path in self.staged.iterdir():
+                os.replace(path, self.staged.parent / path.name)
+            self.staged.rmdir()
+
+    @rank_zero_only
+    def discard(self) -> None:
+        if self.staged is not None and self.staged.is_dir():
+            shutil.rmtree(self.staged)
 
 
 def run_job(cfg: DictConfig) -> float | None:
     """Train one job and record its result; return the optimized metric (None if it did not run).
 
-    Outside a multirun, or with ``fail_fast=true``, errors propagate as usual.
+    Outside a multirun, errors propagate as usual; in a multirun the job is recorded as
+    failed and the sweep goes on (with ``fail_fast=true`` the later jobs are skipped). A resume
+    (``ckpt_path``) that is refused before training starts, or that finds its run already
+    finished, leaves the run directory as it was: no result.json, no new .hydra/ config.
     """
     multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
     # Unresolved: an override such as model.net.hidden_size=${data.x} is text here, not an interpolation.
@@ -64,15 +98,31 @@ def run_job(cfg: DictConfig) -> float | None:
     result: dict[str, Any] = {"overrides": overrides, "optimized_metric": cfg.get("optimized_metric"),
                               "status": "ok", "error": "", "value": None, "metrics": {}}
     start = time.perf_counter()
+    resumed = _ResumedConfig()
+    started = False
+
+    def before_fit() -> None:
+        nonlocal started
+        started = True
+        resumed.accept()
+
     _set_threads(cfg)
     try:
         if multirun and cfg.get("fail_fast", False):
             _stop_if_a_job_failed(cfg)
-        metrics, value = train(cfg)
+        metrics, value = train(cfg, before_fit=before_fit)
         result.update(metrics={k: v for k, v in metrics.items() if k.startswith(("train/", "val/", "test/"))},
                       value=value)
         if value is not None and not math.isfinite(value):
             raise FloatingPointError(f"optimized metric {result['optimized_metric']} is {value}")
+    except RunAlreadyFinished as done:
+        resumed.discard()
+        print(f"Nothing to do: {done}", flush=True)
+        recorded = done.result.get("metrics", {})
+        if recorded:
+            print("Recorded metrics:\n" + "\n".join(f"  {k:<20} {v:.4f}" for k, v in sorted(recorded.items())),
+                  flush=True)
+        return done.result.get("value")
     except KeyboardInterrupt as err:
         result.update(status="interrupted", error=str(err) or "KeyboardInterrupt", value=None)
         raise
@@ -82,13 +132,19 @@ def run_job(cfg: DictConfig) -> float | None:
         if not multirun:
             raise
     except Exception as err:
-        result.update(status="failed", error=_first_line(err), value=None)
-        if not multirun or cfg.get("fail_fast", False):
+        result.update(status="failed", error=first_line(err), value=None)
+        if not multirun:
             raise
-        log.error(f"Job failed (the sweep goes on; fail_fast=true stops it): {_first_line(err)}")
+        if cfg.get("fail_fast", False):
+            log.error(f"Job failed; fail_fast=true skips the rest of the sweep: {first_line(err)}")
+        else:
+            log.error(f"Job failed (the sweep goes on; fail_fast=true stops it): {first_line(err)}")
     finally:
-        result["wall_time_s"] = round(time.perf_counter() - start, 2)
-        _write_result(cfg, result)
+        if resumed.staged is not None and not started:
+            resumed.discard()  # a resume refused before training: the run directory stays as it was
+        else:
+            result["wall_time_s"] = round(time.perf_counter() - start, 2)
+            _write_result(cfg, result)
     return result["value"]
 
 
@@ -129,9 +185,16 @@ def _parse_overrides(overrides: list[str]) -> dict[str, str]:
 def load_results(sweep_dir: str | Path) -> list[dict]:
     """Rows for every job directory of a sweep (``<sweep_dir>/<n>/result.json``)."""
     sweep_dir = Path(sweep_dir)
+    if not sweep_dir.is_dir():
+        reason = "is a file" if sweep_dir.exists() else "does not exist"
+        raise ValueError(f"expected a sweep directory (one sub-directory with {RESULT_FILE} per job), "
+                         f"got {str(sweep_dir)!r}, which {reason}")
     rows = []
     for path in sorted(sweep_dir.glob(f"*/{RESULT_FILE}"), key=lambda p: (len(p.parent.name), p.parent.name)):
-        result = json.loads(path.read_text())
+        try:
+            result = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(f"cannot read {str(path)!r}: not a result file ({err})") from None
         rows.append({"job": path.parent.name, "params": _parse_overrides(result["overrides"]), **result})
     return rows
 
@@ -153,7 +216,8 @@ def summarize(sweep_dir: str | Path) -> list[dict]:
     sweep_dir = Path(sweep_dir)
     rows = load_results(sweep_dir)
     if not rows:
-        raise ValueError(f"expected job directories with {RESULT_FILE} under {str(sweep_dir)!r}, found none")
+        raise ValueError(f"expected a sweep directory (one sub-directory with {RESULT_FILE} per job), "
+                         f"got {str(sweep_dir)!r}, which has none")
     metric = next((r["optimized_metric"] for r in rows if r["optimized_metric"]), None)
     maximize = _maximize(metric)
     rows.sort(key=lambda r: _sort_key(r, maximize))
@@ -241,10 +305,31 @@ def _plot(rows: list[dict], swept: list[str], metric: str | None, path: Path) ->
     plt.close(fig)
 
 
+def sweep_failure(rows: list[dict], fail_fast: bool) -> str | None:
+    """Why a finished sweep should exit with an error status, or None: no job finished, or
+    ``fail_fast`` stopped it."""
+    failed = [r for r in rows if r["status"] == "failed"]
+    if fail_fast and failed:
+        skipped = sum(r["status"] == "skipped" for r in rows)
+        return (f"job {failed[0]['job']} failed and fail_fast=true stopped the sweep ({skipped} later "
+                f"job{'' if skipped == 1 else 's'} skipped): {failed[0]['error']}")
+    if not any(r["status"] == "ok" for r in rows):
+        counts = ", ".join(f"{sum(r['status'] == s for r in rows)} {s}" for s in ("failed", "skipped", "interrupted")
+                           if any(r["status"] == s for r in rows))
+        return f"no job of the sweep finished ({counts}); first error: {rows[0]['error']}"
+    return None
+
+
 class SweepSummary(Callback):
-    """Hydra callback: summarize the sweep directory when a multirun ends."""
+    """Hydra callback: summarize the sweep directory when a multirun ends, and end the
+    command with exit status 1 (after writing the summary) when no job finished or
+    ``fail_fast`` stopped the sweep, so that scripts and CI can tell."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        if any(sweep_dir.glob(f"*/{RESULT_FILE}")):
-            summarize(sweep_dir)
+        if not any(sweep_dir.glob(f"*/{RESULT_FILE}")):
+            return
+        failure = sweep_failure(summarize(sweep_dir), bool(config.get("fail_fast", False)))
+        if failure is not None:
+            print(f"Error: {failure}; see {sweep_dir / 'summary.md'}", file=sys.stderr, flush=True)
+            sys.exit(1)

@@ -19,10 +19,12 @@ and ends with the metrics and weights an uninterrupted run would have.
 from __future__ import annotations
 
 import importlib
+import inspect
+import json
 import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import lightning as L
@@ -30,11 +32,14 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
+from lightning.pytorch.callbacks import ModelSummary, ProgressBar
 from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf.errors import OmegaConfBaseException
 from torch.utils.tensorboard.summary import hparams as hparams_summary
 
 from .callbacks import StepSeed, StopOnInterrupt, StopOnNonFiniteLoss
-from .checkpoints import AtomicCheckpointIO, check_resumable, check_writable, describe_difference, load_checkpoint
+from .checkpoints import (AtomicCheckpointIO, check_resumable, check_same_task, check_writable, describe_difference,
+                          epochs_done, load_checkpoint)
 from .config import ConfigError, instantiate_node
 from .data import CharDataModule, SyntheticSequenceDataModule, TaggingDataModule
 from .tasks import ClassificationTask, LanguageModelTask, TaggingTask
@@ -52,8 +57,21 @@ TASK_DATA = {
 }
 
 
+RESULT_FILE = "result.json"  # each run's record: status, metrics, wall time (see rnnlab.sweeps.run_job)
+
+
 class JobSkipped(RuntimeError):
     """A run that cannot happen on this machine (e.g. a GPU run without a GPU)."""
+
+
+class RunAlreadyFinished(Exception):
+    """``ckpt_path`` resumes a run that finished: nothing is left to train or test.
+
+    ``result`` is the run's recorded result (its ``result.json``)."""
+
+    def __init__(self, message: str, result: dict):
+        super().__init__(message)
+        self.result = result
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -73,6 +91,90 @@ def check_launch(cfg: DictConfig) -> None:
         # multirun that command is the whole sweep, so every rank would start a sweep.
         raise ValueError(f"trainer.strategy={strategy} cannot start its processes inside a local multirun; "
                          "use trainer.strategy=ddp_spawn, or the SLURM launcher (hydra/launcher=slurm)")
+    processes = cpu_processes(cfg)
+    cores = os.cpu_count() or 1
+    if processes > cores:
+        log.warning(f"trainer.devices={cfg.trainer.get('devices')} starts {processes} training processes on the CPU of "
+                    f"a machine with {cores} cores: they will compete for the cores and each run slower than one "
+                    "process alone")
+
+
+def cpu_processes(cfg: DictConfig) -> int:
+    """How many processes a CPU run starts on this machine (trainer.devices), 0 if it runs elsewhere."""
+    trainer = cfg.get("trainer") or {}
+    accelerator = str(trainer.get("accelerator", "auto"))
+    if accelerator not in ("cpu", "auto") or (accelerator == "auto" and torch.cuda.is_available()):
+        return 0
+    devices = trainer.get("devices", 1)
+    return devices if isinstance(devices, int) and not isinstance(devices, bool) and devices > 0 else 1
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+# Trainer arguments Lightning checks late (an AssertionError deep in the fit loop, or after
+# a whole test loop) or not at all: (what they allow, the check).
+TRAINER_VALUES = {
+    "max_epochs": ("-1 (no limit) or an int >= 1, or null", lambda v: v is None or (_is_int(v) and (v == -1 or v >= 1))),
+    "max_steps": ("-1 (no limit) or an int >= 1", lambda v: _is_int(v) and (v == -1 or v >= 1)),
+    "min_epochs": ("an int >= 0 or null", lambda v: v is None or (_is_int(v) and v >= 0)),
+    "min_steps": ("an int >= 0 or null", lambda v: v is None or (_is_int(v) and v >= 0)),
+    "log_every_n_steps": ("an int >= 1", lambda v: _is_int(v) and v >= 1),
+    "accumulate_grad_batches": ("an int >= 1", lambda v: _is_int(v) and v >= 1),
+    "check_val_every_n_epoch": ("an int >= 1 or null", lambda v: v is None or (_is_int(v) and v >= 1)),
+    "num_nodes": ("an int >= 1", lambda v: _is_int(v) and v >= 1),
+    "gradient_clip_val": ("a number >= 0 or null", lambda v: v is None or (_is_number(v) and v >= 0)),
+    **{key: ("an int >= 0 (batches) or a fraction in [0, 1], or null",
+             lambda v: v is None or (_is_int(v) and v >= 0) or (isinstance(v, float) and 0 <= v <= 1))
+       for key in ("limit_train_batches", "limit_val_batches", "limit_test_batches", "overfit_batches")},
+}
+
+
+def check_trainer(cfg: DictConfig) -> None:
+    """Refuse, before any work, trainer values Lightning would only stumble on later."""
+    trainer = cfg.get("trainer") or {}
+    for key, (allowed, ok) in TRAINER_VALUES.items():
+        if key in trainer and not ok(trainer[key]):
+            raise ConfigError(f"trainer.{key}", f"expected {allowed}, got {trainer[key]!r}")
+
+
+def check_arguments(node, key: str) -> None:
+    """Refuse, before any work, a config value of the wrong kind for the class it builds:
+    a string where the constructor's default is a number (``model.optimizer.lr=fast``), a
+    non-boolean for a boolean, or an argument the constructor does not take."""
+    if not isinstance(node, Mapping) or "_target_" not in node:
+        return
+    try:
+        values = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else dict(node)
+    except OmegaConfBaseException:
+        return  # instantiate_node reports the interpolation with its key
+    target = _target_class(node, key) or None
+    if target is None:
+        return
+    try:
+        params = inspect.signature(target).parameters
+    except (TypeError, ValueError):
+        return
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    for name, value in values.items():
+        if name.startswith("_"):
+            continue
+        param = params.get(name)
+        if param is None:
+            if takes_any:
+                continue
+            names = ", ".join(n for n, p in params.items() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD))
+            raise ConfigError(f"{key}.{name}", f"expected an argument of {target.__name__} ({names}), got {name!r}")
+        default = param.default
+        if isinstance(default, bool) and not isinstance(value, bool):
+            raise ConfigError(f"{key}.{name}", f"expected true or false, got {value!r}")
+        if _is_number(default) and not _is_number(value):
+            raise ConfigError(f"{key}.{name}", f"expected a number, got {value!r}")
 
 
 def check_seed(cfg: DictConfig) -> int | None:
@@ -208,26 +310,65 @@ def log_hparams(loggers: list[Logger], params: dict, metric_names: list[str]) ->
             logger.log_hyperparams(params)
 
 
-def train(cfg: DictConfig) -> tuple[dict[str, float], float]:
-    """Fit and test as configured; return (all final metrics, the optimized metric's value)."""
+def data_record(data_cfg: DictConfig, datamodule: L.LightningDataModule) -> dict:
+    """The data config a checkpoint keeps: the run's, with the values the data module settled
+    on for its own arguments (a relative ``path`` made absolute), so eval and analysis find
+    the same data from any directory."""
+    record = plain(data_cfg)
+    settled = getattr(datamodule, "hparams", {})
+    return {key: settled.get(key, value) if key in settled else value for key, value in record.items()}
+
+
+def check_finished(checkpoint: dict, cfg: DictConfig, ckpt_path: Path) -> None:
+    """Raise :class:`RunAlreadyFinished` when resuming a run that has nothing left to do: its
+    checkpoint has every epoch (or step) the config asks for, and its result is recorded."""
+    max_epochs, max_steps = cfg.trainer.get("max_epochs"), cfg.trainer.get("max_steps", -1)
+    epochs, steps = epochs_done(checkpoint), int(checkpoint.get("global_step", 0))
+    done = (max_epochs not in (None, -1) and epochs >= max_epochs) or (max_steps not in (None, -1)
+                                                                       and steps >= max_steps)
+    result_path = Path(cfg.paths.output_dir) / RESULT_FILE if "paths" in cfg else None
+    if not done or result_path is None or not result_path.is_file():
+        return  # training left, or only the final test (a run killed while testing)
+    result = json.loads(result_path.read_text())
+    if result.get("status") != "ok":
+        return
+    raise RunAlreadyFinished(f"{str(ckpt_path)!r} is the end of a finished run ({epochs} epochs, {steps} steps; "
+                             f"trainer.max_epochs={max_epochs}); nothing to resume. Its recorded result is "
+                             f"{str(result_path)!r}; a larger trainer.max_epochs trains it further", result)
+
+
+def train(cfg: DictConfig, before_fit: Callable[[], None] | None = None) -> tuple[dict[str, float], float]:
+    """Fit and test as configured; return (all final metrics, the optimized metric's value).
+
+    ``before_fit`` is called once every check has passed, right before training starts
+    (the first moment the run directory is written to).
+    """
     start = time.perf_counter()
     check_launch(cfg)
     seed = check_seed(cfg)
+    check_trainer(cfg)
     check_model_data(cfg)
+    for group in ("optimizer", "scheduler"):
+        check_arguments(cfg.model.get(group), f"model.{group}")
     ckpt_path = resume_path(cfg)
-    # Read (and refuse, if it holds code or is damaged) before building anything.
+    # Read (and refuse, if it holds code, is damaged or is another task's) before building anything.
     checkpoint = load_checkpoint(ckpt_path) if ckpt_path is not None else None
+    task_cls = _target_class(cfg.model, "model")
+    if checkpoint is not None and task_cls is not None:
+        check_same_task(checkpoint, task_cls, ckpt_path)
     if seed is not None:
-        L.seed_everything(seed, workers=True)
+        L.seed_everything(seed, workers=True, verbose=False)  # quiet: a refused resume writes no log line
 
     datamodule: L.LightningDataModule = instantiate_node(cfg.data, "data")
     datamodule.prepare_data()
     datamodule.setup("fit")
     fill_model_from_data(cfg.model, datamodule)
     task: RNNTask = instantiate_node(cfg.model, "model")
-    task.data_config = plain(cfg.data)
+    task.data_config = data_record(cfg.data, datamodule)
+    task.run_config = {"trainer": plain(cfg.trainer), "seed": seed}
     if checkpoint is not None:
         check_resumable(checkpoint, task, ckpt_path)
+        check_finished(checkpoint, cfg, ckpt_path)
         del checkpoint  # Lightning reads it again, through AtomicCheckpointIO
 
     for name, entry in (cfg.get("callbacks") or {}).items():
@@ -235,11 +376,19 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], float]:
             check_writable(entry.dirpath, f"callbacks.{name}.dirpath")
     interrupt = StopOnInterrupt()
     callbacks = [*instantiate_group(cfg.get("callbacks")), StopOnNonFiniteLoss(), interrupt]
+    # trainer.enable_progress_bar=false (or enable_model_summary=false) is enough on its own:
+    # the configured bar or summary callback would make Lightning refuse the combination.
+    if cfg.trainer.get("enable_progress_bar") is False:
+        callbacks = [cb for cb in callbacks if not isinstance(cb, ProgressBar)]
+    if cfg.trainer.get("enable_model_summary") is False:
+        callbacks = [cb for cb in callbacks if not isinstance(cb, ModelSummary)]
     if seed is not None:
         callbacks.append(StepSeed(seed))
     loggers = instantiate_group(cfg.get("logger"))
     trainer: L.Trainer = instantiate_node(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False,
                                           plugins=[AtomicCheckpointIO()])
+    if before_fit is not None:
+        before_fit()
 
     if trainer.is_global_zero:
         stem = task.monitor.split("/", 1)[1]
@@ -263,6 +412,8 @@ def train(cfg: DictConfig) -> tuple[dict[str, float], float]:
         metrics.update({k: float(v) for k, v in (results[0] if results else {}).items()})
 
     name = cfg.get("optimized_metric")
+    if name == f"{task.monitor}_best" and name not in metrics and task.monitor_best.update_count:
+        metrics[name] = float(task.monitor_best.compute())  # a resume that only had the test left to run
     if name is not None and name not in metrics:
         raise ValueError(f"optimized_metric={name!r} was not logged; logged metrics: {sorted(metrics)}")
     value = metrics.get(name) if name is not None else None

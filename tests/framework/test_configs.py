@@ -48,6 +48,10 @@ def test_data_override_beats_the_models_choice(train_config):
     assert cfg.data._target_.endswith("SyntheticSequenceDataModule")
 
 
+# Keys an experiment requires from the command line (${rnnlab.required:...}).
+REQUIRED = {"shakespeare": ["data.path=corpus.txt"]}
+
+
 @pytest.mark.parametrize("config_name,overrides", [
     ("eval", ["ckpt_path=x.ckpt"]),
     ("generate", ["ckpt_path=x.ckpt"]),
@@ -55,7 +59,8 @@ def test_data_override_beats_the_models_choice(train_config):
     *[("train", [f"trainer={t}"]) for t in ("cpu", "gpu")],
     *[("train", [f"logger={lg}"]) for lg in ("csv", "tensorboard", "many")],
     *[("train", [f"callbacks={c}"]) for c in ("none", "with_early_stopping")],
-    *[("train", [f"experiment={p.stem}"]) for p in sorted((CONF_DIR / "experiment").glob("*.yaml"))],
+    *[("train", [f"experiment={p.stem}", *REQUIRED.get(p.stem, [])])
+      for p in sorted((CONF_DIR / "experiment").glob("*.yaml"))],
 ])
 def test_every_config_composes_and_resolves(config_name, overrides, tmp_path):
     cfg = compose_config(config_name, overrides, tmp_path)
@@ -89,7 +94,36 @@ def test_fast_dev_run(model, train_config):
     assert "train/loss" in metrics  # logged on its one step, though log_every_n_steps is 20
 
 
+@pytest.mark.parametrize("debug", ["limit", "overfit", "profiler"])
+@pytest.mark.parametrize("model", sorted(MODELS))
+def test_every_debug_mode_runs_for_every_model(model, debug, train_config):
+    # debug=overfit's 30 epochs cut to 2; everything else as the debug config sets it.
+    epochs = ["trainer.max_epochs=2"] if debug == "overfit" else []
+    cfg = train_config(f"model={model}", f"debug={debug}", "model.net.hidden_size=8", *epochs, data=MODELS[model][0])
+    metrics, _ = train(cfg)
+    assert "test/loss" in metrics and metrics["time/wall_s"] > 0
+
+
+@pytest.mark.parametrize("cell", ["rnn_tanh", "rnn_relu", "gru", "lstm"])
+def test_mixed_precision_training_runs_for_every_cell(cell, train_config):
+    cfg = train_config("trainer.precision=bf16-mixed", f"model.net.cell={cell}", "trainer.max_epochs=1")
+    metrics, _ = train(cfg)
+    assert 0 < metrics["train/loss_epoch"] < 2 and metrics["test/acc"] > 0
+
+
 def test_unknown_optimized_metric_is_a_clear_error(train_config):
     cfg = train_config("debug=fdr", "optimized_metric=val/nonexistent")
     with pytest.raises(ValueError, match=r"optimized_metric='val/nonexistent' was not logged; logged metrics: \[.*'test/acc'"):
         train(cfg)
+
+
+def test_switching_off_the_progress_bar_and_summary_needs_no_callback_override(tmp_path):
+    # trainer.enable_progress_bar=false alone: the configured RichProgressBar is dropped
+    # instead of Lightning refusing the combination.
+    cfg = compose_config("train", ["trainer.accelerator=cpu", "trainer.enable_progress_bar=false",
+                                   "trainer.enable_model_summary=false", "+trainer.fast_dev_run=true",
+                                   "data.num_train=128",
+                                   "data.num_val=64", "data.num_test=64"], tmp_path)
+    assert cfg.callbacks.rich_progress_bar is not None
+    metrics, _ = train(cfg)
+    assert "test/acc" in metrics

@@ -95,7 +95,8 @@ def test_resume_from_last_checkpoint_continues_at_the_right_epoch(classifier_run
     steps_per_epoch = last["global_step"] // 4
     assert last["epoch"] == 3  # epochs 0..3 done
     _, resumed, _ = run(tmp_path, "model=classifier", "data.num_train=4000", "data.num_test=1000",
-                        "trainer.max_epochs=6", f"ckpt_path={out / 'checkpoints' / 'last.ckpt'}")
+                        "trainer.max_epochs=6", "model.scheduler.T_max=4",  # the schedule the run had
+                        f"ckpt_path={out / 'checkpoints' / 'last.ckpt'}")
     after = load_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
     assert after["epoch"] == 5 and after["global_step"] == 6 * steps_per_epoch
     # Only the two new epochs ran: one validation point each in the resumed run's logs.

@@ -9,27 +9,41 @@ import torch
 from helpers import QUIET, TINY, compose_config
 from rnnlab.config import ConfigError, report_errors
 from rnnlab.models import CharRNN
+from rnnlab.models._matmul import StepWeight
 from rnnlab.generate import generate
 from rnnlab.tasks.base import RNNTask
 from rnnlab.train import train
 
 # (overrides, data group, fragments the message must contain)
 BAD_VALUES = {
-    "zero_hidden_size": (["model.net.hidden_size=0"], "synthetic", ["model.net: expected hidden_size >= 1, got 0"]),
+    "zero_hidden_size": (["model.net.hidden_size=0"], "synthetic", ["model.net.hidden_size: expected hidden_size >= 1, got 0"]),
     "negative_hidden_size": (["model.net.hidden_size=-3"], "synthetic",
-                             ["model.net: expected hidden_size >= 1, got -3"]),
+                             ["model.net.hidden_size: expected hidden_size >= 1, got -3"]),
     "fractional_layers": (["model.net.num_layers=1.5"], "synthetic",
-                          ["model.net: expected num_layers to be an int >= 1, got 1.5"]),
-    "dropout_one": (["model.net.dropout=1.0"], "synthetic", ["model.net: expected dropout in [0, 1), got 1.0"]),
-    "negative_dropout": (["model.net.dropout=-0.1"], "synthetic", ["model.net: expected dropout in [0, 1), got -0.1"]),
+                          ["model.net.num_layers: expected num_layers to be an int >= 1, got 1.5"]),
+    "dropout_one": (["model.net.dropout=1.0"], "synthetic", ["model.net.dropout: expected dropout in [0, 1), got 1.0"]),
+    "negative_dropout": (["model.net.dropout=-0.1"], "synthetic", ["model.net.dropout: expected dropout in [0, 1), got -0.1"]),
     "unknown_cell": (["model.net.cell=foo"], "synthetic",
-                     ["model.net: expected cell in ['gru', 'lstm', 'rnn_relu', 'rnn_tanh'], got 'foo'"]),
+                     ["model.net.cell: expected cell in ['gru', 'lstm', 'rnn_relu', 'rnn_tanh'], got 'foo'"]),
     "batch_larger_than_dataset": (["data.batch_size=1000"], "synthetic",
-                                  ["data: expected batch_size <= num_train (512), got 1000"]),
-    "empty_split": (["data.num_val=0"], "synthetic", ["data: expected num_val >= 1, got 0"]),
+                                  ["data.batch_size: expected batch_size <= num_train (512), got 1000"]),
+    "empty_split": (["data.num_val=0"], "synthetic", ["data.num_val: expected num_val >= 1, got 0"]),
     "negative_learning_rate": (["model.optimizer.lr=-1"], "synthetic", ["model.optimizer: Invalid learning rate: -1"]),
     "negative_epochs": (["trainer.max_epochs=-2"], "synthetic",
-                        ["trainer: `max_epochs` must be a non-negative integer or -1. You passed in -2."]),
+                        ["trainer.max_epochs: expected -1 (no limit) or an int >= 1, or null, got -2"]),
+    "zero_epochs": (["trainer.max_epochs=0"], "synthetic",
+                    ["trainer.max_epochs: expected -1 (no limit) or an int >= 1, or null, got 0"]),
+    "epochs_not_a_number": (["trainer.max_epochs=abc"], "synthetic",
+                            ["trainer.max_epochs: expected -1 (no limit) or an int >= 1, or null, got 'abc'"]),
+    "learning_rate_not_a_number": (["model.optimizer.lr=fast"], "synthetic",
+                                   ["model.optimizer.lr: expected a number, got 'fast'"]),
+    "unknown_optimizer_argument": (["+model.optimizer.momentum=0.9"], "synthetic",
+                                   ["model.optimizer.momentum: expected an argument of Adam (params, lr, betas"]),
+    "clip_not_a_number": (["trainer.gradient_clip_val=high"], "synthetic",
+                          ["trainer.gradient_clip_val: expected a number >= 0 or null, got 'high'"]),
+    "experiment_without_its_required_path": (["experiment=shakespeare"], "chars",
+                                             ["data.path: expected the text file to train on, got no value; this "
+                                              "config requires it: add data.path=<value> to the command"]),
     "seed_not_a_number": (["seed=abc"], "synthetic", ["seed: expected an int >= 0 or null, got 'abc'"]),
     "seq_len_longer_than_corpus": (["model=char_rnn", "data.seq_len=100000"], "chars",
                                    ["data.seq_len: the generated corpus (data.corpus_chars=20000) is too short for "
@@ -90,7 +104,7 @@ def test_model_and_data_that_do_not_go_together_are_refused(model, data, tmp_pat
 
 
 @pytest.mark.parametrize("args,last_line", [
-    (["model.net.hidden_size=0"], "Error: model.net: expected hidden_size >= 1, got 0"),
+    (["model.net.hidden_size=0"], "Error: model.net.hidden_size: expected hidden_size >= 1, got 0"),
     (["model=char_rnn", "data=synthetic"], "Error: " + MISMATCHES[("char_rnn", "synthetic")]),
     (["model.net.hidden_size=${data.nothing}"],
      "Error: model.net.hidden_size: Interpolation key 'data.nothing' not found"),
@@ -119,6 +133,10 @@ def test_report_errors_keeps_tracebacks_for_bugs_and_on_request(monkeypatch, cap
     assert exited.value.code == 1 and capsys.readouterr().err == "Error: expected vocab_size >= 1, got 0\n"
     with pytest.raises(RuntimeError, match="size of tensor a"), report_errors():
         torch.zeros(2) + torch.zeros(3)  # torch's own error, a bug somewhere: traceback kept
+    # A torch operation failing inside rnnlab's own code is a bug too (as the recurrences'
+    # backward was under mixed precision): not a one-line config error.
+    with pytest.raises(RuntimeError, match="dtype"), report_errors():
+        StepWeight(torch.zeros(4, 4), 2)(torch.zeros(2, 4, dtype=torch.float64), torch.zeros(2, 4))
     monkeypatch.setenv("RNNLAB_DEBUG", "1")
     with pytest.raises(ValueError, match="expected vocab_size >= 1, got 0"), report_errors():
         CharRNN(0, 8, 16)  # the traceback on request
@@ -129,3 +147,53 @@ def test_generate_refuses_a_temperature_that_is_not_positive(temperature, char_c
     cfg = compose_config("generate", [f"ckpt_path={char_ckpt}", f"temperature={temperature}"], tmp_path)
     with pytest.raises(ConfigError, match=re.escape(f"temperature: expected a number > 0, got {temperature}")):
         generate(cfg)
+
+
+def test_generate_on_a_device_this_machine_lacks_is_one_line(char_ckpt, tmp_path, script):
+    device = "cuda" if not torch.cuda.is_available() else "xla"
+    proc = script("generate", f"ckpt_path={char_ckpt}", f"device={device}", f"hydra.run.dir={tmp_path}")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    last = proc.stderr.rstrip().splitlines()[-1]
+    assert last.startswith(f"Error: device: expected ") and repr(device) in last
+
+
+def test_summarize_on_a_directory_that_is_not_a_sweep_is_one_line(tmp_path, script):
+    from rnnlab.sweeps import summarize
+
+    expected = "expected a sweep directory (one sub-directory with result.json per job), got '{}', {}"
+    with pytest.raises(ValueError, match=re.escape(expected.format(tmp_path, "which has none"))):
+        summarize(tmp_path)
+    proc = script("summarize", str(tmp_path / "nowhere"))
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.rstrip().splitlines()[-1] == "Error: " + expected.format(tmp_path / "nowhere",
+                                                                                 "which does not exist")
+
+
+def test_more_cpu_processes_than_cores_are_warned_about(train_config, caplog, monkeypatch):
+    from rnnlab.train import check_launch
+
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    with caplog.at_level("WARNING", logger="rnnlab.train"):
+        check_launch(train_config("trainer=ddp_cpu", "trainer.devices=3"))
+    assert ("trainer.devices=3 starts 3 training processes on the CPU of a machine with 2 cores"
+            in caplog.text)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="rnnlab.train"):
+        check_launch(train_config("trainer=ddp_cpu", "trainer.devices=2"))
+    assert caplog.text == ""
+
+
+def test_dropout_that_a_one_layer_rnn_cannot_apply_is_warned_about():
+    from rnnlab.models import RNN, BidirectionalRNN, SequenceClassifier
+
+    with pytest.warns(UserWarning, match="dropout acts between stacked layers, so it needs num_layers > 1, got "
+                                         "dropout=0.3 and num_layers=1: no dropout is applied"):
+        RNN(4, 8, num_layers=1, dropout=0.3)
+    with pytest.warns(UserWarning, match="dropout acts between stacked layers"):
+        BidirectionalRNN(4, 8, num_layers=1, dropout=0.3)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the classifier's head still applies its dropout: no warning
+        model = SequenceClassifier(4, 8, 2, num_layers=1, dropout=0.3)
+    assert model.dropout.p == 0.3 and model.rnn.dropout is None

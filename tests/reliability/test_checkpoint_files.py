@@ -203,3 +203,28 @@ def test_saving_a_config_object_is_refused_before_writing(classifier_ckpt, tmp_p
                                                         "it holds a omegaconf.dictconfig.DictConfig")):
         AtomicCheckpointIO().save_checkpoint(checkpoint, target)
     assert target.read_bytes() == before
+
+
+def test_a_model_trained_on_a_relative_path_evaluates_from_any_directory(tmp_path, monkeypatch):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    corpus = tmp_path / "a" / "corpus.txt"
+    corpus.write_text(OTHER_TEXT * 400)
+    monkeypatch.chdir(tmp_path / "a")
+    cfg = compose_config("train", [*QUIET, "model=char_rnn", "model.net.hidden_size=16", "model.net.num_layers=1",
+                                   "data.path=corpus.txt", "data.seq_len=32", "data.windows_per_epoch=256",
+                                   "trainer.max_epochs=1", "model.sample_length=10"], tmp_path / "run")
+    metrics, _ = train(cfg)
+    ckpt = next((tmp_path / "run" / "checkpoints").glob("epoch_*.ckpt"))
+    assert torch.load(ckpt, weights_only=True)["rnnlab"]["data"]["path"] == str(corpus)
+    monkeypatch.chdir(tmp_path / "b")
+    evaluated = evaluate(compose_config("eval", [f"ckpt_path={ckpt}", "trainer.accelerator=cpu"], tmp_path / "e1"))
+    assert evaluated["test/loss"] == pytest.approx(metrics["test/loss"], rel=1e-6)
+    # eval.yaml's own example: another text with data.path=..., no '+' needed.
+    shutil.copy(corpus, tmp_path / "b" / "copy.txt")
+    on_copy = evaluate(compose_config("eval", [f"ckpt_path={ckpt}", "data.path=copy.txt", "trainer.accelerator=cpu"],
+                                      tmp_path / "e2"))
+    assert on_copy["test/loss"] == pytest.approx(metrics["test/loss"], rel=1e-6)
+    corpus.unlink()  # the path that was tried is named
+    with pytest.raises(FileNotFoundError, match=re.escape(f"got '{corpus}', which does not exist")):
+        evaluate(compose_config("eval", [f"ckpt_path={ckpt}", "trainer.accelerator=cpu"], tmp_path / "e3"))

@@ -70,8 +70,10 @@ class RNNTask(L.LightningModule):
             saved = {"net": plain(net), **saved}
         self.save_hyperparameters({k: v for k, v in saved.items() if not callable(v) or isinstance(v, Mapping)})
         # The data config of the run, put into checkpoints by on_save_checkpoint so that
-        # eval and generate can rebuild the data too. Set by rnnlab.train.train().
+        # eval and generate can rebuild the data too, and the run's other settings (trainer,
+        # seed), which a resume must not change. Set by rnnlab.train.train().
         self.data_config: dict | None = None
+        self.run_config: dict | None = None
         self.losses = nn.ModuleDict({_key(stage): MeanMetric() for stage in STAGES})
         metrics = self.make_metrics()
         self.metrics = (nn.ModuleDict({_key(stage): metrics.clone(prefix=f"{stage}/") for stage in STAGES})
@@ -186,12 +188,14 @@ class RNNTask(L.LightningModule):
         checkpoint["rnnlab"] = {
             "task": f"{type(self).__module__}.{type(self).__qualname__}",
             "data": self.data_config,
+            "run": self.run_config,
             "monitor_best": best,
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # data_config and run_config stay this run's: a resume may have changed how many
+        # epochs it runs (rnnlab.checkpoints.check_resumable allows only such changes).
         saved = checkpoint.get("rnnlab", {})
-        self.data_config = saved.get("data")
         self.monitor_best.reset()
         if saved.get("monitor_best") is not None:
             self.monitor_best.update(torch.tensor(saved["monitor_best"]))
