@@ -1,15 +1,18 @@
 """Every config composes, every model instantiates with its data, and fast_dev_run works."""
 
+import csv
+
 import pytest
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from rnnlab.checkpoints import load_checkpoint
 from rnnlab.data import CharDataModule, SyntheticSequenceDataModule, TaggingDataModule
 from rnnlab.models import CharRNN, SequenceClassifier, SequenceTagger
 from rnnlab.tasks import ClassificationTask, LanguageModelTask, TaggingTask
 from rnnlab.train import fill_model_from_data, instantiate_group, train
 
-from helpers import CONF_DIR, compose_config
+from helpers import CONF_DIR, QUIET, TINY, compose_config
 
 MODELS = {
     "classifier": ("synthetic", ClassificationTask, SequenceClassifier, SyntheticSequenceDataModule),
@@ -104,6 +107,41 @@ def test_every_debug_mode_runs_for_every_model(model, debug, train_config):
     assert "test/loss" in metrics and metrics["time/wall_s"] > 0
 
 
+SHORT = ["model.net.hidden_size=8", "trainer.limit_train_batches=3", "trainer.limit_val_batches=2",
+         "trainer.limit_test_batches=2"]
+
+
+@pytest.mark.parametrize("logger", ["csv", "many"])
+@pytest.mark.parametrize("model", sorted(MODELS))
+def test_every_logger_set_writes_its_files_for_every_model(model, logger, train_config, tmp_path):
+    cfg = train_config(f"model={model}", f"logger={logger}", "trainer.max_epochs=2", *SHORT, data=MODELS[model][0])
+    metrics, _ = train(cfg)
+    monitor = MODELS[model][1].monitor
+    with open(tmp_path / "csv" / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [float(r[monitor]) for r in rows if r.get(monitor)][-1] == pytest.approx(metrics[monitor])
+    assert any(r.get("test/loss") for r in rows)
+    assert bool(list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))) == (logger == "many")
+
+
+@pytest.mark.parametrize("callbacks", ["none", "with_early_stopping"])
+@pytest.mark.parametrize("model", sorted(MODELS))
+def test_every_callback_set_runs_for_every_model(model, callbacks, train_config, tmp_path):
+    # Early stopping that no epoch can satisfy (an improvement of 10 units): it stops the
+    # run after its first epoch without improvement, long before max_epochs.
+    extra = (["callbacks.early_stopping.patience=0", "callbacks.early_stopping.min_delta=10"]
+             if callbacks == "with_early_stopping" else [])
+    quiet = [o for o in QUIET if not o.startswith("callbacks.")]  # the bar and summary go with the trainer flags
+    cfg = compose_config("train", [*quiet, *TINY[MODELS[model][0]], f"model={model}", f"callbacks={callbacks}",
+                                   "trainer.max_epochs=5", *SHORT, *extra], tmp_path)
+    metrics, _ = train(cfg)
+    assert "test/loss" in metrics
+    if callbacks == "none":
+        assert not (tmp_path / "checkpoints").exists()
+    else:
+        assert load_checkpoint(tmp_path / "checkpoints" / "last.ckpt")["epoch"] == 1  # stopped after 2 of 5
+
+
 @pytest.mark.parametrize("cell", ["rnn_tanh", "rnn_relu", "gru", "lstm"])
 def test_mixed_precision_training_runs_for_every_cell(cell, train_config):
     cfg = train_config("trainer.precision=bf16-mixed", f"model.net.cell={cell}", "trainer.max_epochs=1")
@@ -121,7 +159,7 @@ def test_switching_off_the_progress_bar_and_summary_needs_no_callback_override(t
     # trainer.enable_progress_bar=false alone: the configured RichProgressBar is dropped
     # instead of Lightning refusing the combination.
     cfg = compose_config("train", ["trainer.accelerator=cpu", "trainer.enable_progress_bar=false",
-                                   "trainer.enable_model_summary=false", "+trainer.fast_dev_run=true",
+                                   "trainer.enable_model_summary=false", "trainer.fast_dev_run=true",
                                    "data.num_train=128",
                                    "data.num_val=64", "data.num_test=64"], tmp_path)
     assert cfg.callbacks.rich_progress_bar is not None

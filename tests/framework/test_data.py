@@ -108,6 +108,21 @@ def test_tinyshakespeare_splits_90_5_5():
     assert per_epoch == math.ceil((int(n * 0.9) // 128) / 64)
 
 
+def test_a_text_file_splits_90_5_5_contiguously(tmp_path):
+    """The split rule on a file of any length (the tinyshakespeare test above needs ../shared)."""
+    text = generate_grammar_corpus(100_003, seed=7)
+    path = tmp_path / "corpus.txt"
+    path.write_text(text, encoding="utf-8")
+    dm = _setup(CharDataModule(path=str(path), seq_len=64))
+    n = len(text)
+    n_train, n_val = int(n * 0.9), int(n * 0.05)
+    decoded = {split: "".join(dm.vocab[i] for i in dm.ids[split].tolist()) for split in ("train", "val", "test")}
+    assert decoded["train"] == text[:n_train] and decoded["val"] == text[n_train:n_train + n_val]
+    assert decoded["test"] == text[n_train + n_val:]
+    assert dm.vocab == "".join(sorted(set(text[:n_train])))
+    assert sum(1 for _ in dm.train_dataloader()) == math.ceil((n_train // 64) / 64)
+
+
 def test_strided_training_windows_do_not_overlap():
     dm = _setup(CharDataModule(corpus_chars=5000, seq_len=10, batch_size=1000, train_windows="strided"))
     dm.ids["train"] = torch.arange(len(dm.ids["train"]))  # every window now starts with its offset

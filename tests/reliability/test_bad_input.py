@@ -137,9 +137,11 @@ def test_report_errors_keeps_tracebacks_for_bugs_and_on_request(monkeypatch, cap
     # backward was under mixed precision): not a one-line config error.
     with pytest.raises(RuntimeError, match="dtype"), report_errors():
         StepWeight(torch.zeros(4, 4), 2)(torch.zeros(2, 4, dtype=torch.float64), torch.zeros(2, 4))
-    monkeypatch.setenv("RNNLAB_DEBUG", "1")
-    with pytest.raises(ValueError, match="expected vocab_size >= 1, got 0"), report_errors():
-        CharRNN(0, 8, 16)  # the traceback on request
+    for switch in ("RNNLAB_DEBUG", "HYDRA_FULL_ERROR"):  # the traceback on request
+        monkeypatch.setenv(switch, "1")
+        with pytest.raises(ValueError, match="expected vocab_size >= 1, got 0"), report_errors():
+            CharRNN(0, 8, 16)
+        monkeypatch.delenv(switch)
 
 
 @pytest.mark.parametrize("temperature", [0, -0.5])

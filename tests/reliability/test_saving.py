@@ -80,3 +80,18 @@ def test_atomic_save_replaces_only_complete_files(tmp_path, disk_fills_up):
         io.save_checkpoint({"state_dict": {"w": torch.full((3,), 2.0)}}, target)
     assert target.read_bytes() == good and [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
     assert torch.equal(io.load_checkpoint(target)["state_dict"]["w"], torch.ones(3))
+
+
+def test_the_temporary_file_of_a_save_lies_beside_its_target(tmp_path, monkeypatch):
+    """os.replace is atomic only within one file system, so the temporary file must be in
+    the target's own directory (a temporary directory elsewhere may be another mount)."""
+    import os
+
+    moves = []
+    real_replace = os.replace
+    monkeypatch.setattr(os, "replace", lambda src, dst: (moves.append((src, dst)), real_replace(src, dst)))
+    target = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    AtomicCheckpointIO().save_checkpoint({"state_dict": {"w": torch.zeros(3)}}, target)
+    ((src, dst),) = moves
+    assert os.path.dirname(src) == str(target.parent) and str(dst) == str(target)
+    assert sorted(p.name for p in target.parent.iterdir()) == ["last.ckpt"]

@@ -93,3 +93,21 @@ def test_analyze_script_and_tensorboard_images(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (tmp_path / "analysis" / "rnn_pca.png").read_bytes()[:8] == PNG
     assert str(tmp_path / "analysis" / "gradient_flow.png") in proc.stdout + proc.stderr
+
+
+def test_pca_trajectories_are_coloured_by_class():
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import to_rgba
+
+    from rnnlab.analysis import Recording, pca_figure
+
+    torch.manual_seed(0)
+    labels = torch.tensor([0, 1, 1, 0, 2])
+    rec = Recording("rnn", torch.randn(2, 5, 7, 6), torch.ones(2, 7))
+    fig = pca_figure(rec, labels)
+    lines = fig.axes[0].lines
+    assert len(lines) == 5
+    colours = plt.get_cmap("tab10")
+    for line, label in zip(lines, labels.tolist()):
+        assert to_rgba(line.get_color()) == to_rgba(colours(label))
+    plt.close(fig)

@@ -102,3 +102,96 @@ def test_stateful_training_carries_and_resets_the_state(tmp_path):
     for a, b in zip(task.carried["val"], h_direct):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)  # two windows = one long window
     assert after_first[0].grad_fn is None
+
+
+def _lm_task(carry_state: bool, vocab_size: int = 30):
+    from rnnlab.tasks import LanguageModelTask
+
+    torch.manual_seed(0)
+    net = {"_target_": "rnnlab.models.CharRNN", "vocab_size": vocab_size, "embed_dim": 8, "hidden_size": 16,
+           "num_layers": 1, "dropout": 0.0, "cell": "gru"}
+    return LanguageModelTask(net, {"_target_": "torch.optim.Adam", "_partial_": True}, carry_state=carry_state)
+
+
+def test_truncated_bptt_carries_the_state_between_training_batches():
+    """In training, batch k starts from the (detached) state batch k - 1 ended in: its loss is
+    the loss of the two windows read as one long window, not of batch k from zeros."""
+    task = _lm_task(carry_state=True)
+    x = torch.randint(0, 30, (4, 20))
+    first, second = (x[:, :10], x[:, 1:11]), (x[:, 10:], torch.roll(x, -1, 1)[:, 10:])
+    loss_from_zeros = task.loss_and_outputs(second, "train")[0]
+    task.on_train_epoch_start()
+    task.loss_and_outputs(first, "train")
+    carried_loss = task.loss_and_outputs(second, "train")[0]
+    logits, _ = task.net(x)
+    as_one_window = torch.nn.functional.cross_entropy(logits[:, 10:].flatten(0, 1), second[1].flatten())
+    torch.testing.assert_close(carried_loss, as_one_window)
+    assert not torch.allclose(carried_loss, loss_from_zeros)
+    assert task.carried["train"].grad_fn is None  # the graph stops at the window boundary
+    # Without carry_state every batch starts from zeros.
+    plain = _lm_task(carry_state=False)
+    plain.loss_and_outputs(first, "train")
+    torch.testing.assert_close(plain.loss_and_outputs(second, "train")[0], loss_from_zeros)
+
+
+def test_every_validation_and_test_epoch_starts_from_a_fresh_state(tmp_path):
+    """Two validation (and test) passes of a stateful model give the same loss: each epoch
+    of each stage starts its streams from zeros, not from the previous pass's last state."""
+    import lightning as L
+
+    dm = CharDataModule(corpus_chars=20000, seq_len=16, batch_size=4, stateful=True)
+    dm.setup()
+    task = _lm_task(carry_state=True, vocab_size=dm.vocab_size)
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=tmp_path)
+    for stage in ("validate", "test"):
+        first = getattr(trainer, stage)(task, datamodule=dm, verbose=False)[0]
+        second = getattr(trainer, stage)(task, datamodule=dm, verbose=False)[0]
+        key = "val/loss" if stage == "validate" else "test/loss"
+        assert first[key] == second[key]
+        # The state is carried within the pass: resetting at every batch gives another loss.
+        task.hparams.carry_state = False
+        assert getattr(trainer, stage)(task, datamodule=dm, verbose=False)[0][key] != first[key]
+        task.hparams.carry_state = True
+
+
+def test_tasks_pass_the_lengths_to_the_network():
+    """A padded batch with lengths gives the loss and predictions of each sequence alone,
+    unpadded: for a classifier (final state at each length) and a bidirectional tagger
+    (whose backward half would otherwise read the padding first)."""
+    from rnnlab.tasks import ClassificationTask
+
+    torch.manual_seed(0)
+    opt = {"_target_": "torch.optim.Adam", "_partial_": True}
+    lengths = torch.tensor([7, 3, 5])
+    x = torch.randn(3, 7, 4) * (torch.arange(7)[None, :, None] < lengths[:, None, None])
+    classifier = ClassificationTask({"_target_": "rnnlab.models.SequenceClassifier", "input_size": 4,
+                                     "hidden_size": 8, "num_classes": 3}, opt).eval()
+    y = torch.tensor([0, 2, 1])
+    loss, logits, _, _ = classifier.loss_and_outputs((x, y, lengths), "val")
+    alone = torch.cat([classifier.net(x[b:b + 1, :int(lengths[b])]) for b in range(3)])
+    torch.testing.assert_close(logits, alone)
+    torch.testing.assert_close(loss, torch.nn.functional.cross_entropy(alone, y))
+
+    tagger = TaggingTask({"_target_": "rnnlab.models.SequenceTagger", "input_size": 4, "hidden_size": 8,
+                          "num_tags": 5, "bidirectional": True}, opt).eval()
+    tags = torch.randint(0, 5, (3, 7)).masked_fill(torch.arange(7)[None, :] >= lengths[:, None], PAD_TAG)
+    _, flat_logits, _, _ = tagger.loss_and_outputs((x, tags, lengths), "val")
+    for b in range(3):
+        n = int(lengths[b])
+        torch.testing.assert_close(flat_logits.view(3, 7, 5)[b, :n], tagger.net(x[b:b + 1, :n])[0])
+
+
+def test_tagger_metrics_count_only_the_valid_steps_of_a_padded_batch():
+    torch.manual_seed(0)
+    task = TaggingTask({"_target_": "rnnlab.models.SequenceTagger", "input_size": 4, "hidden_size": 8,
+                        "num_tags": 6}, {"_target_": "torch.optim.Adam", "_partial_": True}).eval()
+    lengths = torch.tensor([9, 2, 5, 1])
+    x = torch.randn(4, 9, 4)
+    tags = torch.randint(0, 6, (4, 9)).masked_fill(torch.arange(9)[None, :] >= lengths[:, None], PAD_TAG)
+    task._step((x, tags, lengths), "val")
+    values = task.metrics["val_split"].compute()
+    predictions = task.net(x, lengths=lengths).argmax(-1)
+    valid = tags != PAD_TAG
+    assert int(valid.sum()) == 17
+    torch.testing.assert_close(values["val/acc"], (predictions[valid] == tags[valid]).float().mean())

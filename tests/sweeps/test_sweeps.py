@@ -118,7 +118,7 @@ def test_two_process_cpu_ddp_splits_every_epoch_between_its_ranks(tmp_path):
     """Test what each rank read, not only the accuracy: disjoint shards of each epoch's order
     that together are what one process reads, in half the steps, and test metrics synced
     over both ranks' shards of the test set."""
-    common = ["model=classifier", "data.num_train=2000", "data.num_val=500", "data.num_test=1000",
+    common = ["model=classifier", "data.num_train=2000", "data.num_val=500", "data.num_test=999",
               "trainer.max_epochs=2", "model.net.hidden_size=16", "trainer.enable_progress_bar=false",
               "+callbacks.reads._target_=probes.RecordReads"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
@@ -144,13 +144,16 @@ def test_two_process_cpu_ddp_splits_every_epoch_between_its_ranks(tmp_path):
         assert [len(r[epoch]) for r in ranks] == [1000, 1000]
         assert torch.equal(ranks[0][epoch], single[epoch][0::2]) and torch.equal(ranks[1][epoch], single[epoch][1::2])
     assert not torch.equal(single[0], single[1])  # each epoch its own order
-    # The test metrics cover all 1000 test sequences, each rank's 500 synced: the same
-    # accuracy as the best checkpoint evaluated on the whole test set in one process.
+    # The test metrics cover all 999 test sequences, the ranks' 500 and 499 synced as metric
+    # states: the values of the best checkpoint evaluated on the whole test set in one process
+    # (a mean of the two ranks' values would differ, in macro F1 above all).
     recorded = json.loads((ddp / "result.json").read_text())["metrics"]
     best = next(p for p in (ddp / "checkpoints").iterdir() if p.name != "last.ckpt")
     cfg = compose_config("eval", [f"ckpt_path={best}", "trainer.accelerator=cpu", "trainer.enable_progress_bar=false"],
                          tmp_path / "eval")
-    assert evaluate(cfg)["test/acc"] == pytest.approx(recorded["test/acc"], abs=1e-6)
+    whole = evaluate(cfg)
+    for name in ("test/acc", "test/f1", "test/loss"):
+        assert whole[name] == pytest.approx(recorded[name], abs=1e-6), name
 
 
 def test_ddp_inside_a_local_multirun_is_refused_clearly(tmp_path):
@@ -163,3 +166,21 @@ def test_ddp_inside_a_local_multirun_is_refused_clearly(tmp_path):
 def test_summarize_refuses_a_directory_without_jobs(tmp_path):
     with pytest.raises(ValueError, match="which has none"):
         summarize(tmp_path)
+
+
+@pytest.mark.parametrize("overrides,threads", [
+    (["hydra/launcher=joblib"], 4),                        # 2 parallel jobs on 8 cores
+    (["hydra/launcher=joblib", "hydra.launcher.n_jobs=3"], 2),
+    (["trainer=ddp_cpu"], 4),                              # 2 CPU processes
+    (["hydra/launcher=joblib", "threads=3"], 3),            # an explicit count wins
+])
+def test_parallel_jobs_and_processes_share_the_cores(overrides, threads, tmp_path, monkeypatch):
+    from rnnlab.sweeps import _set_threads
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    before = torch.get_num_threads()
+    try:
+        _set_threads(compose_config("train", overrides, tmp_path))
+        assert torch.get_num_threads() == threads
+    finally:
+        torch.set_num_threads(before)

@@ -1,0 +1,160 @@
+"""Mechanisms tested by contrast: two seeds give two orders, two epochs two sets of random
+numbers, the best checkpoint (not the last weights) is what the final test scores, the
+best-so-far metric survives a resume, and dropout acts where the docstrings say."""
+
+import json
+from types import SimpleNamespace
+
+import lightning as L
+import pytest
+import torch
+
+from helpers import QUIET, TINY, compose_config
+from rnnlab.callbacks import StepSeed, StopOnInterrupt
+from rnnlab.data import SyntheticSequenceDataModule
+from rnnlab.evaluate import evaluate
+from rnnlab.models import RNN, CharRNN, SequenceClassifier
+from rnnlab.sweeps import summarize
+from rnnlab.tasks import ClassificationTask
+from rnnlab.train import train
+
+
+def _first_features(run_seed: int, epoch: int = 0) -> torch.Tensor:
+    L.seed_everything(run_seed, verbose=False)  # what train() does with cfg.seed
+    dm = SyntheticSequenceDataModule(num_train=256, num_val=32, num_test=32, batch_size=256)
+    dm.setup("fit")
+    loader = dm.train_dataloader()
+    loader.batch_sampler.set_epoch(epoch)
+    return next(iter(loader))[0][:, 0, 0]  # the first feature of each sample, in batch order
+
+
+def test_the_runs_seed_sets_the_order_of_the_training_batches():
+    # The data is the same (data.seed), only the order changes with the run's seed.
+    assert torch.equal(_first_features(1), _first_features(1))
+    assert not torch.equal(_first_features(1), _first_features(2))
+    assert torch.equal(_first_features(1).sort().values, _first_features(2).sort().values)
+    assert not torch.equal(_first_features(1, epoch=0), _first_features(1, epoch=1))
+
+
+def _dropout_mask(seed: int, rank: int, epoch: int, batch: int) -> torch.Tensor:
+    callback = StepSeed(seed)
+    trainer = SimpleNamespace(global_rank=rank, current_epoch=epoch)
+    module = SimpleNamespace(device=torch.device("cpu"))
+    callback.on_train_batch_start(trainer, module, None, batch)
+    mask = torch.rand(16)
+    callback.on_train_batch_end(trainer, module, None, None, batch)
+    return mask
+
+
+def test_step_seed_gives_every_seed_rank_epoch_and_batch_its_own_random_numbers():
+    reference = _dropout_mask(seed=1, rank=0, epoch=0, batch=0)
+    assert torch.equal(_dropout_mask(1, 0, 0, 0), reference)  # a function of these four alone
+    for other in [(2, 0, 0, 0), (1, 1, 0, 0), (1, 0, 1, 0), (1, 0, 0, 1)]:
+        assert not torch.equal(_dropout_mask(*other), reference), other
+    # Outside the step the global generator runs on as if the callback were not there.
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    _dropout_mask(1, 0, 0, 0)
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_the_best_so_far_metric_survives_a_checkpoint_round_trip():
+    net = {"_target_": "rnnlab.models.SequenceClassifier", "input_size": 3, "hidden_size": 4, "num_classes": 2}
+    opt = {"_target_": "torch.optim.Adam", "_partial_": True}
+    task = ClassificationTask(net, opt)
+    task.monitor_best.update(torch.tensor(0.9))
+    checkpoint = {}
+    task.on_save_checkpoint(checkpoint)
+    resumed = ClassificationTask(net, opt)
+    resumed.on_load_checkpoint(checkpoint)
+    resumed.monitor_best.update(torch.tensor(0.5))  # a worse epoch after the resume
+    assert float(resumed.monitor_best.compute()) == pytest.approx(0.9)
+
+
+def test_the_final_test_scores_the_best_checkpoint_not_the_last_weights(tmp_path):
+    # "Best" by the lowest validation accuracy, so that the best epoch is not the last one.
+    cfg = compose_config("train", [*QUIET, *TINY["synthetic"], "data.num_train=2000", "trainer.max_epochs=3",
+                                   "callbacks.model_checkpoint.mode=min"], tmp_path)
+    metrics, _ = train(cfg)
+    best = next((tmp_path / "checkpoints").glob("epoch_*.ckpt"))
+    assert best.name != "epoch_002.ckpt"
+    scored = {}
+    for name in (best.name, "last.ckpt"):
+        eval_cfg = compose_config("eval", [f"ckpt_path={tmp_path / 'checkpoints' / name}", "trainer.accelerator=cpu",
+                                           "trainer.enable_progress_bar=false"], tmp_path / "eval")
+        scored[name] = evaluate(eval_cfg)["test/loss"]
+    assert metrics["test/loss"] == pytest.approx(scored[best.name], rel=1e-6)
+    assert scored[best.name] != pytest.approx(scored["last.ckpt"], rel=1e-3)
+
+
+def _write_job(sweep_dir, job: int, metric: str, value: float) -> None:
+    (sweep_dir / str(job)).mkdir(parents=True)
+    (sweep_dir / str(job) / "result.json").write_text(json.dumps({
+        "overrides": [f"model.net.hidden_size={8 * (job + 1)}"], "optimized_metric": metric, "status": "ok",
+        "error": "", "value": value, "metrics": {metric: value}, "wall_time_s": 1.0}))
+
+
+@pytest.mark.parametrize("metric,best_first", [("val/bpc_best", [1, 2, 0]), ("val/acc_best", [0, 2, 1])])
+def test_sweep_summaries_list_the_best_job_first_whichever_way_the_metric_goes(tmp_path, metric, best_first):
+    for job, value in enumerate([1.9, 1.2, 1.5]):
+        _write_job(tmp_path, job, metric, value)
+    rows = summarize(tmp_path)
+    assert [int(r["job"]) for r in rows] == best_first
+
+
+def test_the_classifier_drops_out_before_its_head():
+    torch.manual_seed(0)
+    model = SequenceClassifier(5, 16, 3, num_layers=1, dropout=0.5)  # one layer: only the head's dropout
+    x = torch.randn(64, 7, 5)
+    model.train()
+    a, b = model(x), model(x)
+    assert not torch.allclose(a, b)  # a new mask each call
+    model.eval()
+    _, h_n = model.rnn(x)
+    torch.testing.assert_close(model(x), model.fc(h_n[-1]))  # the identity in eval mode
+    model.train()
+    with torch.no_grad():  # in training, the head sees h_T with units zeroed and the rest scaled by 2
+        features = []
+        model.fc.register_forward_hook(lambda m, inputs, out: features.append(inputs[0]))
+        model(x)
+    kept = features[0] != 0
+    assert 0.4 < kept.float().mean() < 0.6
+    torch.testing.assert_close(features[0][kept], 2 * h_n[-1][kept])
+
+
+def test_the_step_loop_drops_out_between_layers_in_training_only():
+    torch.manual_seed(0)
+    rnn = RNN(4, 32, num_layers=2, dropout=0.5)
+    x_t, h = torch.randn(16, 4), torch.zeros(2, 16, 32)
+    rnn.train()
+    trained = [rnn.step(x_t, h) for _ in range(2)]
+    assert not torch.allclose(trained[0][1], trained[1][1])  # the top layer reads a new mask each time
+    torch.testing.assert_close(trained[0][0], trained[1][0])  # the bottom layer reads the input itself
+    rnn.eval()
+    plain = rnn.step(x_t, h)
+    torch.testing.assert_close(rnn.step(x_t, h), plain)
+    layer0 = rnn.cells[0](x_t, h[0])
+    torch.testing.assert_close(plain[1], rnn.cells[1](layer0, h[1]))  # eval: no dropout at all
+
+
+def test_top_k_sampling_draws_only_the_k_most_likely_tokens():
+    torch.manual_seed(0)
+    model = CharRNN(12, 8, 16, num_layers=1).eval()
+    logits = torch.linspace(0, 5, 12).repeat(200, 1)  # token 11 most likely, then 10, 9, ...
+    drawn = model._sample(logits, temperature=5.0, top_k=3, generator=torch.Generator().manual_seed(0))
+    assert set(drawn.flatten().tolist()) == {9, 10, 11}
+    ids = model.generate(torch.zeros(4, 2, dtype=torch.long), 30, temperature=2.0, top_k=2,
+                         generator=torch.Generator().manual_seed(1))
+    # Every sampled token is one of the two most likely at its step: replay the steps.
+    logits_all, _ = model(ids[:, :-1])
+    top2 = logits_all[:, 1:].topk(2, dim=-1).indices  # predictions for positions 2..T-1
+    assert (top2 == ids[:, 2:, None]).any(-1).all()
+
+
+def test_a_second_ctrl_c_stops_at_once():
+    callback = StopOnInterrupt()
+    callback._handle(None, None)
+    assert callback.requested
+    with pytest.raises(KeyboardInterrupt):
+        callback._handle(None, None)
