@@ -62,6 +62,7 @@ REQUIRED = {"shakespeare": ["data.path=corpus.txt"]}
     *[("train", [f"trainer={t}"]) for t in ("cpu", "gpu")],
     *[("train", [f"logger={lg}"]) for lg in ("csv", "tensorboard", "many")],
     *[("train", [f"callbacks={c}"]) for c in ("none", "with_early_stopping")],
+    *[("train", [f"hydra/launcher={launcher}"]) for launcher in ("joblib", "slurm", "submitit_local")],
     *[("train", [f"experiment={p.stem}", *REQUIRED.get(p.stem, [])])
       for p in sorted((CONF_DIR / "experiment").glob("*.yaml"))],
 ])
@@ -70,6 +71,8 @@ def test_every_config_composes_and_resolves(config_name, overrides, tmp_path):
     for key in cfg:
         if key != "hydra" and OmegaConf.is_config(cfg[key]):
             OmegaConf.to_container(cfg[key], resolve=True)  # raises on any broken interpolation
+    launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
+    assert launcher["_target_"].startswith(("hydra._internal", "hydra_plugins"))
 
 
 def test_configs_mirror_constructors():
