@@ -247,10 +247,11 @@ def test_the_step_loop_returns_every_steps_states_and_takes_a_projected_input(ce
     for i, part in enumerate(final):  # h_n (and c_n): the last step's state of every layer
         torch.testing.assert_close(torch.stack([layer[i] for layer in states[-1]]), part)
     torch.testing.assert_close(outputs, rnn(x)[0], atol=1e-6, rtol=1e-5)
-    # Layer 0 given its projected input (as generation folds the embedding into it).
+    # The projections given in advance (as generation folds the embedding into layer 0's).
     start = [tuple(torch.randn(3, 8) for _ in range(2 if cell == "lstm" else 1)) for _ in range(2)]
     direct = rnn.step_layers(x[:, 0], start)
-    projected = rnn.step_layers(rnn.cells[0].project(x[:, 0]), start, projected=True)
+    table = rnn.cells[0].project(x[:, 0])  # (3, G*H): row b is sequence b's projected step
+    projected = rnn.step_layers(torch.arange(3), start, [table.__getitem__, rnn.cells[1].project])
     for a, b in zip(direct, projected):
         for sa, sb in zip(a, b):
             torch.testing.assert_close(sa, sb)

@@ -119,21 +119,29 @@ class CharRNN(nn.Module):
 
     def decoder(self):
         """The one-token step of :meth:`generate`: :meth:`forward` on a (B, 1) input, as one
-        step of the RNN's own loop (:meth:`RNN.step_layers`), with the embedding folded into
-        layer 0's input projection: one (V, D) x (D, G*H) product here, then a row lookup
-        per token instead of an embedding lookup and a product.
+        step of the RNN's own loop (:meth:`RNN.step_layers`), with every cost that does not
+        depend on the token paid once here: the embedding folded into layer 0's input
+        projection (one (V, D) x (D, G*H) product, then a row lookup per token), the other
+        layers' summed biases, and the checks.
 
         Returns step(token (B,), layers) -> (logits (B, V), layers), where layers holds each
         layer's state as a tuple, (h,) or (h, c), of (B, H) tensors.
         """
-        table = self.rnn.cells[0].project(self.embedding.weight)  # (V, G*H): W_xh E[v] + biases for every v
+        cells = self.rnn.cells
+        table = cells[0].project(self.embedding.weight)  # (V, G*H): W_xh E[v] + biases for every v
+        projections = [table.__getitem__] + [_fixed_linear(layer_cell.Wxh.weight, layer_cell.input_bias())
+                                             for layer_cell in cells[1:]]  # each (B, ·) -> (B, G*H)
 
         def step(token: torch.Tensor, layers: list):
-            layers = self.rnn.step_layers(table[token], layers, projected=True)
+            layers = self.rnn.step_layers(token, layers, projections)
             h = self.output_dropout(layers[-1][0]) if self.training else layers[-1][0]  # (B, H)
             return F.linear(h, self.fc.weight, self.fc.bias), layers  # (B, V)
 
         return step
+
+def _fixed_linear(weight: torch.Tensor, bias: torch.Tensor | None):
+    """x -> F.linear(x, weight, bias), its summed bias computed once for a whole generation."""
+    return lambda x: F.linear(x, weight, bias)
 
 
 def sample(logits: torch.Tensor, temperature: float, top_k: int | None = None,

@@ -189,23 +189,27 @@ class RNN(nn.Module):
         return self._finish(outputs, tuple(torch.stack(parts) for parts in zip(*finals)), unbatched)  # (L, B, H)
 
     # ------------------------------------------------ seed's step-by-step loop
-    def step_layers(self, x_t: torch.Tensor, layers: Layers, projected: bool = False) -> Layers:
+    def step_layers(self, x_t: torch.Tensor, layers: Layers, projections: list | None = None) -> Layers:
         """The seed article's loop body: one time step of the input through every layer.
 
         Each layer takes one step, ``cell.recur(cell.project(x_t), state)`` (its ``forward``,
         in the two halves it is defined by), and passes its new h up, through dropout
         between layers in training.
 
-        Inputs: x_t (B, D), or with ``projected`` layer 0's projected input (B, G*H) (its
-        ``project`` of x_t, e.g. an embedding folded into it); layers: per layer its state,
-        (h,) or (h, c), each (B, H). No checks: :meth:`step` checks what it is given.
+        Inputs: x_t (B, D); layers: per layer its state, (h,) or (h, c), each (B, H);
+        projections: optionally, per layer a function that does ``cell.project`` with its
+        costs paid in advance (generation folds the embedding into layer 0's and sums the
+        biases once); x_t is then what the first of them takes. No checks: :meth:`step`
+        checks what it is given.
         Outputs: the new per-layer states, in the same form; ``[-1][0]`` is the output h_t.
         """
         new_layers = []
+        drop = self.layer_dropout is not None and self.training  # no module call per layer and token in eval
         for layer, (layer_cell, state) in enumerate(zip(self.cells, layers)):
-            if layer > 0 and self.layer_dropout is not None:
+            if layer > 0 and drop:
                 x_t = self.layer_dropout(x_t)
-            state = layer_cell.recur(x_t if projected and layer == 0 else layer_cell.project(x_t), state)
+            p_t = layer_cell.project(x_t) if projections is None else projections[layer](x_t)  # (B, G*H)
+            state = layer_cell.recur(p_t, state)
             new_layers.append(state)
             x_t = state[0]  # (B, H)
         return new_layers
