@@ -6,8 +6,8 @@
 import hydra
 from omegaconf import DictConfig
 
-from rnnlab.analysis import analyze_checkpoint
-from rnnlab.config import report_errors
+from rnnlab.analyze import analyze_checkpoint
+from rnnlab.errors import report_errors
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="analyze")

@@ -1,7 +1,7 @@
 """python scripts/benchmark.py shakespeare=../shared/data/tinyshakespeare.txt
 
 Benchmark rnnlab's RNN, generation and training pipeline against plain PyTorch (see
-rnnlab/bench.py); settings in conf/benchmark.yaml. Other examples:
+rnnlab/benchmark/); every setting and its default is in conf/benchmark.yaml. Other examples:
 
     python scripts/benchmark.py shapes=[seed] reps=3
     python scripts/benchmark.py rows=[forward,backward,memory] device=cuda
@@ -10,7 +10,7 @@ rnnlab/bench.py); settings in conf/benchmark.yaml. Other examples:
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from rnnlab.bench import run
+from rnnlab.benchmark import run
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="benchmark")

@@ -6,8 +6,8 @@
 import hydra
 from omegaconf import DictConfig
 
-from rnnlab.config import report_errors
-from rnnlab.evaluate import evaluate
+from rnnlab.errors import report_errors
+from rnnlab.eval import evaluate
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="eval")

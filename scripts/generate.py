@@ -6,7 +6,7 @@
 import hydra
 from omegaconf import DictConfig
 
-from rnnlab.config import report_errors
+from rnnlab.errors import report_errors
 from rnnlab.generate import generate
 
 

@@ -6,8 +6,8 @@
 import argparse
 import logging
 
-from rnnlab.config import report_errors
-from rnnlab.sweeps import summarize
+from rnnlab.errors import report_errors
+from rnnlab.summarize import summarize
 
 
 def main() -> None:

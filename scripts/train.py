@@ -11,14 +11,14 @@ Resume a crashed or interrupted run exactly: its command again, plus
 import hydra
 from omegaconf import DictConfig
 
-from rnnlab.config import report_errors
-from rnnlab.sweeps import run_job
+from rnnlab.errors import report_errors
+from rnnlab.train import run
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     with report_errors():  # one line and exit status 1 for a bad value, file or checkpoint
-        return run_job(cfg)
+        return run(cfg)
 
 
 if __name__ == "__main__":

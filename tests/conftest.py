@@ -1,9 +1,12 @@
 """Fixtures shared by the test suite."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
 from helpers import QUIET, TINY, compose_config
+from rnnlab.train import train
 
 
 @pytest.fixture
@@ -25,3 +28,27 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def tiny_train(out, *overrides: str, data: str = "synthetic"):
+    """Train in this process on tiny data, outputs under ``out``; (config, metrics)."""
+    cfg = compose_config("train", [*QUIET, *TINY[data], *overrides], out)
+    metrics, _ = train(cfg)
+    return cfg, metrics
+
+
+@pytest.fixture(scope="session")
+def classifier_ckpt(tmp_path_factory) -> Path:
+    """last.ckpt of a 2-epoch classifier (hidden 16, with a cosine schedule)."""
+    out = tmp_path_factory.mktemp("classifier")
+    tiny_train(out, "model=classifier", "model.net.hidden_size=16", "trainer.max_epochs=2")
+    return out / "checkpoints" / "last.ckpt"
+
+
+@pytest.fixture(scope="session")
+def char_ckpt(tmp_path_factory) -> Path:
+    """last.ckpt of a 1-epoch character model on the generated corpus."""
+    out = tmp_path_factory.mktemp("char")
+    tiny_train(out, "model=char_rnn", "model.net.hidden_size=16", "model.net.num_layers=1", "trainer.max_epochs=1",
+               "model.sample_max_new_tokens=20", data="chars")
+    return out / "checkpoints" / "last.ckpt"

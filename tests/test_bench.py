@@ -8,11 +8,21 @@ import csv
 
 import pytest
 
-from helpers import CONF_DIR, TINY
-from rnnlab import bench
+from omegaconf import OmegaConf
+
+from helpers import CONF_DIR, TINY, compose_config
+from rnnlab import benchmark as bench
 from rnnlab.data.grammar import generate_grammar_corpus
 
 TINY_SHAPE = bench.Shape("tiny", B=4, T=5, D=3, H=8, L=2)
+
+
+def run(tmp_path, **settings):
+    """benchmark.run with conf/benchmark.yaml's defaults (as scripts/benchmark.py passes them)
+    and ``settings`` over them."""
+    cfg = compose_config("benchmark", [], tmp_path / "hydra")
+    defaults = OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True)
+    return bench.run(**{**defaults, **settings})
 
 
 def test_benchmark_writes_csv_and_markdown(tmp_path):
@@ -20,10 +30,10 @@ def test_benchmark_writes_csv_and_markdown(tmp_path):
     text.write_text(generate_grammar_corpus(20_000), encoding="utf-8")
     out = tmp_path / "out"
     # One thread: with two, a busy machine stalls OpenMP at every small matmul (many-fold slower).
-    bench.run(shapes=[TINY_SHAPE], reps=2, warmup=1, threads=1, out=out, shakespeare=str(text), conf_dir=CONF_DIR,
-              gen_tokens=20, char_windows=16, classifier_overrides=TINY["synthetic"],
-              char_overrides=["data.seq_len=32", "data.batch_size=8", "model.net.hidden_size=16",
-                              "model.sample_length=10"])
+    run(tmp_path, shapes=[TINY_SHAPE], reps=2, warmup=1, threads=1, out=out, shakespeare=str(text), conf_dir=CONF_DIR,
+        max_new_tokens=20, char_windows=16, classifier_overrides=TINY["synthetic"],
+        char_overrides=["data.seq_len=32", "data.batch_size=8", "model.net.hidden_size=16",
+                        "model.sample_max_new_tokens=10"])
 
     with (out / "benchmark.csv").open(newline="") as f:
         reader = csv.DictReader(f)
@@ -54,7 +64,7 @@ def test_benchmark_writes_csv_and_markdown(tmp_path):
 
 
 def test_benchmark_skips_char_epoch_without_text(tmp_path):
-    results = bench.run(rows=["e2e_char"], out=tmp_path, shakespeare=str(tmp_path / "missing.txt"))
+    results = run(tmp_path, rows=["e2e_char"], out=tmp_path, shakespeare=str(tmp_path / "missing.txt"))
     assert [(r.row, r.meets_target, r.ratio) for r in results] == [("e2e_char", "skipped", None)]
     assert "file not found" in results[0].note
     assert "skipped" in (tmp_path / "benchmark.md").read_text()
@@ -64,12 +74,12 @@ def test_benchmark_skips_char_epoch_without_text(tmp_path):
                                              ("device", "tpu"), ("cells", "rnn_relu")])
 def test_benchmark_rejects_bad_arguments(tmp_path, argument, value):
     with pytest.raises(ValueError, match=argument):
-        bench.run(**{argument: value}, out=tmp_path)
+        run(tmp_path, **{argument: value}, out=tmp_path)
 
 
 def test_benchmark_refuses_overrides_the_bare_loop_does_not_follow(tmp_path):
     with pytest.raises(ValueError, match="model.net.cell"):
-        bench.run(rows=["e2e_classifier"], out=tmp_path, conf_dir=CONF_DIR, classifier_overrides=["model.net.cell=gru"])
+        run(tmp_path, rows=["e2e_classifier"], out=tmp_path, conf_dir=CONF_DIR, classifier_overrides=["model.net.cell=gru"])
 
 
 def test_result_holds_medians_and_the_median_and_quartiles_of_paired_ratios():

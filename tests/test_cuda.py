@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from helpers import TORCH_RNNS, flat_state
-from rnnlab import bench
+from rnnlab import benchmark as bench
 from rnnlab.models import RNN, CharRNN, Dropout
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -34,7 +34,7 @@ def test_cells_on_cuda_match_cudnn(cell, monkeypatch):
     theirs, their_grads = run(ref)
     for a, b in zip(ours, theirs, strict=True):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
-    for mine_p, ref_p in mine._weight_pairs(ref):
+    for mine_p, ref_p in mine.weight_pairs(ref):
         torch.testing.assert_close(our_grads[mine_p], their_grads[ref_p], atol=1e-4, rtol=1e-4)
 
 
@@ -50,8 +50,10 @@ def test_dropout_and_generation_on_cuda():
 
 
 def test_benchmark_runs_on_cuda(tmp_path):
-    bench.run(shapes=[bench.Shape("tiny", B=4, T=5, D=3, H=8, L=2)], rows=["forward", "backward", "memory"],
-              reps=2, warmup=1, device="cuda", out=tmp_path)
+    from test_bench import run
+
+    run(tmp_path, shapes=[bench.Shape("tiny", B=4, T=5, D=3, H=8, L=2)], rows=["forward", "backward", "memory"],
+        reps=2, warmup=1, device="cuda", out=tmp_path)
     with (tmp_path / "benchmark.csv").open(newline="") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 9 and all(r["device"].startswith("cuda") and float(r["ratio"]) > 0 for r in rows)

@@ -16,3 +16,28 @@ as in ``torch.nn.RNN``.
 """
 
 __version__ = "0.1.0"
+
+import importlib.abc
+import sys
+
+# Modules renamed when the package was laid out anew: old name -> new name. Importing an old
+# name fails with a message naming the new one, instead of a bare ModuleNotFoundError.
+RENAMED = {
+    "rnnlab.analysis": "rnnlab.analyze",
+    "rnnlab.bench": "rnnlab.benchmark (run it with python scripts/benchmark.py)",
+    "rnnlab.evaluate": "rnnlab.eval",
+    "rnnlab.sweeps": "rnnlab.summarize (sweep summaries) and rnnlab.train.run (one job)",
+    "rnnlab.models.cell": "rnnlab.models.cells",
+    "rnnlab.models._checks": "rnnlab.checks",
+    "rnnlab.models._matmul": "rnnlab.models.kernels.matmul",
+}
+
+
+class _RenamedModules(importlib.abc.MetaPathFinder):
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname in RENAMED:
+            raise ModuleNotFoundError(f"{fullname} has moved: use {RENAMED[fullname]}", name=fullname)
+        return None
+
+
+sys.meta_path.append(_RenamedModules())

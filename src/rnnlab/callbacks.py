@@ -1,6 +1,7 @@
 """Lightning callbacks rnnlab adds to what Lightning ships.
 
-:class:`ParameterHistograms` is configured in ``conf/callbacks/``. The other three make
+:class:`ParameterHistograms`, :class:`HiddenStateMonitor` and :class:`NetworkSummary` are
+configured in ``conf/callbacks/``. The other three make
 runs reliable and are added to every run by :func:`rnnlab.train.train`, whatever the
 callbacks config says: :class:`StepSeed` (a resumed run draws the same random numbers as an
 uninterrupted one), :class:`StopOnNonFiniteLoss` (a diverged loss stops the run naming the
@@ -17,8 +18,71 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import RichModelSummary
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import grad_norm
+
+from . import analyze, checks
+
+
+class HiddenStateMonitor(L.Callback):
+    """Every ``every_n_epochs`` validation epochs, log the analysis figures of
+    :mod:`rnnlab.analyze` to TensorBoard for the first ``num_examples`` examples of the first
+    validation batch: hidden-state heatmaps, saturation and the gradient flow over time.
+
+    Args:
+        every_n_epochs: interval in epochs (>= 1).
+        num_examples: examples used for the gradient norms and saturation (>= 1).
+    """
+
+    def __init__(self, every_n_epochs: int = 1, num_examples: int = 16):
+        for name, value in (("every_n_epochs", every_n_epochs), ("num_examples", num_examples)):
+            if not checks.is_int(value) or value < 1:
+                raise checks.ArgumentError(name, f"expected an int >= 1, got {value!r}")
+        self.every_n_epochs, self.num_examples = every_n_epochs, num_examples
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking or trainer.current_epoch % self.every_n_epochs:
+            return
+        loggers = [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
+        if not loggers or not trainer.is_global_zero:
+            return
+        batch = next(iter(trainer.datamodule.val_dataloader()))
+        batch = tuple(t[: self.num_examples].to(pl_module.device) for t in batch)
+        if len(batch) > 2:  # variable lengths: analyse the examples as full-length sequences
+            batch = batch[:2]
+        recordings = [r.cpu() for r in analyze.record(pl_module, batch)]
+        step = trainer.global_step
+        for logger in loggers:
+            for rec in recordings:
+                tag = rec.name.replace(".", "/")
+                logger.experiment.add_figure(f"analysis/{tag}/hidden_states", analyze.heatmap_figure(rec), step)
+                logger.experiment.add_figure(f"analysis/{tag}/saturation", analyze.saturation_figure(rec), step)
+                for layer, value in enumerate(rec.saturation()):
+                    logger.experiment.add_scalar(f"analysis/{tag}/saturated_fraction_layer{layer}", value, step)
+            logger.experiment.add_figure("analysis/gradient_flow", analyze.gradient_flow_figure(recordings), step)
+
+
+class NetworkSummary(RichModelSummary):
+    """Lightning's model summary, showing the network: the task's loss and metric modules
+    (torchmetrics states, no parameters) are left out of the table.
+
+    Args:
+        max_depth: as ``RichModelSummary``; 4 shows each layer of an RNN (``net.rnn.cells.0``).
+    """
+
+    HIDDEN = ("losses", "metrics", "monitor_best")  # RNNTask's metric modules
+
+    @staticmethod
+    def summarize(summary_data, total_parameters, trainable_parameters, model_size, total_training_modes,
+                  **kwargs) -> None:
+        names = dict(summary_data)["Name"]
+        keep = [i for i, name in enumerate(names) if name.split(".")[0] not in NetworkSummary.HIDDEN]
+        summary_data = [(column, [values[i] for i in keep]) for column, values in summary_data]
+        modes = dict(summary_data)["Mode"]  # the shown modules' train/eval counts, not the metrics'
+        total_training_modes = {mode: modes.count(mode) for mode in ("train", "eval")}
+        RichModelSummary.summarize(summary_data, total_parameters, trainable_parameters, model_size,
+                                   total_training_modes, **kwargs)
 
 
 class ParameterHistograms(L.Callback):
@@ -38,8 +102,8 @@ class ParameterHistograms(L.Callback):
 
     def __init__(self, every_n_steps: int = 50, bins: int = 64):
         for name, value in (("every_n_steps", every_n_steps), ("bins", bins)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"callbacks.parameter_histograms.{name}: expected an int >= 1, got {value!r}")
+            if not checks.is_int(value) or value < 1:
+                raise checks.ArgumentError(name, f"expected an int >= 1, got {value!r}")
         self.every_n_steps, self.bins = every_n_steps, bins
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
@@ -61,7 +125,7 @@ class StepSeed(L.Callback):
     (seed, rank, epoch, batch index) alone.
 
     The data order is already a pure function of (seed, epoch, rank) (see
-    ``rnnlab.data._loading``), but the global generator that dropout draws from is not: it
+    ``rnnlab.data.batching``), but the global generator that dropout draws from is not: it
     also advances when a DataLoader iterator is created, during the sanity check, and
     wherever else a run's history differs. A run resumed from a checkpoint has a different
     history from an uninterrupted one, so without this its dropout masks, and from then on
@@ -101,7 +165,7 @@ class TrainingDiverged(FloatingPointError):
     """The training loss became NaN or infinite."""
 
 
-def _latest_checkpoint(trainer) -> str | None:
+def latest_checkpoint(trainer) -> str | None:
     paths = {Path(p) for cb in trainer.checkpoint_callbacks
              for p in (getattr(cb, "best_model_path", ""), getattr(cb, "last_model_path", "")) if p}
     existing = [p for p in paths if p.is_file()]
@@ -124,7 +188,7 @@ class StopOnNonFiniteLoss(L.Callback):
         if not bad:
             return
         value = loss.detach().float().cpu().item() if loss.numel() == 1 else "not finite"
-        last = _latest_checkpoint(trainer)
+        last = latest_checkpoint(trainer)
         kept = f"the last good checkpoint, {last!r}, is kept" if last else "no checkpoint had been saved yet"
         raise TrainingDiverged(
             f"the training loss is {value} at step {trainer.global_step} (epoch {trainer.current_epoch}); "

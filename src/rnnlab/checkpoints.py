@@ -16,7 +16,6 @@ import pickle
 import tempfile
 import zipfile
 from collections import Counter, OrderedDict
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,8 @@ import torch
 from hydra.utils import get_class
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from .config import ConfigError
+from .config import flatten
+from .errors import ConfigError, first_line
 from .tasks.base import RNNTask
 
 
@@ -42,10 +42,9 @@ class CheckpointError(ValueError):
     """A checkpoint file that cannot be used or written, with the reason and the path."""
 
 
-def _first_line(err: BaseException) -> str:
+def _reason(err: BaseException) -> str:
     """The first sentence of an error message (torch's run on for a paragraph)."""
-    text = str(err).strip()
-    return text.splitlines()[0].split(". ")[0].rstrip(".") if text else type(err).__name__
+    return first_line(err, with_type=False).split(". ")[0].rstrip(".")
 
 
 def check_targets(config, path, where: str = "") -> None:
@@ -103,12 +102,12 @@ def read_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:
                 f"refusing to load {str(path)!r}: it holds objects other than tensors and plain "
                 f"Python values, which could run code when unpickled ({refused})"
             ) from None
-        reason = next((line for line in lines if line.startswith("Unsupported")), _first_line(err))
+        reason = next((line for line in lines if line.startswith("Unsupported")), _reason(err))
         raise CheckpointError(f"cannot read checkpoint {str(path)!r}: truncated or corrupted ({reason})") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError) as err:
         # The file exists and is readable (checked above), so even an OSError here comes
         # from the zip reader meeting a damaged archive.
-        reason = err.strerror if isinstance(err, OSError) and err.strerror else _first_line(err)
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else _reason(err)
         raise CheckpointError(f"cannot read checkpoint {str(path)!r}: truncated or corrupted ({reason})") from None
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise CheckpointError(f"{str(path)!r} is not a Lightning checkpoint (no 'state_dict')")
@@ -123,6 +122,10 @@ def load_checkpoint(path: str | Path) -> dict:
     return checkpoint
 
 
+# Task arguments renamed since a checkpoint may have been written: old name -> new name.
+RENAMED_HPARAMS = {"sample_length": "sample_max_new_tokens"}
+
+
 def load_task(path: str | Path) -> tuple[RNNTask, dict | None]:
     """Rebuild the trained task from a checkpoint alone: (task in eval mode, data config)."""
     checkpoint = load_checkpoint(path)
@@ -135,12 +138,14 @@ def load_task(path: str | Path) -> tuple[RNNTask, dict | None]:
         task_cls = None
     if not (isinstance(task_cls, type) and issubclass(task_cls, RNNTask)):
         raise CheckpointError(f"refusing to load {str(path)!r}: task {name!r} is not an rnnlab task class")
+    hparams = {RENAMED_HPARAMS.get(key, key): value for key, value in checkpoint["hyper_parameters"].items()}
     try:
-        task = task_cls(**checkpoint["hyper_parameters"])
+        task = task_cls(**hparams)
     except (ValueError, TypeError) as err:
         raise CheckpointError(f"{str(path)!r} holds hyperparameters that do not build a "
-                              f"{task_cls.__name__}: {_first_line(err)}") from None
+                              f"{task_cls.__name__}: {_reason(err)}") from None
     try:
+        task.on_load_checkpoint(checkpoint)  # as Lightning calls it before loading the weights
         task.load_state_dict(checkpoint["state_dict"])
     except RuntimeError as err:
         details = "; ".join(line.strip() for line in str(err).splitlines()[1:] if line.strip())
@@ -165,15 +170,6 @@ def describe_difference(key: str, ours, theirs, our_name: str, their_name: str) 
     return f"{prefix}{our_name} {ours!r}, {their_name} {theirs!r}"
 
 
-def _flatten(node, prefix: str = "") -> dict:
-    if not isinstance(node, Mapping):
-        return {prefix: node}
-    flat = {}
-    for key, value in node.items():
-        flat.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
-    return flat
-
-
 def _task_name(task_cls: type) -> str:
     return f"{task_cls.__module__}.{task_cls.__qualname__}"
 
@@ -195,18 +191,17 @@ def check_same_task(checkpoint: dict, task_cls: type, path: str | Path) -> None:
 RESUMABLE_CHANGES = (
     "trainer.max_epochs", "trainer.max_steps", "trainer.min_epochs", "trainer.log_every_n_steps",
     "trainer.enable_progress_bar", "trainer.enable_model_summary", "trainer.default_root_dir",
-    "data.num_workers", "model.sample_prompt", "model.sample_length", "model.sample_temperature",
-    "model.sample_seed",
+    "data.num_workers", "model.sample_",  # the validation samples' prompt, length, temperature and seed
 )
 _MODEL_KEYS = ("model.net", "model.vocab")  # what the weights are: a different model, not a setting
 
 
 def _settings(model: dict | None, data: dict | None, run: dict | None) -> dict:
-    flat = _flatten({"model": model}) if model else {}
+    flat = flatten({"model": model}) if model else {}
     if data is not None:
-        flat.update(_flatten({"data": data}))
+        flat.update(flatten({"data": data}))
     if run is not None:
-        flat.update(_flatten({"trainer": run.get("trainer")}))
+        flat.update(flatten({"trainer": run.get("trainer")}))
         flat["seed"] = run.get("seed")
     return flat
 
@@ -264,7 +259,7 @@ def check_writable(directory: str | Path, key: str) -> None:
             pass
     except OSError as err:
         raise ConfigError(key, f"expected a writable directory, got {str(directory)!r} "
-                               f"({err.strerror or _first_line(err)})") from None
+                               f"({err.strerror or _reason(err)})") from None
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -300,7 +295,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         except OSError as err:
             if tmp is not None and os.path.exists(tmp):
                 os.unlink(tmp)
-            raise CheckpointError(f"cannot save checkpoint {str(path)!r}: {err.strerror or _first_line(err)}; "
+            raise CheckpointError(f"cannot save checkpoint {str(path)!r}: {err.strerror or _reason(err)}; "
                                   "the checkpoint previously saved there, if any, is unchanged") from None
 
     def load_checkpoint(self, path, map_location: Any = lambda storage, loc: storage,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from omegaconf import DictConfig
 
-from .config import ConfigError
+from .errors import ConfigError
 
 from .checkpoints import CheckpointError, load_task
 from .tasks import LanguageModelTask

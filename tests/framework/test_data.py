@@ -132,7 +132,7 @@ def test_strided_training_windows_do_not_overlap():
 
 
 def test_epoch_order_is_a_function_of_seed_and_epoch():
-    from rnnlab.data._loading import EpochSampler
+    from rnnlab.data.batching import EpochSampler
 
     a, b = EpochSampler(100, shuffle=True, seed=1), EpochSampler(100, shuffle=True, seed=1)
     first = list(a)
@@ -146,7 +146,7 @@ def test_epoch_order_is_a_function_of_seed_and_epoch():
 
 @pytest.mark.parametrize("pad", [True, False])
 def test_ddp_shards_split_one_permutation(pad):
-    from rnnlab.data._loading import EpochSampler
+    from rnnlab.data.batching import EpochSampler
 
     whole = list(EpochSampler(101, shuffle=True, seed=5))
     shards = [list(EpochSampler(101, shuffle=True, seed=5, rank=r, world_size=2, pad=pad)) for r in range(2)]

@@ -12,9 +12,10 @@ import torch
 from helpers import QUIET, TINY, compose_config
 from rnnlab.callbacks import StepSeed, StopOnInterrupt
 from rnnlab.data import SyntheticSequenceDataModule
-from rnnlab.evaluate import evaluate
+from rnnlab.eval import evaluate
 from rnnlab.models import RNN, CharRNN, SequenceClassifier
-from rnnlab.sweeps import summarize
+from rnnlab.models.char_rnn import sample
+from rnnlab.summarize import summarize
 from rnnlab.tasks import ClassificationTask
 from rnnlab.train import train
 
@@ -64,10 +65,11 @@ def test_the_best_so_far_metric_survives_a_checkpoint_round_trip():
     opt = {"_target_": "torch.optim.Adam", "_partial_": True}
     task = ClassificationTask(net, opt)
     task.monitor_best.update(torch.tensor(0.9))
-    checkpoint = {}
+    checkpoint = {"state_dict": task.state_dict()}  # what Lightning saves and restores
     task.on_save_checkpoint(checkpoint)
     resumed = ClassificationTask(net, opt)
     resumed.on_load_checkpoint(checkpoint)
+    resumed.load_state_dict(checkpoint["state_dict"])
     resumed.monitor_best.update(torch.tensor(0.5))  # a worse epoch after the resume
     assert float(resumed.monitor_best.compute()) == pytest.approx(0.9)
 
@@ -91,7 +93,8 @@ def test_the_final_test_scores_the_best_checkpoint_not_the_last_weights(tmp_path
 def _write_job(sweep_dir, job: int, metric: str, value: float) -> None:
     (sweep_dir / str(job)).mkdir(parents=True)
     (sweep_dir / str(job) / "result.json").write_text(json.dumps({
-        "overrides": [f"model.net.hidden_size={8 * (job + 1)}"], "optimized_metric": metric, "status": "ok",
+        "overrides": [f"model.net.hidden_size={8 * (job + 1)}"], "optimized_metric": metric,
+        "mode": "min" if "bpc" in metric else "max", "status": "ok",
         "error": "", "value": value, "metrics": {metric: value}, "wall_time_s": 1.0}))
 
 
@@ -142,7 +145,7 @@ def test_top_k_sampling_draws_only_the_k_most_likely_tokens():
     torch.manual_seed(0)
     model = CharRNN(12, 8, 16, num_layers=1).eval()
     logits = torch.linspace(0, 5, 12).repeat(200, 1)  # token 11 most likely, then 10, 9, ...
-    drawn = model._sample(logits, temperature=5.0, top_k=3, generator=torch.Generator().manual_seed(0))
+    drawn = sample(logits, temperature=5.0, top_k=3, generator=torch.Generator().manual_seed(0))
     assert set(drawn.flatten().tolist()) == {9, 10, 11}
     ids = model.generate(torch.zeros(4, 2, dtype=torch.long), 30, temperature=2.0, top_k=2,
                          generator=torch.Generator().manual_seed(1))

@@ -30,7 +30,7 @@ def _get(url: str, data: bytes | None = None):
 def test_tensorboard_server_shows_the_run(tmp_path):
     cfg = compose_config("train", [*QUIET, *TINY["chars"], "model=char_rnn", "model.net.hidden_size=32",
                                    "trainer.max_epochs=2", "trainer.log_every_n_steps=1",
-                                   "model.sample_length=40"], tmp_path)
+                                   "model.sample_max_new_tokens=40"], tmp_path)
     train(cfg)
     executable = shutil.which("tensorboard") or sys.executable
     args = [] if executable != sys.executable else ["-m", "tensorboard.main"]

@@ -10,7 +10,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from helpers import QUIET, ROOT, TINY, compose_config
 from rnnlab.checkpoints import load_checkpoint
-from rnnlab.evaluate import evaluate
+from rnnlab.eval import evaluate
 from rnnlab.train import train
 
 
@@ -34,7 +34,7 @@ def char_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("char")
     cfg, metrics, value = run(out, "model=char_rnn", "model.net.hidden_size=128", "model.net.num_layers=2",
                               "data.corpus_chars=60000", "data.windows_per_epoch=1024",
-                              "trainer.max_epochs=3", "model.sample_length=80", data="chars")
+                              "trainer.max_epochs=3", "model.sample_max_new_tokens=80", data="chars")
     return out, cfg, metrics, value
 
 
@@ -63,6 +63,7 @@ def test_char_lm_bits_per_character_fall_far_below_uniform(char_run):
     assert metrics["test/ppl"] == pytest.approx(2 ** metrics["test/bpc"], rel=1e-4)
 
 
+@pytest.mark.subprocess
 def test_generate_script_prints_requested_length_in_corpus_alphabet(char_run):
     out = char_run[0]
     ckpt = out / "checkpoints" / "last.ckpt"

@@ -49,7 +49,7 @@ def test_parity_with_torch_gru_lstm_relu(cell, num_layers, batch_first, give_h0,
     torch.testing.assert_close(gx_m, gx_r, **close)
     for a, b in zip(gh_m, gh_r, strict=True):
         torch.testing.assert_close(a, b, **close)
-    for ours, theirs in mine._weight_pairs(ref):
+    for ours, theirs in mine.weight_pairs(ref):
         torch.testing.assert_close(ours.grad, theirs.grad, **close)
 
 
@@ -73,7 +73,7 @@ def test_parity_when_the_loss_reads_only_some_results(cell, uses):
 
     close = dict(atol=1e-10, rtol=1e-10)
     torch.testing.assert_close(run(mine), run(ref), **close)
-    for ours, theirs in mine._weight_pairs(ref):
+    for ours, theirs in mine.weight_pairs(ref):
         torch.testing.assert_close(ours.grad, theirs.grad, **close)
 
 
@@ -233,7 +233,7 @@ def test_generation_step_equals_full_forward(cell):
     full_logits, full_state = lm(seq)
     _, state = lm(seq[:, :4])
     layers = [tuple(s[layer] for s in flat_state(state)) for layer in range(3)]
-    step = lm._decoder()
+    step = lm.decoder()
     for t in range(4, 9):
         logits, layers = step(seq[:, t], layers)  # reads token t: the logits at position t
         torch.testing.assert_close(logits, full_logits[:, t], atol=1e-6, rtol=1e-5)

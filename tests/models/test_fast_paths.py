@@ -8,8 +8,8 @@ import torch
 
 from helpers import TORCH_RNNS, flat_state
 from rnnlab.models import RNN
-from rnnlab.models import _matmul
-from rnnlab.models._matmul import StepWeight, packed_matmul
+from rnnlab.models.kernels import matmul as _matmul
+from rnnlab.models.kernels.matmul import StepWeight, packed_matmul
 
 needs_onednn = pytest.mark.skipif(not _matmul._AVAILABLE, reason="this PyTorch build has no oneDNN")
 # Big enough for both thresholds: B*H*G*H >= 2^21 per step, T*B*D*G*H >= 2^25 per projection.
@@ -41,7 +41,7 @@ def test_float32_fast_paths_match_torch(cell, packed):
         h0 = [torch.randn(2, B, H) * 0.5 for _ in range(2 if cell == "lstm" else 1)]
         ours, our_grads = _run(mine, x, h0)
     theirs, their_grads = _run(ref, x, h0)
-    pairs = [(our_grads[mine_p], their_grads[ref_p]) for mine_p, ref_p in mine._weight_pairs(ref)]
+    pairs = [(our_grads[mine_p], their_grads[ref_p]) for mine_p, ref_p in mine.weight_pairs(ref)]
     # float32 with different summation orders: compare relative to each tensor's scale.
     for a, b in [*zip(ours, theirs, strict=True), *pairs]:
         torch.testing.assert_close(a, b, atol=2e-5 * b.abs().max().item() + 1e-6, rtol=1e-4)

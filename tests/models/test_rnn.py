@@ -74,7 +74,7 @@ def test_to_torch_round_trip(num_layers, bias, batch_first):
     mine = RNN(4, 6, num_layers, dropout=0.3 if num_layers > 1 else 0.0, bias=bias, batch_first=batch_first).double()
     ref = mine.to_torch()
     assert isinstance(ref, nn.RNN) and ref.nonlinearity == "tanh"
-    assert (ref.num_layers, ref.bias, ref.batch_first, ref.dropout) == (num_layers, bias, batch_first, mine.dropout_p)
+    assert (ref.num_layers, ref.bias, ref.batch_first, ref.dropout) == (num_layers, bias, batch_first, mine.dropout)
     assert ref.weight_ih_l0.dtype == torch.float64
     back = RNN.from_torch(ref)
     for (n1, p1), (n2, p2) in zip(mine.state_dict().items(), back.state_dict().items()):
@@ -232,3 +232,26 @@ def test_dropout_module_matches_torch_dropout_contract():
     assert drop.eval()(x) is x and Dropout(0.0).train()(x) is x
     with pytest.raises(ValueError, match=r"expected p in \[0, 1\), got 1.0"):
         Dropout(1.0)
+
+
+@pytest.mark.parametrize("cell", ["rnn_tanh", "gru", "lstm"])
+def test_the_step_loop_returns_every_steps_states_and_takes_a_projected_input(cell):
+    """RNN.step_layers is the one time-major loop (forward_stepwise, analysis, generation)."""
+    torch.manual_seed(0)
+    rnn = RNN(5, 8, num_layers=2, cell=cell).eval()
+    x = torch.randn(3, 6, 5)
+    outputs, h_n, states = rnn.forward_stepwise(x, return_states=True)
+    assert len(states) == 6 and all(len(step) == 2 for step in states)
+    torch.testing.assert_close(torch.stack([step[-1][0] for step in states], dim=1), outputs)
+    final = h_n if isinstance(h_n, tuple) else (h_n,)
+    for i, part in enumerate(final):  # h_n (and c_n): the last step's state of every layer
+        torch.testing.assert_close(torch.stack([layer[i] for layer in states[-1]]), part)
+    torch.testing.assert_close(outputs, rnn(x)[0], atol=1e-6, rtol=1e-5)
+    # The projections given in advance (as generation folds the embedding into layer 0's).
+    start = [tuple(torch.randn(3, 8) for _ in range(2 if cell == "lstm" else 1)) for _ in range(2)]
+    direct = rnn.step_layers(x[:, 0], start)
+    table = rnn.cells[0].project(x[:, 0])  # (3, G*H): row b is sequence b's projected step
+    projected = rnn.step_layers(torch.arange(3), start, [table.__getitem__, rnn.cells[1].project])
+    for a, b in zip(direct, projected):
+        for sa, sb in zip(a, b):
+            torch.testing.assert_close(sa, sb)

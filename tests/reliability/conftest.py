@@ -84,20 +84,3 @@ def reference_run(tmp_path_factory):
     if proc.poll() is None:
         proc.kill()
         proc.communicate()
-
-
-@pytest.fixture(scope="package")
-def classifier_ckpt(tmp_path_factory) -> Path:
-    """last.ckpt of a 2-epoch classifier (hidden 16, with a cosine schedule)."""
-    out = tmp_path_factory.mktemp("classifier")
-    _tiny_run(out, "model=classifier", "model.net.hidden_size=16", "trainer.max_epochs=2")
-    return out / "checkpoints" / "last.ckpt"
-
-
-@pytest.fixture(scope="package")
-def char_ckpt(tmp_path_factory) -> Path:
-    """last.ckpt of a 1-epoch character model on the generated corpus."""
-    out = tmp_path_factory.mktemp("char")
-    _tiny_run(out, "model=char_rnn", "model.net.hidden_size=16", "model.net.num_layers=1", "trainer.max_epochs=1",
-             "model.sample_length=20", data="chars")
-    return out / "checkpoints" / "last.ckpt"

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from helpers import QUIET, TINY, compose_config
-from rnnlab.config import ConfigError, report_errors
+from rnnlab.errors import ConfigError, report_errors
 from rnnlab.models import CharRNN
-from rnnlab.models._matmul import StepWeight
+from rnnlab.models.kernels.matmul import StepWeight
 from rnnlab.generate import generate
 from rnnlab.tasks.base import RNNTask
 from rnnlab.train import train
@@ -109,6 +109,7 @@ def test_model_and_data_that_do_not_go_together_are_refused(model, data, tmp_pat
     (["model.net.hidden_size=${data.nothing}"],
      "Error: model.net.hidden_size: Interpolation key 'data.nothing' not found"),
 ], ids=["bad_value", "model_data_mismatch", "broken_interpolation"])
+@pytest.mark.subprocess
 def test_train_script_prints_one_line_and_exits_1(args, last_line, tmp_path, script, result):
     proc = script("train", *args, f"hydra.run.dir={tmp_path}")
     assert proc.returncode == 1
@@ -118,6 +119,7 @@ def test_train_script_prints_one_line_and_exits_1(args, last_line, tmp_path, scr
     assert not (tmp_path / "checkpoints").exists()
 
 
+@pytest.mark.subprocess
 def test_unknown_model_choice_gets_hydras_list_of_choices(tmp_path, script):
     proc = script("train", "model=nonexistent", f"hydra.run.dir={tmp_path}")
     assert proc.returncode == 1
@@ -151,16 +153,18 @@ def test_generate_refuses_a_temperature_that_is_not_positive(temperature, char_c
         generate(cfg)
 
 
+@pytest.mark.subprocess
 def test_generate_on_a_device_this_machine_lacks_is_one_line(char_ckpt, tmp_path, script):
     device = "cuda" if not torch.cuda.is_available() else "xla"
     proc = script("generate", f"ckpt_path={char_ckpt}", f"device={device}", f"hydra.run.dir={tmp_path}")
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     last = proc.stderr.rstrip().splitlines()[-1]
-    assert last.startswith(f"Error: device: expected ") and repr(device) in last
+    assert last.startswith("Error: device: expected ") and repr(device) in last
 
 
+@pytest.mark.subprocess
 def test_summarize_on_a_directory_that_is_not_a_sweep_is_one_line(tmp_path, script):
-    from rnnlab.sweeps import summarize
+    from rnnlab.summarize import summarize
 
     expected = "expected a sweep directory (one sub-directory with result.json per job), got '{}', {}"
     with pytest.raises(ValueError, match=re.escape(expected.format(tmp_path, "which has none"))):
@@ -198,4 +202,4 @@ def test_dropout_that_a_one_layer_rnn_cannot_apply_is_warned_about():
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the classifier's head still applies its dropout: no warning
         model = SequenceClassifier(4, 8, 2, num_layers=1, dropout=0.3)
-    assert model.dropout.p == 0.3 and model.rnn.dropout is None
+    assert model.head_dropout.p == 0.3 and model.rnn.layer_dropout is None

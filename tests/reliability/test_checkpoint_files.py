@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from helpers import QUIET, TINY, compose_config
-from rnnlab.analysis import analyze_checkpoint
+from rnnlab.analyze import analyze_checkpoint
 from rnnlab.checkpoints import AtomicCheckpointIO, CheckpointError, load_task
-from rnnlab.evaluate import evaluate
+from rnnlab.eval import evaluate
 from rnnlab.generate import generate
 from rnnlab.train import train
 
@@ -70,6 +70,7 @@ def test_malicious_checkpoint_is_refused_everywhere_and_its_payload_never_runs(m
     assert not (tmp_path / "resume" / "checkpoints").exists()
 
 
+@pytest.mark.subprocess
 def test_eval_script_refuses_a_malicious_checkpoint_in_one_line(malicious, tmp_path, script):
     path, marker = malicious
     proc = script("eval", f"ckpt_path={path}", f"hydra.run.dir={tmp_path / 'eval'}")
@@ -101,6 +102,7 @@ def test_damaged_checkpoint_is_named_for_eval_and_resume(kind, reason, classifie
                                        f"ckpt_path={path}"], tmp_path / "resume"))
 
 
+@pytest.mark.subprocess
 def test_eval_script_names_a_truncated_checkpoint_in_one_line(classifier_ckpt, tmp_path, script):
     path = damage("truncated", classifier_ckpt, tmp_path / "damaged.ckpt")
     proc = script("eval", f"ckpt_path={path}", f"hydra.run.dir={tmp_path / 'eval'}")
@@ -213,7 +215,7 @@ def test_a_model_trained_on_a_relative_path_evaluates_from_any_directory(tmp_pat
     monkeypatch.chdir(tmp_path / "a")
     cfg = compose_config("train", [*QUIET, "model=char_rnn", "model.net.hidden_size=16", "model.net.num_layers=1",
                                    "data.path=corpus.txt", "data.seq_len=32", "data.windows_per_epoch=256",
-                                   "trainer.max_epochs=1", "model.sample_length=10"], tmp_path / "run")
+                                   "trainer.max_epochs=1", "model.sample_max_new_tokens=10"], tmp_path / "run")
     metrics, _ = train(cfg)
     ckpt = next((tmp_path / "run" / "checkpoints").glob("epoch_*.ckpt"))
     assert torch.load(ckpt, weights_only=True)["rnnlab"]["data"]["path"] == str(corpus)

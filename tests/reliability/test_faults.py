@@ -15,7 +15,7 @@ import torch
 from helpers import ROOT
 from rnnlab.callbacks import TrainingDiverged
 from rnnlab.checkpoints import load_checkpoint
-from rnnlab.config import INTERRUPTED_STATUS
+from rnnlab.errors import INTERRUPTED_STATUS
 
 # The tagger's learning rate multiplied by 1e40 after the first epoch: a real blow-up, not
 # an injected NaN. Epoch 0 trains normally and saves its checkpoints.
@@ -48,6 +48,7 @@ def assert_same_run(run_dir, reference_dir, result):
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
 
 
+@pytest.mark.subprocess
 def test_sigkill_then_resume_with_ckpt_path_last_matches_an_uninterrupted_run(
         tmp_path, reference_run, start_training, script, train_args, result):
     run_dir = tmp_path / "run"
@@ -67,6 +68,7 @@ def test_sigkill_then_resume_with_ckpt_path_last_matches_an_uninterrupted_run(
     assert_same_run(run_dir, reference_run(), result)
 
 
+@pytest.mark.subprocess
 def test_ctrl_c_saves_a_resumable_checkpoint_and_exits_130(
         tmp_path, reference_run, start_training, script, train_args, result):
     run_dir = tmp_path / "run"
@@ -123,6 +125,7 @@ def test_nan_loss_stops_the_run_naming_the_step_and_keeps_the_last_good_checkpoi
     assert all(torch.isfinite(t).all() for t in saved["state_dict"].values() if t.is_floating_point())
 
 
+@pytest.mark.subprocess
 def test_nan_job_in_a_sweep_is_marked_failed_and_the_sweep_goes_on(tmp_path):
     sweep_dir = tmp_path / "sweep"
     cmd = [sys.executable, "scripts/train.py", "-m", "model=tagger", "data.num_train=512", "data.num_val=128",

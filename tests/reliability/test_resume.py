@@ -20,6 +20,7 @@ def snapshot(run_dir):
     return {str(p.relative_to(run_dir)): p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.subprocess
 def test_resumes_that_are_refused_or_have_nothing_to_do_leave_the_run_as_it_was(tmp_path, script, result):
     run_dir = tmp_path / "run"
     first = script("train", *RUN, f"hydra.run.dir={run_dir}")

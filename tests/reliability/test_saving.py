@@ -9,7 +9,7 @@ import torch
 
 from helpers import QUIET, TINY, compose_config
 from rnnlab.checkpoints import AtomicCheckpointIO, CheckpointError, load_checkpoint
-from rnnlab.config import ConfigError
+from rnnlab.errors import ConfigError
 from rnnlab.train import train
 
 # The tests run as root, for whom chmod does not stop writes; a directory whose parent is a
@@ -33,6 +33,7 @@ def test_unwritable_checkpoint_directory_is_refused_before_training(tmp_path):
     assert not list(tmp_path.rglob("*.ckpt"))
 
 
+@pytest.mark.subprocess
 def test_train_script_reports_an_unwritable_output_directory_in_one_line(tmp_path, script):
     blocker, ckpt_dir = blocked_dir(tmp_path)
     proc = script("train", *TINY["synthetic"], f"callbacks.model_checkpoint.dirpath={ckpt_dir}",

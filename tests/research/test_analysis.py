@@ -1,5 +1,6 @@
 """Hidden-state and gradient-flow analysis: numbers against autograd, figures, the vanishing trend."""
 
+import pytest
 import subprocess
 import sys
 
@@ -7,7 +8,7 @@ import torch
 from torch import nn
 
 from helpers import QUIET, ROOT, TINY, compose_config
-from rnnlab.analysis import analyze, record
+from rnnlab.analyze import analyze, record
 from rnnlab.tasks import ClassificationTask
 from rnnlab.train import train
 
@@ -77,6 +78,7 @@ def test_figures_are_written_as_png(tmp_path):
         assert p.read_bytes()[:8] == PNG and p.stat().st_size > 5000
 
 
+@pytest.mark.subprocess
 def test_analyze_script_and_tensorboard_images(tmp_path):
     cfg = compose_config("train", [*QUIET, *TINY["synthetic"], "trainer.max_epochs=1",
                                    "callbacks.hidden_state_monitor.num_examples=4"], tmp_path)
@@ -99,7 +101,7 @@ def test_pca_trajectories_are_coloured_by_class():
     import matplotlib.pyplot as plt
     from matplotlib.colors import to_rgba
 
-    from rnnlab.analysis import Recording, pca_figure
+    from rnnlab.analyze import Recording, pca_figure
 
     torch.manual_seed(0)
     labels = torch.tensor([0, 1, 1, 0, 2])

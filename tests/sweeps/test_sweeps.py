@@ -12,9 +12,10 @@ import torch
 from omegaconf import OmegaConf
 
 from helpers import ROOT, compose_config
+
+pytestmark = pytest.mark.subprocess  # every test here runs scripts/train.py -m as a user would
 from rnnlab.checkpoints import load_checkpoint
-from rnnlab.evaluate import evaluate
-from rnnlab.sweeps import summarize
+from rnnlab.eval import evaluate
 
 TINY = ["model=classifier", "data.num_train=256", "data.num_val=64", "data.num_test=64", "trainer.max_epochs=1",
         "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
@@ -161,26 +162,3 @@ def test_ddp_inside_a_local_multirun_is_refused_clearly(tmp_path):
     (row,) = summary_rows(sweep_dir)
     assert row["status"] == "failed" and "use trainer.strategy=ddp_spawn" in row["error"]
     assert proc.returncode == 1  # no job finished
-
-
-def test_summarize_refuses_a_directory_without_jobs(tmp_path):
-    with pytest.raises(ValueError, match="which has none"):
-        summarize(tmp_path)
-
-
-@pytest.mark.parametrize("overrides,threads", [
-    (["hydra/launcher=joblib"], 4),                        # 2 parallel jobs on 8 cores
-    (["hydra/launcher=joblib", "hydra.launcher.n_jobs=3"], 2),
-    (["trainer=ddp_cpu"], 4),                              # 2 CPU processes
-    (["hydra/launcher=joblib", "threads=3"], 3),            # an explicit count wins
-])
-def test_parallel_jobs_and_processes_share_the_cores(overrides, threads, tmp_path, monkeypatch):
-    from rnnlab.sweeps import _set_threads
-
-    monkeypatch.setattr(os, "cpu_count", lambda: 8)
-    before = torch.get_num_threads()
-    try:
-        _set_threads(compose_config("train", overrides, tmp_path))
-        assert torch.get_num_threads() == threads
-    finally:
-        torch.set_num_threads(before)

@@ -16,9 +16,9 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..config import ConfigError
-from ..models import _checks
-from ._loading import EpochSampler, batched_loader, overfitting, shard
+from ..errors import ConfigError
+from .. import checks
+from .batching import EpochSampler, batched_loader, overfitting, shard
 from .grammar import generate_grammar_corpus
 
 UNKNOWN = "\ufffd"
@@ -106,20 +106,20 @@ class CharDataModule(L.LightningDataModule):
                  seed: int = 0, num_workers: int = 0, stateful: bool = False):
         super().__init__()
         for name in ("corpus_chars", "seq_len", "batch_size"):
-            _checks.positive_int(name, locals()[name])
+            checks.positive_int(name, locals()[name])
         if path is not None:
             if not isinstance(path, (str, os.PathLike)):
-                raise _checks.ArgumentTypeError("path", f"expected path to be a file path or None, got {path!r} "
+                raise checks.ArgumentTypeError("path", f"expected path to be a file path or None, got {path!r} "
                                                        f"({type(path).__name__})")
             path = os.path.abspath(os.path.expanduser(path))
         if windows_per_epoch is not None:
-            _checks.positive_int("windows_per_epoch", windows_per_epoch)
+            checks.positive_int("windows_per_epoch", windows_per_epoch)
         if train_windows not in ("random", "strided"):
-            raise _checks.ArgumentError("train_windows", f"expected train_windows 'random' or 'strided', "
+            raise checks.ArgumentError("train_windows", f"expected train_windows 'random' or 'strided', "
                                                          f"got {train_windows!r}")
         splits = tuple(float(f) for f in splits)
         if len(splits) != 3 or min(splits) <= 0 or abs(sum(splits) - 1) > 1e-6:
-            raise _checks.ArgumentError("splits", f"expected splits of three positive fractions summing to 1, "
+            raise checks.ArgumentError("splits", f"expected splits of three positive fractions summing to 1, "
                                                   f"got {list(splits)}")
         self.save_hyperparameters()
         self.vocab: str | None = None

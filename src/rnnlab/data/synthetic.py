@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from ..models import _checks
-from ._loading import GeneratedSplitsDataModule, check_min_len
+from .. import checks
+from .batching import GeneratedSplitsDataModule, check_min_len
 
 
 def make_mean_sign_data(n: int, seq_len: int, input_size: int, generator: torch.Generator,
@@ -50,12 +50,12 @@ class SyntheticSequenceDataModule(GeneratedSplitsDataModule):
                  batch_size: int = 64, seed: int = 0, num_workers: int = 0, min_len: int | None = None):
         super().__init__()
         for name in ("num_train", "num_val", "num_test", "seq_len", "input_size", "batch_size"):
-            _checks.positive_int(name, locals()[name])
+            checks.positive_int(name, locals()[name])
         check_min_len(min_len, seq_len)
         if num_classes != 2:
-            raise _checks.ArgumentError("num_classes", f"expected num_classes=2 for the mean-sign task, got {num_classes}")
+            raise checks.ArgumentError("num_classes", f"expected num_classes=2 for the mean-sign task, got {num_classes}")
         if batch_size > num_train:
-            raise _checks.ArgumentError("batch_size", f"expected batch_size <= num_train ({num_train}), got {batch_size}")
+            raise checks.ArgumentError("batch_size", f"expected batch_size <= num_train ({num_train}), got {batch_size}")
         self.save_hyperparameters()
         self.input_size, self.num_classes = input_size, num_classes
 

@@ -18,8 +18,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..models import _checks
-from ._loading import GeneratedSplitsDataModule, check_min_len
+from .. import checks
+from .batching import GeneratedSplitsDataModule, check_min_len
 
 
 PAD_TAG = -100  # tag of padded steps, ignored by losses and metrics (torch's default ignore_index)
@@ -64,12 +64,12 @@ class TaggingDataModule(GeneratedSplitsDataModule):
                  seed: int = 0, num_workers: int = 0, min_len: int | None = None):
         super().__init__()
         for name in ("num_train", "num_val", "num_test", "seq_len", "batch_size"):
-            _checks.positive_int(name, locals()[name])
+            checks.positive_int(name, locals()[name])
         check_min_len(min_len, seq_len)
-        if _checks.positive_int("num_symbols", num_symbols) < 2:
-            raise _checks.ArgumentError("num_symbols", f"expected num_symbols >= 2, got {num_symbols}")
+        if checks.positive_int("num_symbols", num_symbols) < 2:
+            raise checks.ArgumentError("num_symbols", f"expected num_symbols >= 2, got {num_symbols}")
         if batch_size > num_train:
-            raise _checks.ArgumentError("batch_size", f"expected batch_size <= num_train ({num_train}), got {batch_size}")
+            raise checks.ArgumentError("batch_size", f"expected batch_size <= num_train ({num_train}), got {batch_size}")
         self.save_hyperparameters()
         self.input_size, self.num_tags = num_symbols, num_symbols ** 2
 

@@ -1,18 +1,20 @@
 """From-scratch recurrent models: plain ``nn.Module``s with no training code.
 
-``RNNCell`` (Elman, tanh or ReLU), ``GRUCell``, ``LSTMCell`` and ``RNN`` are the core;
-``SequenceClassifier``, ``SequenceTagger``, ``CharRNN`` and ``BidirectionalRNN`` are the seed
-article's four architectures built on it.
-``Dropout`` is ``nn.Dropout``'s contract with a cheaper CPU mask; ``packed_matmul(False)``
-switches off oneDNN's packed weights (see ``_matmul``).
+The readable definitions: ``cells.py`` (``RNNCell``, the seed's Elman cell, then ``GRUCell``
+and ``LSTMCell``), ``rnn.py`` (the multi-layer ``RNN``, with the seed's step-by-step loop),
+and one file per architecture: ``SequenceClassifier``, ``SequenceTagger``, ``CharRNN`` and
+``BidirectionalRNN``. ``Dropout`` has ``nn.Dropout``'s contract.
+
+Their optimisations live apart, in ``kernels/``: hand-written recurrences, oneDNN's packed
+products (``packed_matmul(False)`` switches them off) and the CPU dropout mask.
 """
 
-from ._matmul import packed_matmul
 from .bidirectional import BidirectionalRNN
-from .cell import GRUCell, LSTMCell, RNNCell
+from .cells import GRUCell, LSTMCell, RNNCell
 from .char_rnn import CharRNN
 from .classifier import SequenceClassifier
 from .dropout import Dropout
+from .kernels import packed_matmul
 from .rnn import RNN
 from .tagger import SequenceTagger
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import _checks
+from .. import checks
 from .rnn import RNN
 
 
@@ -74,15 +74,15 @@ class BidirectionalRNN(nn.Module):
         Outputs: outputs (B, T, 2H) / (T, B, 2H) / (T, 2H); h_n (2L, B, H) / (2L, H) [or (h_n, c_n)].
         """
         w = self.forward_rnn.cells[0].Wxh.weight
-        _checks.sequence_input(x, self.input_size, self.batch_first, w)
+        checks.sequence_input(x, self.input_size, self.batch_first, w)
         time_dim = 1 if (x.dim() == 3 and self.batch_first) else 0
         L = self.num_layers
         h0_fwd = h0_bwd = None
         if h0 is not None:
             batch = () if x.dim() == 2 else (x.shape[1 - time_dim],)
-            state = self.forward_rnn._check_state("h0", h0, (2 * L, *batch, self.hidden_size))
-            h0_fwd = self.forward_rnn._public(tuple(s[:L] for s in state), False)  # (L, B, H) each
-            h0_bwd = self.forward_rnn._public(tuple(s[L:] for s in state), False)
+            state = self.forward_rnn.check_state("h0", h0, (2 * L, *batch, self.hidden_size))
+            h0_fwd = self.forward_rnn.public_state(tuple(s[:L] for s in state))  # (L, B, H) each
+            h0_bwd = self.forward_rnn.public_state(tuple(s[L:] for s in state))
         fwd_outputs, h_fwd = self.forward_rnn(x, h0_fwd, lengths)
         bwd_outputs, h_bwd = self.backward_rnn(_reverse(x, lengths, time_dim), h0_bwd, lengths)
         bwd_outputs = _reverse(bwd_outputs, lengths, time_dim)  # back to input order

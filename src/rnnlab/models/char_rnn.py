@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import _checks
+from .. import checks
 from .dropout import Dropout
 from .rnn import RNN
 
@@ -41,12 +41,12 @@ class CharRNN(nn.Module):
     def __init__(self, vocab_size: int, embed_dim: int, hidden_size: int,
                  num_layers: int = 3, dropout: float = 0.2, cell: str = "rnn_tanh"):
         super().__init__()
-        self.vocab_size = _checks.positive_int("vocab_size", vocab_size)
-        self.embedding = nn.Embedding(vocab_size, _checks.positive_int("embed_dim", embed_dim))
-        dropout = _checks.dropout_prob("dropout", dropout)
+        self.vocab_size = checks.positive_int("vocab_size", vocab_size)
+        self.embedding = nn.Embedding(vocab_size, checks.positive_int("embed_dim", embed_dim))
+        dropout = checks.dropout_prob("dropout", dropout)
         between_layers = dropout if num_layers != 1 else 0.0  # one layer: only the output's dropout
         self.rnn = RNN(embed_dim, hidden_size, num_layers, dropout=between_layers, cell=cell)
-        self.dropout = Dropout(dropout)
+        self.output_dropout = Dropout(dropout)
         self.fc = nn.Linear(hidden_size, vocab_size)
 
     def _check_ids(self, name: str, idx) -> None:
@@ -55,9 +55,9 @@ class CharRNN(nn.Module):
         if idx.dtype.is_floating_point or idx.dtype.is_complex or idx.dtype == torch.bool:
             raise TypeError(f"expected {name} of integer dtype (character ids), got {idx.dtype}")
         if idx.dim() != 2:
-            raise ValueError(f"expected {name} of shape (B, T), got {_checks.shape_str(idx.shape)}")
+            raise ValueError(f"expected {name} of shape (B, T), got {checks.shape_str(idx.shape)}")
         if idx.numel() == 0:
-            raise ValueError(f"expected a non-empty {name} of shape (B, T), got {_checks.shape_str(idx.shape)}")
+            raise ValueError(f"expected a non-empty {name} of shape (B, T), got {checks.shape_str(idx.shape)}")
         low, high = torch.aminmax(idx)
         if low < 0 or high >= self.vocab_size:
             bad = int(low) if low < 0 else int(high)
@@ -70,7 +70,7 @@ class CharRNN(nn.Module):
 
     def _logits(self, idx: torch.Tensor, h: torch.Tensor | None):
         outputs, h_n = self.rnn(self.embedding(idx), h)  # (B, T, H), (L, B, H)
-        return self.fc(self.dropout(outputs)), h_n  # (B, T, V)
+        return self.fc(self.output_dropout(outputs)), h_n  # (B, T, V)
 
     @torch.no_grad()
     def generate(self, prompt: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
@@ -93,12 +93,10 @@ class CharRNN(nn.Module):
             (B, T0 + max_new_tokens) int64: the prompt followed by the sampled ids.
         """
         self._check_ids("prompt", prompt)
-        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-            raise ValueError(f"expected max_new_tokens to be an int >= 0, got {max_new_tokens!r}")
-        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
+        checks.int_at_least("max_new_tokens", max_new_tokens, 0)
+        if not checks.is_number(temperature) or not temperature > 0:
             raise ValueError(f"expected temperature > 0, got {temperature!r}")
-        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int)
-                                  or not 1 <= top_k <= self.vocab_size):
+        if top_k is not None and (not checks.is_int(top_k) or not 1 <= top_k <= self.vocab_size):
             raise ValueError(f"expected top_k in [1, {self.vocab_size}] (the vocabulary size) or None, got {top_k!r}")
 
         for name, p in self.named_parameters():
@@ -108,62 +106,59 @@ class CharRNN(nn.Module):
 
         tokens = [prompt.long()]
         logits, state = self._logits(prompt, None)  # (B, T0, V), (L, B, H) [or (h, c)]
-        step = self._decoder()
-        layers = [tuple(s[layer] for s in (state if isinstance(state, tuple) else (state,)))
-                  for layer in range(self.rnn.num_layers)]  # per layer: (h,) or (h, c), each (B, H)
+        parts = state if isinstance(state, tuple) else (state,)
+        layers = [tuple(s[layer] for s in parts) for layer in range(self.rnn.num_layers)]  # (h,) or (h, c) each
+        step = self.decoder()
         last = logits[:, -1]  # (B, V)
         for i in range(max_new_tokens):
-            next_token = self._sample(last, temperature, top_k, generator)  # (B, 1)
+            next_token = sample(last, temperature, top_k, generator)  # (B, 1)
             tokens.append(next_token)
             if i + 1 < max_new_tokens:
                 last, layers = step(next_token.squeeze(1), layers)  # (B, V)
         return torch.cat(tokens, dim=1)  # (B, T0 + max_new_tokens)
 
-    def _decoder(self):
-        """The one-token step of :meth:`generate`, the same computation as :meth:`forward` on a
-        (B, 1) input, with every cost that does not depend on the token moved out of the loop:
-        input checks, the summed biases, and the embedding, which is folded into layer 0's
-        input projection (one (V, D) x (D, G*H) product, then a row lookup per token).
+    def decoder(self):
+        """The one-token step of :meth:`generate`: :meth:`forward` on a (B, 1) input, as one
+        step of the RNN's own loop (:meth:`RNN.step_layers`), with every cost that does not
+        depend on the token paid once here: the embedding folded into layer 0's input
+        projection (one (V, D) x (D, G*H) product, then a row lookup per token), the other
+        layers' summed biases, and the checks.
 
         Returns step(token (B,), layers) -> (logits (B, V), layers), where layers holds each
         layer's state as a tuple, (h,) or (h, c), of (B, H) tensors.
         """
-        cells, training = self.rnn.cells, self.training
+        cells = self.rnn.cells
         table = cells[0].project(self.embedding.weight)  # (V, G*H): W_xh E[v] + biases for every v
-        projections = [(cell.Wxh.weight, cell.input_bias()) for cell in cells[1:]]  # layers 1..L-1
+        projections = [table.__getitem__] + [_fixed_linear(layer_cell.Wxh.weight, layer_cell.input_bias())
+                                             for layer_cell in cells[1:]]  # each (B, ·) -> (B, G*H)
 
         def step(token: torch.Tensor, layers: list):
-            x = table[token]  # (B, G*H)
-            new_layers = []
-            for layer, cell in enumerate(cells):
-                if layer > 0:
-                    if training and self.rnn.dropout is not None:
-                        x = self.rnn.dropout(x)
-                    x = F.linear(x, *projections[layer - 1])  # (B, G*H)
-                state = cell.recur(x, layers[layer])
-                new_layers.append(state)
-                x = state[0]  # (B, H)
-            if training:
-                x = self.dropout(x)
-            return F.linear(x, self.fc.weight, self.fc.bias), new_layers  # (B, V)
+            layers = self.rnn.step_layers(token, layers, projections)
+            h = self.output_dropout(layers[-1][0]) if self.training else layers[-1][0]  # (B, H)
+            return F.linear(h, self.fc.weight, self.fc.bias), layers  # (B, V)
 
         return step
 
-    @staticmethod
-    def _sample(logits: torch.Tensor, temperature: float, top_k: int | None,
-                generator: torch.Generator | None) -> torch.Tensor:
-        """Inputs: logits (B, V). Outputs: sampled ids (B, 1)."""
-        # Subtract the row maximum before dividing: a tiny temperature then pushes the
-        # other logits to -inf (probability 0) instead of overflowing to +inf.
-        logits = (logits - logits.amax(dim=-1, keepdim=True)) / temperature
-        if top_k is not None:
-            kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
-            logits = logits.masked_fill(logits < kth, float("-inf"))
-        probs = F.softmax(logits, dim=-1)  # (B, V)
-        try:
-            return torch.multinomial(probs, 1, generator=generator)  # (B, 1)
-        except RuntimeError as err:  # NaN or inf in the logits: the products overflowed
-            if torch.isfinite(probs).all():
-                raise
-            raise ValueError("expected finite logits while generating, got NaN or inf "
-                             "(the model's weights are too large; check training)") from err
+def _fixed_linear(weight: torch.Tensor, bias: torch.Tensor | None):
+    """x -> F.linear(x, weight, bias), its summed bias computed once for a whole generation."""
+    return lambda x: F.linear(x, weight, bias)
+
+
+def sample(logits: torch.Tensor, temperature: float, top_k: int | None = None,
+           generator: torch.Generator | None = None) -> torch.Tensor:
+    """Draw one token per row from ``softmax(logits / temperature)``, among the ``top_k``
+    most likely if given. Inputs: logits (B, V). Outputs: sampled ids (B, 1)."""
+    # Subtract the row maximum before dividing: a tiny temperature then pushes the
+    # other logits to -inf (probability 0) instead of overflowing to +inf.
+    logits = (logits - logits.amax(dim=-1, keepdim=True)) / temperature
+    if top_k is not None:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = F.softmax(logits, dim=-1)  # (B, V)
+    try:
+        return torch.multinomial(probs, 1, generator=generator)  # (B, 1)
+    except RuntimeError as err:  # NaN or inf in the logits: the products overflowed
+        if torch.isfinite(probs).all():
+            raise
+        raise ValueError("expected finite logits while generating, got NaN or inf "
+                         "(the model's weights are too large; check training)") from err

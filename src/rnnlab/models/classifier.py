@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import _checks
+from .. import checks
 from .dropout import Dropout
 from .rnn import RNN
 
@@ -40,15 +40,15 @@ class SequenceClassifier(nn.Module):
     def __init__(self, input_size: int, hidden_size: int, num_classes: int,
                  num_layers: int = 2, dropout: float = 0.2, cell: str = "rnn_tanh"):
         super().__init__()
-        self.num_classes = _checks.positive_int("num_classes", num_classes)
-        dropout = _checks.dropout_prob("dropout", dropout)
+        self.num_classes = checks.positive_int("num_classes", num_classes)
+        dropout = checks.dropout_prob("dropout", dropout)
         between_layers = dropout if num_layers != 1 else 0.0  # one layer: only the head's dropout
         self.rnn = RNN(input_size, hidden_size, num_layers, dropout=between_layers, cell=cell)
         self.fc = nn.Linear(hidden_size, num_classes)
-        self.dropout = Dropout(dropout)
+        self.head_dropout = Dropout(dropout)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """Inputs: x (B, T, D); lengths (B,) or None. Outputs: logits (B, C)."""
         _, h_n = self.rnn(x, lengths=lengths)  # (L, B, H), or (h_n, c_n) for the LSTM
         h_n = h_n[0] if isinstance(h_n, tuple) else h_n
-        return self.fc(self.dropout(h_n[-1]))  # (B, C)
+        return self.fc(self.head_dropout(h_n[-1]))  # (B, C)

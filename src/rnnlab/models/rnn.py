@@ -5,9 +5,10 @@ Two forms of the same computation live here:
 * ``forward`` is layer-major: each layer runs over the whole sequence before the next
   one starts, so the layer's input projection ``Wxh x_t`` for all T steps is one matrix
   product and only ``Whh h_{t-1}`` stays inside the time loop.
-* ``step`` / ``forward_stepwise`` are the seed article's loop, time-major: at each step
-  the input passes through every cell. It is the readable reference, and the way to
-  stream one step at a time.
+* ``step_layers`` is the seed article's loop body, time-major: one step of the input
+  through every cell. ``step`` (streaming one step at a time) and ``forward_stepwise``
+  (the whole sequence, optionally keeping every step's states, as the analysis tools and
+  generation use it) are built on it: it is the one time-major loop of the package.
 
 Both give the same numbers (the tests check it, and check both against ``torch.nn.RNN``).
 """
@@ -19,11 +20,12 @@ import warnings
 import torch
 from torch import nn
 
-from . import _checks
+from .. import checks
+from .cells import CELLS, make_cell
 from .dropout import Dropout
-from .cell import CELLS, make_cell
 
 State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]  # h (L, B, H), or (h, c) for the LSTM
+Layers = list[tuple[torch.Tensor, ...]]  # per layer its state as a tuple, (h,) or (h, c), each (B, H)
 
 
 class RNN(nn.Module):
@@ -35,7 +37,7 @@ class RNN(nn.Module):
         h^{(l)}_t = \tanh(W^{(l)}_{xh} x^{(l)}_t + b^{(l)}_{xh} + W^{(l)}_{hh} h^{(l)}_{t-1} + b^{(l)}_{hh})
 
     where :math:`x^{(0)}_t` is the input and :math:`x^{(l)}_t = \mathrm{dropout}(h^{(l-1)}_t)`
-    for l > 0 (the GRU and LSTM cells replace the update, see :mod:`rnnlab.models.cell`).
+    for l > 0 (the GRU and LSTM cells replace the update, see :mod:`rnnlab.models.cells`).
     Dropout acts between layers only, never along time within a layer (dropping along time
     would corrupt the hidden-state trajectory), and only in training mode. Equivalent plain
     loop (``forward_stepwise``)::
@@ -74,6 +76,8 @@ class RNN(nn.Module):
 
     Attributes:
         cells: ``nn.ModuleList`` of L cells; ``cells[0]`` maps D -> H and the others H -> H.
+        dropout: the dropout probability (a float, as in ``torch.nn.RNN``).
+        layer_dropout: the :class:`Dropout` between layers, or None.
 
     Example::
 
@@ -94,11 +98,11 @@ class RNN(nn.Module):
         cell: str = "rnn_tanh",
     ):
         super().__init__()
-        self.input_size = _checks.positive_int("input_size", input_size)
-        self.hidden_size = _checks.positive_int("hidden_size", hidden_size)
-        self.num_layers = _checks.positive_int("num_layers", num_layers)
-        self.dropout_p = _checks.dropout_prob("dropout", dropout)
-        _checks.one_of("cell", cell, CELLS)
+        self.input_size = checks.positive_int("input_size", input_size)
+        self.hidden_size = checks.positive_int("hidden_size", hidden_size)
+        self.num_layers = checks.positive_int("num_layers", num_layers)
+        self.dropout = checks.dropout_prob("dropout", dropout)
+        checks.one_of("cell", cell, CELLS)
         self.bias, self.batch_first, self.cell = bool(bias), bool(batch_first), cell
         self.cells = nn.ModuleList(
             make_cell(cell, input_size if layer == 0 else hidden_size, hidden_size, bias=bias)
@@ -107,15 +111,15 @@ class RNN(nn.Module):
         if dropout > 0 and num_layers == 1:  # as torch.nn.RNN warns
             warnings.warn(f"dropout acts between stacked layers, so it needs num_layers > 1, got dropout={dropout} "
                           "and num_layers=1: no dropout is applied", UserWarning, stacklevel=2)
-        self.dropout = Dropout(dropout) if dropout > 0 and num_layers > 1 else None
+        self.layer_dropout = Dropout(dropout) if dropout > 0 and num_layers > 1 else None
 
     @property
     def is_lstm(self) -> bool:
         return self.cell == "lstm"
 
-    # ------------------------------------------------------------------ inputs
-    def _check_state(self, name: str, state, shape: tuple) -> tuple[torch.Tensor, ...]:
-        """Validate a public state (tensor, or (h, c) for the LSTM) and return it as a tuple."""
+    # ------------------------------------------------------------------ states
+    def check_state(self, name: str, state, shape: tuple) -> tuple[torch.Tensor, ...]:
+        """Validate a state (a tensor, or (h, c) for the LSTM) of ``shape``; return it as a tuple."""
         w = self.cells[0].Wxh.weight
         if self.is_lstm:
             if not isinstance(state, (tuple, list)) or len(state) != 2:
@@ -126,8 +130,12 @@ class RNN(nn.Module):
                 raise TypeError(f"expected {name} as one tensor for cell={self.cell!r}, got a {type(state).__name__}")
             state, names = (state,), (name,)
         for n, s in zip(names, state):
-            _checks.state(n, s, shape, w)
+            checks.state(n, s, shape, w)
         return tuple(state)
+
+    def public_state(self, parts: tuple[torch.Tensor, ...]) -> State:
+        """A state tuple as this RNN takes and returns it: h, or (h, c) for the LSTM."""
+        return tuple(parts) if self.is_lstm else parts[0]
 
     def _prepare(self, x: torch.Tensor, h0: State | None, lengths: torch.Tensor | None = None):
         """Validate, add a batch dimension to unbatched input, build h0 and the length mask.
@@ -136,7 +144,7 @@ class RNN(nn.Module):
         (L, B, H) tensors, mask (T, B, 1) bool or None.
         """
         w = self.cells[0].Wxh.weight
-        _checks.sequence_input(x, self.input_size, self.batch_first, w)
+        checks.sequence_input(x, self.input_size, self.batch_first, w)
         unbatched = x.dim() == 2
         if unbatched:
             if lengths is not None:
@@ -147,17 +155,19 @@ class RNN(nn.Module):
             zeros = x.new_zeros(self.num_layers, batch, self.hidden_size)  # (L, B, H)
             state = (zeros, zeros) if self.is_lstm else (zeros,)
         elif unbatched:
-            state = self._check_state("h0", h0, (self.num_layers, self.hidden_size))
+            state = self.check_state("h0", h0, (self.num_layers, self.hidden_size))
             state = tuple(s.unsqueeze(1) for s in state)  # each (L, 1, H)
         else:
-            state = self._check_state("h0", h0, (self.num_layers, batch, self.hidden_size))
+            state = self.check_state("h0", h0, (self.num_layers, batch, self.hidden_size))
         mask = None if lengths is None else _length_mask(lengths, batch, time, x.device)
         return x, state, mask, unbatched
 
-    def _public(self, state: tuple[torch.Tensor, ...], unbatched: bool) -> State:
+    def _finish(self, outputs: torch.Tensor, h_n: tuple[torch.Tensor, ...], unbatched: bool):
+        """outputs (B, T, H) / (T, B, H) and h_n, each (L, B, H), in the caller's form."""
         if unbatched:
-            state = tuple(s.squeeze(1) for s in state)  # each (L, H)
-        return state if self.is_lstm else state[0]
+            outputs = outputs.squeeze(0 if self.batch_first else 1)  # (T, H)
+            h_n = tuple(s.squeeze(1) for s in h_n)  # each (L, H)
+        return outputs, self.public_state(h_n)
 
     # ----------------------------------------------------------- fast forward
     def forward(self, x: torch.Tensor, h0: State | None = None, lengths: torch.Tensor | None = None):
@@ -170,18 +180,40 @@ class RNN(nn.Module):
         # Time-major inside: every step reads a contiguous (B, H) slice of a (T, B, H) tensor.
         layer_input = x.transpose(0, 1) if self.batch_first else x  # (T, B, D)
         finals = []
-        for layer, cell in enumerate(self.cells):
-            if layer > 0 and self.dropout is not None:
-                layer_input = self.dropout(layer_input)
-            layer_input, final = cell.forward_sequence(layer_input, tuple(s[layer] for s in state), 0, mask)
+        for layer, layer_cell in enumerate(self.cells):
+            if layer > 0 and self.layer_dropout is not None:
+                layer_input = self.layer_dropout(layer_input)
+            layer_input, final = layer_cell.forward_sequence(layer_input, tuple(s[layer] for s in state), mask)
             finals.append(final)
         outputs = layer_input.transpose(0, 1) if self.batch_first else layer_input  # (B, T, H) or (T, B, H)
-        h_n = tuple(torch.stack(parts) for parts in zip(*finals))  # each (L, B, H)
-        if unbatched:
-            outputs = outputs.squeeze(0 if self.batch_first else 1)  # (T, H)
-        return outputs, self._public(h_n, unbatched)
+        return self._finish(outputs, tuple(torch.stack(parts) for parts in zip(*finals)), unbatched)  # (L, B, H)
 
     # ------------------------------------------------ seed's step-by-step loop
+    def step_layers(self, x_t: torch.Tensor, layers: Layers, projections: list | None = None) -> Layers:
+        """The seed article's loop body: one time step of the input through every layer.
+
+        Each layer takes one step, ``cell.recur(cell.project(x_t), state)`` (its ``forward``,
+        in the two halves it is defined by), and passes its new h up, through dropout
+        between layers in training.
+
+        Inputs: x_t (B, D); layers: per layer its state, (h,) or (h, c), each (B, H);
+        projections: optionally, per layer a function that does ``cell.project`` with its
+        costs paid in advance (generation folds the embedding into layer 0's and sums the
+        biases once); x_t is then what the first of them takes. No checks: :meth:`step`
+        checks what it is given.
+        Outputs: the new per-layer states, in the same form; ``[-1][0]`` is the output h_t.
+        """
+        new_layers = []
+        drop = self.layer_dropout is not None and self.training  # no module call per layer and token in eval
+        for layer, (layer_cell, state) in enumerate(zip(self.cells, layers)):
+            if layer > 0 and drop:
+                x_t = self.layer_dropout(x_t)
+            p_t = layer_cell.project(x_t) if projections is None else projections[layer](x_t)  # (B, G*H)
+            state = layer_cell.recur(p_t, state)
+            new_layers.append(state)
+            x_t = state[0]  # (B, H)
+        return new_layers
+
     def step(self, x_t: torch.Tensor, h: State | None = None) -> State:
         """Advance every layer by one time step, as in the seed article's loop.
 
@@ -191,42 +223,38 @@ class RNN(nn.Module):
         """
         w = self.cells[0].Wxh.weight
         if not isinstance(x_t, torch.Tensor) or x_t.dim() != 2 or x_t.shape[1] != self.input_size:
-            got = _checks.shape_str(x_t.shape) if isinstance(x_t, torch.Tensor) else type(x_t).__name__
+            got = checks.shape_str(x_t.shape) if isinstance(x_t, torch.Tensor) else type(x_t).__name__
             raise ValueError(f"expected x_t of shape (B, {self.input_size}), got {got}")
-        _checks.same_dtype_device("x_t", x_t, w)
+        checks.same_dtype_device("x_t", x_t, w)
         shape = (self.num_layers, x_t.shape[0], self.hidden_size)
         if h is None:
             zeros = x_t.new_zeros(shape)
             state = (zeros, zeros) if self.is_lstm else (zeros,)
         else:
-            state = self._check_state("h", h, shape)
-        new_states = []
-        layer_input = x_t
-        for layer, cell in enumerate(self.cells):
-            layer_state = tuple(s[layer] for s in state)
-            new = cell(layer_input, layer_state if self.is_lstm else layer_state[0])
-            new = new if self.is_lstm else (new,)
-            new_states.append(new)
-            layer_input = new[0]
-            if self.dropout is not None and layer < self.num_layers - 1:
-                layer_input = self.dropout(layer_input)
-        return self._public(tuple(torch.stack(parts) for parts in zip(*new_states)), False)  # each (L, B, H)
+            state = self.check_state("h", h, shape)
+        layers = self.step_layers(x_t, [tuple(s[layer] for s in state) for layer in range(self.num_layers)])
+        return self.public_state(tuple(torch.stack(parts) for parts in zip(*layers)))  # each (L, B, H)
 
-    def forward_stepwise(self, x: torch.Tensor, h0: State | None = None):
-        """The seed's time-major loop over :meth:`step`; same contract as :meth:`forward`
-        (without ``lengths``)."""
+    def forward_stepwise(self, x: torch.Tensor, h0: State | None = None, return_states: bool = False):
+        """The seed's time-major loop over :meth:`step_layers`; same contract as :meth:`forward`
+        (without ``lengths``).
+
+        With ``return_states`` it also returns every step's states as they flow: a list over
+        the T steps of lists over the L layers of (h,) or (h, c) tuples, each (B, H). They are
+        the tensors passed both up to the next layer and on to the next step, so their
+        gradients (``retain_grad``) are the total derivatives ∂loss/∂h_t.
+        """
         x, state, _, unbatched = self._prepare(x, h0)
         time_dim = 1 if self.batch_first else 0
-        h = self._public(state, False)
-        outputs = []
+        layers = [tuple(s[layer] for s in state) for layer in range(self.num_layers)]
+        outputs, states = [], []
         for x_t in x.unbind(time_dim):  # each (B, D)
-            h = self.step(x_t, h)
-            outputs.append(h[0][-1] if self.is_lstm else h[-1])
+            layers = self.step_layers(x_t, layers)
+            outputs.append(layers[-1][0])
+            states.append(layers)
         outputs = torch.stack(outputs, dim=time_dim)  # (B, T, H) or (T, B, H)
-        if unbatched:
-            outputs = outputs.squeeze(time_dim ^ 1)
-            h = tuple(s.squeeze(1) for s in h) if self.is_lstm else h.squeeze(1)
-        return outputs, h
+        result = self._finish(outputs, tuple(torch.stack(parts) for parts in zip(*layers)), unbatched)
+        return (*result, states) if return_states else result
 
     # ------------------------------------------------ weights from/to torch.nn
     _TORCH = {"rnn_tanh": nn.RNN, "rnn_relu": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
@@ -256,11 +284,13 @@ class RNN(nn.Module):
                 "(use rnnlab.models.BidirectionalRNN, whose layers are stacked differently)"
             )
         ref = module.weight_ih_l0
-        rnn = cls(module.input_size, module.hidden_size, module.num_layers, dropout=module.dropout,
-                  bias=module.bias, batch_first=module.batch_first, cell=cell)
+        with warnings.catch_warnings():  # torch.nn.RNN has already warned about a one-layer dropout
+            warnings.simplefilter("ignore", UserWarning)
+            rnn = cls(module.input_size, module.hidden_size, module.num_layers, dropout=module.dropout,
+                      bias=module.bias, batch_first=module.batch_first, cell=cell)
         rnn.to(device=ref.device, dtype=ref.dtype)
         with torch.no_grad():
-            for mine, theirs in rnn._weight_pairs(module):
+            for mine, theirs in rnn.weight_pairs(module):
                 mine.copy_(theirs)
         return rnn
 
@@ -269,28 +299,28 @@ class RNN(nn.Module):
         ref = self.cells[0].Wxh.weight
         kwargs = {"nonlinearity": self.cell[4:]} if self.cell.startswith("rnn_") else {}
         module = self._TORCH[self.cell](self.input_size, self.hidden_size, self.num_layers, bias=self.bias,
-                                        batch_first=self.batch_first, dropout=self.dropout_p, **kwargs)
+                                        batch_first=self.batch_first, dropout=self.dropout, **kwargs)
         module.to(device=ref.device, dtype=ref.dtype)
         with torch.no_grad():
-            for mine, theirs in self._weight_pairs(module):
+            for mine, theirs in self.weight_pairs(module):
                 theirs.copy_(mine)
         return module
 
-    def _weight_pairs(self, module: nn.RNNBase):
+    def weight_pairs(self, module: nn.RNNBase):
         """(our parameter, torch's parameter) for every weight and bias, layer by layer."""
-        for layer, cell in enumerate(self.cells):
-            yield cell.Wxh.weight, getattr(module, f"weight_ih_l{layer}")
-            yield cell.Whh.weight, getattr(module, f"weight_hh_l{layer}")
+        for layer, layer_cell in enumerate(self.cells):
+            yield layer_cell.Wxh.weight, getattr(module, f"weight_ih_l{layer}")
+            yield layer_cell.Whh.weight, getattr(module, f"weight_hh_l{layer}")
             if self.bias:
-                yield cell.Wxh.bias, getattr(module, f"bias_ih_l{layer}")
-                yield cell.Whh.bias, getattr(module, f"bias_hh_l{layer}")
+                yield layer_cell.Wxh.bias, getattr(module, f"bias_ih_l{layer}")
+                yield layer_cell.Whh.bias, getattr(module, f"bias_hh_l{layer}")
 
     def extra_repr(self) -> str:
         s = f"{self.input_size}, {self.hidden_size}"
         if self.num_layers != 1:
             s += f", num_layers={self.num_layers}"
-        if self.dropout_p:
-            s += f", dropout={self.dropout_p}"
+        if self.dropout:
+            s += f", dropout={self.dropout}"
         if not self.bias:
             s += ", bias=False"
         if not self.batch_first:
@@ -306,7 +336,7 @@ def _length_mask(lengths, batch: int, time: int, device: torch.device) -> torch.
         got = lengths.dtype if isinstance(lengths, torch.Tensor) else type(lengths).__name__
         raise TypeError(f"expected lengths as an int64 tensor of shape ({batch},), got {got}")
     if tuple(lengths.shape) != (batch,):
-        raise ValueError(f"expected lengths of shape ({batch},), got {_checks.shape_str(lengths.shape)}")
+        raise ValueError(f"expected lengths of shape ({batch},), got {checks.shape_str(lengths.shape)}")
     low, high = torch.aminmax(lengths)
     if low < 1 or high > time:
         raise ValueError(f"expected lengths in [1, {time}] (T), got values from {int(low)} to {int(high)}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import _checks
+from .. import checks
 from .dropout import Dropout
 from .bidirectional import BidirectionalRNN
 from .rnn import RNN
@@ -42,16 +42,16 @@ class SequenceTagger(nn.Module):
                  num_layers: int = 2, dropout: float = 0.2, bidirectional: bool = False,
                  cell: str = "rnn_tanh"):
         super().__init__()
-        self.num_tags = _checks.positive_int("num_tags", num_tags)
-        dropout = _checks.dropout_prob("dropout", dropout)
+        self.num_tags = checks.positive_int("num_tags", num_tags)
+        dropout = checks.dropout_prob("dropout", dropout)
         between_layers = dropout if num_layers != 1 else 0.0  # one layer: only the head's dropout
         rnn_cls = BidirectionalRNN if bidirectional else RNN
         self.rnn = rnn_cls(input_size, hidden_size, num_layers, dropout=between_layers, cell=cell)
-        self.dropout = Dropout(dropout)
+        self.head_dropout = Dropout(dropout)
         self.fc = nn.Linear(hidden_size * (2 if bidirectional else 1), num_tags)
         self.bidirectional = bool(bidirectional)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         """Inputs: x (B, T, D); lengths (B,) or None. Outputs: logits (B, T, K)."""
         outputs, _ = self.rnn(x, lengths=lengths)  # (B, T, H) or (B, T, 2H)
-        return self.fc(self.dropout(outputs))  # (B, T, K)
+        return self.fc(self.head_dropout(outputs))  # (B, T, K)

@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.loggers import TensorBoardLogger
 
-from ..config import ConfigError
+from .. import checks
+from ..errors import ConfigError
 from .base import RNNTask
 
 
@@ -25,7 +26,7 @@ class LanguageModelTask(RNNTask):
         vocab: the characters of the vocabulary in id order (filled in from the data at
             training time); stored in the checkpoint so generation can decode.
         sample_prompt: text the validation sample starts from.
-        sample_length: characters generated per sample.
+        sample_max_new_tokens: characters generated per sample.
         sample_temperature: sampling temperature (> 0).
         sample_seed: generator seed, fixed so samples of successive epochs are comparable.
         carry_state: truncated BPTT: carry the hidden state from each batch to the next
@@ -36,10 +37,10 @@ class LanguageModelTask(RNNTask):
     monitor, monitor_mode = "val/bpc", "min"
 
     def __init__(self, net, optimizer, scheduler=None, vocab: str | None = None,
-                 sample_prompt: str = "\n", sample_length: int = 200,
+                 sample_prompt: str = "\n", sample_max_new_tokens: int = 200,
                  sample_temperature: float = 0.8, sample_seed: int = 0, carry_state: bool | None = False):
         super().__init__(net, optimizer, scheduler, vocab=vocab, sample_prompt=sample_prompt,
-                         sample_length=sample_length, sample_temperature=sample_temperature,
+                         sample_max_new_tokens=sample_max_new_tokens, sample_temperature=sample_temperature,
                          sample_seed=sample_seed, carry_state=bool(carry_state))
         if vocab is not None and len(vocab) != self.net.vocab_size:
             raise ConfigError("vocab", f"expected {self.net.vocab_size} characters (net.vocab_size), got {len(vocab)}")
@@ -80,15 +81,15 @@ class LanguageModelTask(RNNTask):
     def decode(self, ids) -> str:
         return "".join(self.vocab[i] for i in ids)
 
-    def sample(self, prompt: str, length: int, temperature: float, seed: int, top_k: int | None = None) -> str:
-        """Generate ``length`` characters after ``prompt``; returns prompt + generated text."""
+    def sample(self, prompt: str, max_new_tokens: int, temperature: float, seed: int, top_k: int | None = None) -> str:
+        """Generate ``max_new_tokens`` characters after ``prompt``; returns prompt + generated text."""
         if self.vocab is None:
             raise ValueError("this model has no vocabulary (model.vocab is None), so it cannot decode text")
         generator = torch.Generator(device=self.device).manual_seed(seed)
         was_training = self.training
         self.eval()
-        ids = self.net.generate(self.encode(prompt), length, temperature=temperature, top_k=top_k,
-                                generator=generator)  # (1, T0 + length)
+        ids = self.net.generate(self.encode(prompt), max_new_tokens, temperature=temperature, top_k=top_k,
+                                generator=generator)  # (1, T0 + max_new_tokens)
         self.train(was_training)
         return self.decode(ids[0].tolist())
 
@@ -97,7 +98,7 @@ class LanguageModelTask(RNNTask):
         if self.vocab is None or self.trainer.sanity_checking:
             return
         hp = self.hparams
-        text = self.sample(hp.sample_prompt, hp.sample_length, hp.sample_temperature, hp.sample_seed)
+        text = self.sample(hp.sample_prompt, hp.sample_max_new_tokens, hp.sample_temperature, hp.sample_seed)
         for logger in self.loggers:
             if isinstance(logger, TensorBoardLogger):
                 # Indent by four spaces: TensorBoard renders text as Markdown, and a code
@@ -108,7 +109,7 @@ class LanguageModelTask(RNNTask):
 
 def check_temperature(key: str, temperature) -> None:
     """Raise a ConfigError for ``key`` unless ``temperature`` is a number > 0."""
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
+    if not checks.is_number(temperature) or not temperature > 0:
         raise ConfigError(key, f"expected a number > 0, got {temperature!r}")
 
 

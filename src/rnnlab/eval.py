@@ -11,7 +11,8 @@ import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
 from .checkpoints import CheckpointError, check_targets, load_task
-from .config import ConfigError, instantiate_node
+from .config import instantiate_node
+from .errors import ConfigError
 from .train import fill_model_from_data, instantiate_group
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     datamodule.setup("test")
     fill_model_from_data(OmegaConf.create(dict(task.hparams)), datamodule, source="checkpoint")  # vocabulary
     check_data_fits(task.hparams.get("net") or {}, datamodule, cfg.ckpt_path)
-    trainer: L.Trainer = instantiate_node(cfg.trainer, "trainer", logger=instantiate_group(cfg.get("logger")) or False,
+    trainer: L.Trainer = instantiate_node(cfg.trainer, "trainer", logger=instantiate_group(cfg.get("logger"), "logger") or False,
                                           callbacks=[], enable_checkpointing=False)
     results = trainer.test(task, datamodule=datamodule, verbose=False)
     metrics = {k: float(v) for k, v in results[0].items()}

@@ -21,7 +21,7 @@ import lightning as L
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler, TensorDataset
 
-from ..models import _checks
+from .. import checks
 
 
 class IndexedTensorDataset(TensorDataset):
@@ -154,7 +154,7 @@ def overfitting(module: L.LightningDataModule) -> bool:
 
 def check_min_len(min_len, seq_len: int) -> None:
     if min_len is not None and not (isinstance(min_len, int) and 1 <= min_len <= seq_len):
-        raise _checks.ArgumentError("min_len", f"expected min_len in [1, seq_len={seq_len}] or None, got {min_len!r}")
+        raise checks.ArgumentError("min_len", f"expected min_len in [1, seq_len={seq_len}] or None, got {min_len!r}")
 
 
 class GeneratedSplitsDataModule(L.LightningDataModule):

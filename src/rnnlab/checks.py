@@ -1,8 +1,10 @@
-"""Argument and input checks shared by the models.
+"""The checks every part of rnnlab makes of its arguments and inputs, in one place.
 
-Every check raises before any computation, with a message that states what was
-expected and what was received, so that a bad call fails at the caller's line
-instead of deep inside a matrix product.
+Every check raises before any computation, with a message that states what was expected
+and what was received, so that a bad call fails at the caller's line instead of deep
+inside a matrix product. Constructor checks raise :class:`ArgumentError` or
+:class:`ArgumentTypeError`, which name the argument: an object built from a config then
+reports the full config key (``model.net.hidden_size: expected hidden_size >= 1, got 0``).
 """
 
 from __future__ import annotations
@@ -28,9 +30,33 @@ class ArgumentTypeError(TypeError):
         self.argument = argument
 
 
+def is_int(value) -> bool:
+    """An int, and not a bool (``True`` is an int to Python, never a count to a user)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value) -> bool:
+    """An int or a float, and not a bool."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def int_at_least(name: str, value, minimum: int) -> int:
+    """Return ``value`` if it is an int >= ``minimum``, else raise naming ``name``."""
+    if not is_int(value) or value < minimum:
+        raise ArgumentError(name, f"expected {name} to be an int >= {minimum}, got {value!r}")
+    return value
+
+
+def positive_number(name: str, value) -> float:
+    """Return ``value`` if it is a number > 0, else raise naming ``name``."""
+    if not is_number(value) or not value > 0:
+        raise ArgumentError(name, f"expected {name} to be a number > 0, got {value!r}")
+    return value
+
+
 def positive_int(name: str, value) -> int:
     """Return ``value`` if it is an int >= 1, else raise naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, int):
+    if not is_int(value):
         raise ArgumentTypeError(name, f"expected {name} to be an int >= 1, got {value!r} ({type(value).__name__})")
     if value < 1:
         raise ArgumentError(name, f"expected {name} >= 1, got {value}")
@@ -39,7 +65,7 @@ def positive_int(name: str, value) -> int:
 
 def dropout_prob(name: str, value) -> float:
     """Return ``value`` as a float if it lies in [0, 1), else raise naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if not is_number(value):
         raise ArgumentTypeError(name, f"expected {name} to be a float in [0, 1), got {value!r} "
                                       f"({type(value).__name__})")
     if not 0.0 <= value < 1.0:

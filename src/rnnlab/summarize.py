@@ -1,15 +1,10 @@
-"""Sweeps: one result file per job, failures that do not end the sweep, one summary per sweep.
-
-Every run of ``scripts/train.py`` goes through :func:`run_job`, which writes
-``result.json`` into the job's output directory: its overrides, status (ok, failed,
-skipped or interrupted, with the error's first line), final metrics and wall time. In a
-multirun a failing job (a bad value, a NaN loss) is recorded and the sweep goes on, unless
-``fail_fast=true``; Ctrl-C ends the sweep.
+"""Sweep summaries: ``summary.csv``, ``summary.md`` and ``summary.png`` for a sweep directory,
+from the ``result.json`` each job wrote (:func:`rnnlab.train.run`).
 
 When a multirun ends, Hydra calls :class:`SweepSummary` (registered in
-``conf/hydra/default.yaml``), which writes ``summary.csv``, ``summary.md`` and
-``summary.png`` into the sweep directory. ``scripts/summarize.py <sweep_dir>`` does the
-same for any sweep directory afterwards.
+``conf/hydra/default.yaml``), which writes the summary into the sweep directory and ends
+the command with exit status 1 when no job finished or ``fail_fast`` stopped the sweep.
+``scripts/summarize.py <sweep_dir>`` writes it again for any sweep directory afterwards.
 """
 
 from __future__ import annotations
@@ -18,153 +13,19 @@ import csv
 import json
 import logging
 import math
-import os
-import shutil
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
-import torch
-from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
-from hydra.types import RunMode
-from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from .config import RESUME_CONFIG_SUBDIR
-from .train import RESULT_FILE, JobSkipped, RunAlreadyFinished, cpu_processes, train
+from .config import target_class
+from .run_checks import RESULT_FILE
 
 log = logging.getLogger(__name__)
 
 
-def first_line(err: BaseException) -> str:
-    """``<ErrorType>: <first line of its message>``, as result.json and the summary record it."""
-    text = str(err).strip()
-    return f"{type(err).__name__}: {text.splitlines()[0] if text else ''}".rstrip(": ")
-
-
-def _set_threads(cfg: DictConfig) -> None:
-    """Give each of n parallel jobs (joblib launcher), or each of n CPU DDP processes, 1/n of
-    the cores, unless ``threads`` is set."""
-    threads = cfg.get("threads")
-    if threads is None and HydraConfig.initialized():
-        n_jobs = OmegaConf.select(HydraConfig.get(), "launcher.n_jobs", default=None)
-        if isinstance(n_jobs, int) and n_jobs > 1:
-            threads = max(1, (os.cpu_count() or 1) // n_jobs)
-    processes = cpu_processes(cfg)
-    if threads is None and processes > 1:
-        threads = max(1, (os.cpu_count() or 1) // processes)
-    if threads is not None:
-        torch.set_num_threads(int(threads))
-
-
-class _ResumedConfig:
-    """Hydra's record of a resuming run (``.hydra/``), written aside by Hydra
-    (``hydra.output_subdir`` is ``.hydra/resume`` when ``ckpt_path`` is set, see
-    ``conf/train.yaml``): moved over ``.hydra/`` once the resume is accepted, removed if it
-    is refused, so the run directory always describes what the run did."""
-
-    def __init__(self):
-        self.staged = None
-        if HydraConfig.initialized() and HydraConfig.get().output_subdir == RESUME_CONFIG_SUBDIR:
-            self.staged = Path(HydraConfig.get().runtime.output_dir) / RESUME_CONFIG_SUBDIR
-
-    @rank_zero_only
-    def accept(self) -> None:
-        if self.staged is not None and self.staged.is_dir():
-            for path in self.staged.iterdir():
-                os.replace(path, self.staged.parent / path.name)
-            self.staged.rmdir()
-
-    @rank_zero_only
-    def discard(self) -> None:
-        if self.staged is not None and self.staged.is_dir():
-            shutil.rmtree(self.staged)
-
-
-def run_job(cfg: DictConfig) -> float | None:
-    """Train one job and record its result; return the optimized metric (None if it did not run).
-
-    Outside a multirun, errors propagate as usual; in a multirun the job is recorded as
-    failed and the sweep goes on (with ``fail_fast=true`` the later jobs are skipped). A resume
-    (``ckpt_path``) that is refused before training starts, or that finds its run already
-    finished, leaves the run directory as it was: no result.json, no new .hydra/ config.
-    """
-    multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-    # Unresolved: an override such as model.net.hidden_size=${data.x} is text here, not an interpolation.
-    overrides = (OmegaConf.to_container(HydraConfig.get().overrides.task, resolve=False)
-                 if HydraConfig.initialized() else [])
-    result: dict[str, Any] = {"overrides": overrides, "optimized_metric": cfg.get("optimized_metric"),
-                              "status": "ok", "error": "", "value": None, "metrics": {}}
-    start = time.perf_counter()
-    resumed = _ResumedConfig()
-    started = False
-
-    def before_fit() -> None:
-        nonlocal started
-        started = True
-        resumed.accept()
-
-    _set_threads(cfg)
-    try:
-        if multirun and cfg.get("fail_fast", False):
-            _stop_if_a_job_failed(cfg)
-        metrics, value = train(cfg, before_fit=before_fit)
-        result.update(metrics={k: v for k, v in metrics.items() if k.startswith(("train/", "val/", "test/"))},
-                      value=value)
-        if value is not None and not math.isfinite(value):
-            raise FloatingPointError(f"optimized metric {result['optimized_metric']} is {value}")
-    except RunAlreadyFinished as done:
-        resumed.discard()
-        print(f"Nothing to do: {done}", flush=True)
-        recorded = done.result.get("metrics", {})
-        if recorded:
-            print("Recorded metrics:\n" + "\n".join(f"  {k:<20} {v:.4f}" for k, v in sorted(recorded.items())),
-                  flush=True)
-        return done.result.get("value")
-    except KeyboardInterrupt as err:
-        result.update(status="interrupted", error=str(err) or "KeyboardInterrupt", value=None)
-        raise
-    except JobSkipped as err:
-        result.update(status="skipped", error=str(err))
-        log.warning(f"Skipped: {err}")
-        if not multirun:
-            raise
-    except Exception as err:
-        result.update(status="failed", error=first_line(err), value=None)
-        if not multirun:
-            raise
-        if cfg.get("fail_fast", False):
-            log.error(f"Job failed; fail_fast=true skips the rest of the sweep: {first_line(err)}")
-        else:
-            log.error(f"Job failed (the sweep goes on; fail_fast=true stops it): {first_line(err)}")
-    finally:
-        if resumed.staged is not None and not started:
-            resumed.discard()  # a resume refused before training: the run directory stays as it was
-        else:
-            result["wall_time_s"] = round(time.perf_counter() - start, 2)
-            _write_result(cfg, result)
-    return result["value"]
-
-
-def _stop_if_a_job_failed(cfg: DictConfig) -> None:
-    """With fail_fast, launchers that run a whole batch of jobs (Hydra's basic launcher does)
-    still call the jobs after a failure; those jobs end at once instead of training."""
-    for path in Path(HydraConfig.get().sweep.dir).glob(f"*/{RESULT_FILE}"):
-        if json.loads(path.read_text())["status"] == "failed":
-            raise JobSkipped(f"job {path.parent.name} failed and fail_fast=true")
-
-
-@rank_zero_only
-def _write_result(cfg: DictConfig, result: dict) -> None:
-    output_dir = cfg.get("paths", {}).get("output_dir")
-    if output_dir:
-        Path(output_dir).mkdir(parents=True, exist_ok=True)
-        (Path(output_dir) / RESULT_FILE).write_text(json.dumps(result, indent=2))
-
-
-# ------------------------------------------------------------------ summary
 def _swept_parameters(rows: list[dict], searched: list[str]) -> list[str]:
     """Override keys whose value differs between jobs or that a search varied, in first-seen order."""
     values: dict[str, set] = {}
@@ -207,8 +68,17 @@ def _sort_key(row: dict, maximize: bool):
     return (status_rank, -value if maximize else value, row["job"])
 
 
-def _maximize(metric: str | None) -> bool:
-    return not (metric and any(word in metric for word in ("loss", "bpc", "ppl")))
+def _maximize(sweep_dir: Path, rows: list[dict]) -> bool:
+    """Whether the optimized metric is better higher: the ``mode`` each job recorded (its
+    task's ``monitor_mode``, or the run's ``optimized_mode``); for jobs written before that
+    was recorded, the ``monitor_mode`` of the task in the first job's config."""
+    mode = next((r.get("mode") for r in rows if r.get("mode")), None)
+    if mode is None:
+        config = next((sweep_dir / r["job"] / ".hydra" / "config.yaml" for r in rows
+                       if (sweep_dir / r["job"] / ".hydra" / "config.yaml").is_file()), None)
+        target = OmegaConf.select(OmegaConf.load(config), "model._target_") if config is not None else None
+        mode = getattr(target_class({"_target_": target}, "model"), "monitor_mode", None) if target else None
+    return mode != "min"
 
 
 def summarize(sweep_dir: str | Path) -> list[dict]:
@@ -219,7 +89,7 @@ def summarize(sweep_dir: str | Path) -> list[dict]:
         raise ValueError(f"expected a sweep directory (one sub-directory with {RESULT_FILE} per job), "
                          f"got {str(sweep_dir)!r}, which has none")
     metric = next((r["optimized_metric"] for r in rows if r["optimized_metric"]), None)
-    maximize = _maximize(metric)
+    maximize = _maximize(sweep_dir, rows)
     rows.sort(key=lambda r: _sort_key(r, maximize))
     best = _optuna_best(sweep_dir)
     swept = _swept_parameters(rows, list(best["best_params"]) if best else [])

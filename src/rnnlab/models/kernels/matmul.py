@@ -15,8 +15,9 @@ The hoisted input projection, one (T*B, D) x (D, G*H) product per layer, gains i
 same way (:func:`linear`; its backward is written out in :class:`PackedLinear`).
 
 Only float32 CPU tensors, with oneDNN available, take the packed path; float64, CUDA and
-builds without oneDNN use ``torch.addmm``. Results differ from ``addmm`` only by the order
-of floating-point summation. ``packed_matmul(False)`` switches packing off, for example to
+builds without oneDNN use ``torch.addmm``. Results must equal ``addmm`` / ``F.linear`` up to
+the order of floating-point summation (tests/models/test_fast_paths.py checks both paths
+against torch.nn in float32). ``packed_matmul(False)`` switches packing off, for example to
 measure what it brings::
 
     from rnnlab.models import packed_matmul

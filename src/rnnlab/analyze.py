@@ -10,8 +10,8 @@ classic picture of vanishing or exploding gradients.
 The figures: a heatmap of hidden activations (units × time) per layer for one example,
 the gradient-norm curves per layer, the fraction of saturated units (|h| > 0.99) per
 layer, and a 2-D PCA of the top layer's state trajectories coloured by class. They are
-logged to TensorBoard by :class:`HiddenStateMonitor` and written as PNG files by
-:func:`analyze` (``scripts/analyze.py``).
+logged to TensorBoard by :class:`rnnlab.callbacks.HiddenStateMonitor` and written as PNG
+files by :func:`analyze` (``scripts/analyze.py``).
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.loggers import TensorBoardLogger
 
 from .models import RNN
 
@@ -47,12 +46,15 @@ class Recording:
         """(L,) fraction of |h| > 0.99 over batch, time and units."""
         return (self.states.abs() > SATURATION).float().mean(dim=(1, 2, 3))
 
+    def cpu(self) -> "Recording":
+        return Recording(self.name, self.states.cpu(), self.grad_norms.cpu())
+
 
 @contextmanager
 def _stepwise(net: torch.nn.Module):
-    """Run every RNN inside ``net`` through the seed's step loop, keeping each layer's state
-    tensor at each step. The kept tensor is the one passed both up to the next layer and on
-    to the next step, so its gradient is the total derivative ∂loss/∂h_t."""
+    """Run every RNN inside ``net`` through its step loop (``RNN.forward_stepwise``), keeping
+    each layer's state at each step. The kept tensor is the one passed both up to the next
+    layer and on to the next step, so its gradient is the total derivative ∂loss/∂h_t."""
     kept: dict[str, list[list[torch.Tensor]]] = {}  # name -> [step][layer] -> (B, H)
     originals = {}
 
@@ -60,22 +62,12 @@ def _stepwise(net: torch.nn.Module):
         def forward(x, h0=None, lengths=None):
             if lengths is not None:
                 raise ValueError("hidden-state analysis needs full-length sequences, got lengths")
-            x, state, _, unbatched = rnn._prepare(x, h0)
-            time_dim = 1 if rnn.batch_first else 0
-            layers = [tuple(s[layer] for s in state) for layer in range(rnn.num_layers)]  # [(h,) or (h, c)]
-            steps, outputs = kept.setdefault(name, []), []
-            for x_t in x.unbind(time_dim):  # each (B, D)
-                layer_input, hidden = x_t, []
-                for layer, cell in enumerate(rnn.cells):
-                    new = cell(layer_input, layers[layer] if rnn.is_lstm else layers[layer][0])
-                    layers[layer] = new if rnn.is_lstm else (new,)
-                    layer_input = layers[layer][0]  # (B, H); no dropout: analysis runs in eval mode
-                    layer_input.retain_grad()
-                    hidden.append(layer_input)
-                steps.append(hidden)
-                outputs.append(layer_input)
-            h_n = tuple(torch.stack(parts) for parts in zip(*layers))  # each (L, B, H)
-            return torch.stack(outputs, dim=time_dim), rnn._public(h_n, False)
+            outputs, h_n, states = rnn.forward_stepwise(x, h0, return_states=True)
+            for step in states:
+                for layer_state in step:
+                    layer_state[0].retain_grad()  # h_t of this layer, (B, H)
+            kept.setdefault(name, []).extend([layer_state[0] for layer_state in step] for step in states)
+            return outputs, h_n
 
         return forward
 
@@ -189,53 +181,12 @@ def pca_figure(rec: Recording, labels: torch.Tensor | None):
     return fig
 
 
-class HiddenStateMonitor(L.Callback):
-    """Every ``every_n_epochs`` validation epochs, log the analysis figures to TensorBoard
-    for the first ``num_examples`` examples of the first validation batch.
-
-    Args:
-        every_n_epochs: interval in epochs (>= 1).
-        num_examples: examples used for the gradient norms and saturation (>= 1).
-    """
-
-    def __init__(self, every_n_epochs: int = 1, num_examples: int = 16):
-        for name, value in (("every_n_epochs", every_n_epochs), ("num_examples", num_examples)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"callbacks.hidden_state_monitor.{name}: expected an int >= 1, got {value!r}")
-        self.every_n_epochs, self.num_examples = every_n_epochs, num_examples
-
-    def on_validation_epoch_end(self, trainer, pl_module) -> None:
-        if trainer.sanity_checking or trainer.current_epoch % self.every_n_epochs:
-            return
-        loggers = [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
-        if not loggers or not trainer.is_global_zero:
-            return
-        batch = next(iter(trainer.datamodule.val_dataloader()))
-        batch = tuple(t[: self.num_examples].to(pl_module.device) for t in batch)
-        if len(batch) > 2:  # variable lengths: analyse the examples as full-length sequences
-            batch = batch[:2]
-        recordings = [_cpu(r) for r in record(pl_module, batch)]
-        step = trainer.global_step
-        for logger in loggers:
-            for rec in recordings:
-                tag = rec.name.replace(".", "/")
-                logger.experiment.add_figure(f"analysis/{tag}/hidden_states", heatmap_figure(rec), step)
-                logger.experiment.add_figure(f"analysis/{tag}/saturation", saturation_figure(rec), step)
-                for layer, value in enumerate(rec.saturation()):
-                    logger.experiment.add_scalar(f"analysis/{tag}/saturated_fraction_layer{layer}", value, step)
-            logger.experiment.add_figure("analysis/gradient_flow", gradient_flow_figure(recordings), step)
-
-
-def _cpu(rec: Recording) -> Recording:
-    return Recording(rec.name, rec.states.cpu(), rec.grad_norms.cpu())
-
-
 def analyze(task: L.LightningModule, batch, out_dir: str | Path) -> list[Path]:
     """Write the analysis figures for ``batch`` as PNG files into ``out_dir``; return their paths."""
     plt = _plt()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    recordings = [_cpu(r) for r in record(task, batch)]
+    recordings = [r.cpu() for r in record(task, batch)]
     labels = batch[1].cpu() if batch[1].dim() == 1 else None
     figures = {"gradient_flow.png": gradient_flow_figure(recordings)}
     for rec in recordings:

@@ -1,0 +1,153 @@
+"""The core rows: rnnlab's RNN against torch.nn.RNN / GRU / LSTM holding the same weights,
+forward, forward + backward, the seed's step loop, and memory, at the shapes of :data:`SHAPES`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..models import RNN
+from .timing import Result, make_result, ms, time_interleaved
+
+
+@dataclass(frozen=True)
+class Shape:
+    """Sizes of one core benchmark: batch B, time T, input features D, hidden H, layers L."""
+
+    name: str
+    B: int
+    T: int
+    D: int
+    H: int
+    L: int
+
+    def __str__(self) -> str:
+        return f"{self.name} B{self.B} T{self.T} D{self.D} H{self.H} L{self.L}"
+
+
+SHAPES = {
+    "seed": Shape("seed", B=64, T=20, D=10, H=64, L=2),  # the seed classifier's batch
+    "char": Shape("char", B=64, T=128, D=64, H=256, L=3),  # the char LM's training batch
+    "large": Shape("large", B=32, T=256, D=64, H=512, L=3),
+}
+# The torch.nn module each cell is compared with (batch_first; the Elman cell with tanh).
+TORCH_MODULES = {"rnn_tanh": ("torch.nn.RNN", nn.RNN), "gru": ("torch.nn.GRU", nn.GRU),
+                 "lstm": ("torch.nn.LSTM", nn.LSTM)}
+TARGETED_CELL = "rnn_tanh"  # the targets are set for the default RNN; other cells' rows show no target
+
+
+def core_pair(shape: Shape, device: torch.device, cell: str = TARGETED_CELL) -> tuple[RNN, nn.RNNBase, torch.Tensor]:
+    """An rnnlab RNN with the weights of a fresh torch.nn module of ``shape`` and ``cell``, and x (B, T, D)."""
+    torch.manual_seed(0)
+    reference = TORCH_MODULES[cell][1](shape.D, shape.H, shape.L, batch_first=True).to(device)
+    ours = RNN.from_torch(reference)
+    x = torch.randn(shape.B, shape.T, shape.D, device=device)  # (B, T, D)
+    return ours, reference, x
+
+
+def _flat_state(h_n) -> tuple[torch.Tensor, ...]:
+    return tuple(h_n) if isinstance(h_n, tuple) else (h_n,)  # (h_n,) or (h_n, c_n)
+
+
+def forward_only(forward: Callable, x: torch.Tensor) -> Callable[[], None]:
+    def run():
+        with torch.no_grad():
+            forward(x)
+    return run
+
+
+def forward_backward(forward: Callable, module: nn.Module, x: torch.Tensor) -> Callable[[], None]:
+    """Gradients of outputs.sum() + h_n.sum() (+ c_n.sum()) with respect to x and every weight.
+
+    ``torch.autograd.grad`` returns the gradients instead of accumulating them into
+    ``.grad``, so no call pays for zeroing or adding to the previous call's gradients.
+    """
+    x = x.detach().requires_grad_()
+    inputs = [x, *module.parameters()]
+
+    def run():
+        outputs, h_n = forward(x)  # (B, T, H), (L, B, H) [or (h_n, c_n)]
+        torch.autograd.grad(outputs.sum() + sum(s.sum() for s in _flat_state(h_n)), inputs)
+    return run
+
+
+def saved_bytes(forward: Callable, module: nn.Module, x: torch.Tensor) -> int:
+    """CPU memory a forward + backward needs: the distinct storages autograd saves for
+    backward while ``forward(x)`` runs, plus those of its outputs.
+
+    The weights' and the input's storages are left out: they exist before and after the
+    pass (as on CUDA, where the peak is measured above what is already allocated).
+    Storages are counted once however many saved tensors view them.
+    """
+    x = x.detach().requires_grad_()
+    known = {t.untyped_storage().data_ptr() for t in (x, *module.parameters())}
+    sizes: dict[int, int] = {}
+
+    def count(t: torch.Tensor) -> torch.Tensor:
+        sizes[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(count, lambda t: t):
+        outputs, h_n = forward(x)  # (B, T, H), (L, B, H) [or (h_n, c_n)]
+    for t in (outputs, *_flat_state(h_n)):
+        count(t)
+    return sum(n for ptr, n in sizes.items() if ptr not in known)
+
+
+def cuda_peak_bytes(run: Callable[[], None], device: torch.device) -> int:
+    """Peak CUDA memory allocated by ``run()`` above what was allocated before it."""
+    run()  # cuBLAS and cuDNN allocate their workspaces once, on the first call
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device)
+    run()
+    torch.cuda.synchronize(device)
+    return torch.cuda.max_memory_allocated(device) - base
+
+
+def core_rows(shape: Shape, rows: Sequence[str], reps: int, warmup: int, device: torch.device,
+              cell: str = TARGETED_CELL) -> list[Result]:
+    """The forward, backward, stepwise and memory rows selected in ``rows`` for one shape and
+    cell (stepwise only for the default cell)."""
+    ours, reference, x = core_pair(shape, device, cell)
+    torch_name = TORCH_MODULES[cell][0]
+    label = str(shape) if cell == TARGETED_CELL else f"{shape} {cell}"
+    targeted = cell == TARGETED_CELL
+    results = []
+    if "forward" in rows:
+        t_ours, t_ref = time_interleaved([forward_only(ours, x), forward_only(reference, x)], reps, warmup, device)
+        results.append(make_result("forward", label, device, ms(t_ours), ms(t_ref), "ms", torch_name,
+                                   "forward under torch.no_grad", targeted))
+    if "backward" in rows:
+        t_ours, t_ref = time_interleaved([forward_backward(ours, ours, x), forward_backward(reference, reference, x)],
+                                         reps, warmup, device)
+        results.append(make_result("backward", label, device, ms(t_ours), ms(t_ref), "ms", torch_name,
+                                   "forward + backward (gradients for the input and every weight)", targeted))
+    if "stepwise" in rows and targeted:
+        t_ours, t_step = time_interleaved([forward_backward(ours, ours, x),
+                                           forward_backward(ours.forward_stepwise, ours, x)], reps, warmup, device)
+        results.append(make_result("stepwise", label, device, ms(t_ours), ms(t_step), "ms",
+                                   "rnnlab RNN.forward_stepwise",
+                                   "forward + backward; rnnlab's layer-major RNN.forward against the seed's "
+                                   "step-by-step loop (both rnnlab; no target)"))
+    if "memory" in rows:
+        results.append(memory_row(label, ours, reference, x, device, torch_name, targeted))
+    return results
+
+
+def memory_row(label: str, ours: RNN, reference: nn.RNNBase, x: torch.Tensor, device: torch.device,
+               torch_name: str = "torch.nn.RNN", targeted: bool = True) -> Result:
+    if device.type == "cuda":
+        ours_bytes = cuda_peak_bytes(forward_backward(ours, ours, x), device)
+        ref_bytes = cuda_peak_bytes(forward_backward(reference, reference, x), device)
+        note = "peak torch.cuda.max_memory_allocated over forward + backward, above the memory allocated before"
+    else:
+        ours_bytes = saved_bytes(ours, ours, x)
+        ref_bytes = saved_bytes(reference, reference, x)
+        note = ("bytes autograd saves for backward (distinct storages, weights and input left out) "
+                "plus outputs and h_n")
+    return make_result("memory", label, device, ours_bytes / 2**20, ref_bytes / 2**20, "MiB", torch_name, note,
+                       targeted)

@@ -1,0 +1,158 @@
+"""One job around train(), in process: rnnlab.train.run's result.json, sweeps that go on after a
+failure or stop with fail_fast, resumes that leave the run directory as it was, threads per
+parallel job; and the sweep summary's exit status. (tests/sweeps runs the same as processes.)"""
+
+import json
+import os
+
+import pytest
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import OmegaConf, open_dict, read_write
+
+from helpers import QUIET, TINY, compose_config
+from rnnlab.checkpoints import CheckpointError, epochs_done
+from rnnlab.callbacks import latest_checkpoint
+from rnnlab.errors import ConfigError
+from rnnlab.summarize import SweepSummary, sweep_failure, summarize
+from rnnlab.train import run, set_threads
+
+
+def job_config(tmp_path, *overrides, multirun=False, output_subdir=".hydra"):
+    """A composed training config whose Hydra settings say what run() reads: the run's
+    directory, multirun or not, and where Hydra wrote the run's .hydra/ record."""
+    cfg = compose_config("train", [*QUIET, *TINY["synthetic"], "model.net.hidden_size=8", "trainer.max_epochs=1",
+                                   *overrides], tmp_path)
+    hydra = HydraConfig.get()
+    with read_write(hydra), open_dict(hydra):
+        hydra.mode = RunMode.MULTIRUN if multirun else RunMode.RUN
+        hydra.runtime.output_dir = str(tmp_path)
+        hydra.output_subdir = output_subdir
+        hydra.sweep.dir = str(tmp_path.parent)
+    return cfg
+
+
+def result(run_dir):
+    return json.loads((run_dir / "result.json").read_text())
+
+
+def test_a_job_records_its_result_metrics_and_which_way_its_metric_is_better(tmp_path):
+    value = run(job_config(tmp_path))
+    recorded = result(tmp_path)
+    assert recorded["status"] == "ok" and recorded["error"] == ""
+    assert recorded["optimized_metric"] == "val/acc_best" and recorded["mode"] == "max"
+    assert recorded["value"] == value == recorded["metrics"]["val/acc_best"]
+    assert {"test/acc", "val/loss", "train/loss_epoch"} <= set(recorded["metrics"])
+    assert recorded["wall_time_s"] > 0 and "model.net.hidden_size=8" in recorded["overrides"]
+
+
+def test_a_failing_job_is_recorded_and_raises_alone_but_not_in_a_sweep(tmp_path):
+    with pytest.raises(ConfigError):
+        run(job_config(tmp_path / "single", "model.net.hidden_size=0"))
+    assert result(tmp_path / "single")["status"] == "failed"
+    # In a multirun the job is recorded and the sweep goes on: run() returns.
+    sweep = tmp_path / "sweep"
+    assert run(job_config(sweep / "0", "model.net.hidden_size=0", multirun=True)) is None
+    failed = result(sweep / "0")
+    assert failed["status"] == "failed" and failed["value"] is None
+    assert failed["error"] == "ConfigError: model.net.hidden_size: expected hidden_size >= 1, got 0"
+    # With fail_fast=true the later jobs of the sweep are skipped without training.
+    assert run(job_config(sweep / "1", "fail_fast=true", multirun=True)) is None
+    skipped = result(sweep / "1")
+    assert skipped["status"] == "skipped" and skipped["error"] == "job 0 failed and fail_fast=true"
+    assert not (sweep / "1" / "checkpoints").exists()
+
+
+def test_a_refused_resume_writes_nothing_and_an_accepted_one_replaces_the_record(tmp_path, classifier_ckpt):
+    staged = tmp_path / ".hydra" / "resume"
+    staged.mkdir(parents=True)
+    (staged / "config.yaml").write_text("the resumed run's config\n")
+    refused = job_config(tmp_path, "model.net.hidden_size=32", f"ckpt_path={classifier_ckpt}",
+                         output_subdir=".hydra/resume")
+    with pytest.raises(CheckpointError, match="holds a different model"):
+        run(refused)
+    assert not staged.exists() and not (tmp_path / "result.json").exists()
+    # The same checkpoint with its own settings and two more epochs: accepted.
+    staged.mkdir()
+    (staged / "config.yaml").write_text("the resumed run's config\n")
+    accepted = job_config(tmp_path, "model.net.hidden_size=16", "trainer.max_epochs=4", "model.scheduler.T_max=2",
+                          f"ckpt_path={classifier_ckpt}", output_subdir=".hydra/resume")
+    run(accepted)
+    assert not staged.exists() and (tmp_path / ".hydra" / "config.yaml").read_text() == "the resumed run's config\n"
+    assert result(tmp_path)["status"] == "ok"
+
+
+@pytest.mark.parametrize("overrides,threads", [
+    (["hydra/launcher=joblib"], 4),                        # 2 parallel jobs on 8 cores
+    (["hydra/launcher=joblib", "hydra.launcher.n_jobs=3"], 2),
+    (["trainer=ddp_cpu"], 4),                              # 2 CPU processes
+    (["hydra/launcher=joblib", "threads=3"], 3),            # an explicit count wins
+])
+def test_parallel_jobs_and_processes_share_the_cores(overrides, threads, tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    before = torch.get_num_threads()
+    try:
+        set_threads(compose_config("train", overrides, tmp_path))
+        assert torch.get_num_threads() == threads
+    finally:
+        torch.set_num_threads(before)
+
+
+def _row(job, status, error=""):
+    return {"job": job, "status": status, "error": error}
+
+
+def test_a_sweep_fails_when_no_job_finished_or_fail_fast_stopped_it():
+    assert sweep_failure([_row("0", "ok"), _row("1", "failed", "E: x")], fail_fast=False) is None
+    assert sweep_failure([_row("0", "ok"), _row("1", "skipped")], fail_fast=False) is None
+    assert sweep_failure([_row("0", "failed", "E: x"), _row("1", "skipped")], fail_fast=False) == (
+        "no job of the sweep finished (1 failed, 1 skipped); first error: E: x")
+    assert sweep_failure([_row("0", "ok"), _row("1", "failed", "E: y"), _row("2", "skipped"), _row("3", "skipped")],
+                         fail_fast=True) == "job 1 failed and fail_fast=true stopped the sweep (2 later jobs skipped): E: y"
+
+
+def _write_result(sweep_dir, job, status, value=None):
+    (sweep_dir / job).mkdir(parents=True)
+    (sweep_dir / job / "result.json").write_text(json.dumps({
+        "overrides": [f"seed={job}"], "optimized_metric": "val/acc_best", "mode": "max", "status": status,
+        "error": "" if status == "ok" else "ValueError: bad", "value": value,
+        "metrics": {} if value is None else {"val/acc_best": value}, "wall_time_s": 1.0}))
+
+
+def test_the_sweep_callback_summarizes_then_exits_1_when_nothing_finished(tmp_path, capsys):
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}, "fail_fast": False})
+    _write_result(tmp_path, "0", "ok", 0.7)
+    _write_result(tmp_path, "1", "failed")
+    SweepSummary().on_multirun_end(config)
+    assert (tmp_path / "summary.md").exists() and (tmp_path / "summary.csv").exists()
+    (tmp_path / "0" / "result.json").unlink()
+    with pytest.raises(SystemExit) as exited:
+        SweepSummary().on_multirun_end(config)
+    assert exited.value.code == 1 and "Error: no job of the sweep finished (1 failed)" in capsys.readouterr().err
+    assert [row["job"] for row in summarize(tmp_path)] == ["1"]
+
+
+def test_summarize_refuses_a_directory_without_jobs(tmp_path):
+    with pytest.raises(ValueError, match="which has none"):
+        summarize(tmp_path)
+
+
+def test_the_last_good_checkpoint_is_the_newest_that_exists(tmp_path):
+    from types import SimpleNamespace
+
+    older, newer, gone = tmp_path / "epoch_000.ckpt", tmp_path / "last.ckpt", tmp_path / "epoch_001.ckpt"
+    older.write_bytes(b"1")
+    newer.write_bytes(b"2")
+    os.utime(older, (1, 1))
+    callbacks = [SimpleNamespace(best_model_path=str(older), last_model_path=""),
+                 SimpleNamespace(best_model_path=str(gone), last_model_path=str(newer))]
+    assert latest_checkpoint(SimpleNamespace(checkpoint_callbacks=callbacks)) == str(newer)
+    assert latest_checkpoint(SimpleNamespace(checkpoint_callbacks=callbacks[:1])) == str(older)
+    assert latest_checkpoint(SimpleNamespace(checkpoint_callbacks=[])) is None
+
+
+def test_the_epochs_a_checkpoint_finished_are_read_from_its_loop_state():
+    loops = {"fit_loop": {"epoch_progress": {"current": {"processed": 3, "completed": 2}}}}
+    assert epochs_done({"loops": loops, "epoch": 2}) == 3
+    assert epochs_done({"epoch": 4}) == 5  # a checkpoint without loop state
