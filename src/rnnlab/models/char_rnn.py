@@ -3,6 +3,8 @@ and temperature / top-k sampling that carries the hidden state from token to tok
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -129,19 +131,18 @@ class CharRNN(nn.Module):
         """
         cells = self.rnn.cells
         table = cells[0].project(self.embedding.weight)  # (V, G*H): W_xh E[v] + biases for every v
-        projections = [table.__getitem__] + [_fixed_linear(layer_cell.Wxh.weight, layer_cell.input_bias())
+        projections = [table.__getitem__] + [partial(F.linear, weight=layer_cell.Wxh.weight, bias=layer_cell.input_bias())
                                              for layer_cell in cells[1:]]  # each (B, ·) -> (B, G*H)
+        # Bound once: at batch 1 each attribute lookup on a module is a visible share of a step.
+        step_layers, head, output_dropout = self.rnn.step_layers, self.fc, self.output_dropout
+        head_weight, head_bias = head.weight, head.bias
 
         def step(token: torch.Tensor, layers: list):
-            layers = self.rnn.step_layers(token, layers, projections)
-            h = self.output_dropout(layers[-1][0]) if self.training else layers[-1][0]  # (B, H)
-            return F.linear(h, self.fc.weight, self.fc.bias), layers  # (B, V)
+            layers = step_layers(token, layers, projections)
+            h = output_dropout(layers[-1][0]) if self.training else layers[-1][0]  # (B, H)
+            return F.linear(h, head_weight, head_bias), layers  # (B, V)
 
         return step
-
-def _fixed_linear(weight: torch.Tensor, bias: torch.Tensor | None):
-    """x -> F.linear(x, weight, bias), its summed bias computed once for a whole generation."""
-    return lambda x: F.linear(x, weight, bias)
 
 
 def sample(logits: torch.Tensor, temperature: float, top_k: int | None = None,
