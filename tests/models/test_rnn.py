@@ -255,3 +255,18 @@ def test_the_step_loop_returns_every_steps_states_and_takes_a_projected_input(ce
     for a, b in zip(direct, projected):
         for sa, sb in zip(a, b):
             torch.testing.assert_close(sa, sb)
+
+
+def test_reprs_name_every_setting_that_differs_from_the_default_as_torch_nn_does():
+    # Printing a model is how a user checks what was built: each non-default argument
+    # appears once, in torch.nn.RNN's order and spelling, and the defaults stay quiet.
+    from rnnlab.models import BidirectionalRNN, GRUCell
+    assert RNN(10, 64).extra_repr() == "10, 64"
+    assert RNN(3, 4, 3, dropout=0.5, bias=False, batch_first=False, cell="gru").extra_repr() == \
+        "3, 4, num_layers=3, dropout=0.5, bias=False, batch_first=False, cell='gru'"
+    assert RNNCell(3, 4).extra_repr() == "3, 4"
+    assert RNNCell(3, 4, nonlinearity="relu").extra_repr() == "3, 4, nonlinearity='relu'"
+    assert GRUCell(3, 4, bias=False).extra_repr() == "3, 4, bias=False"
+    assert BidirectionalRNN(3, 4).extra_repr() == "3, 4, num_layers=1"
+    assert BidirectionalRNN(3, 4, 2, cell="lstm").extra_repr() == "3, 4, num_layers=2, cell='lstm'"
+    assert Dropout(0.25).extra_repr() == "p=0.25"

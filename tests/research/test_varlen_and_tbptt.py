@@ -19,11 +19,19 @@ def test_variable_length_batches_are_padded_cut_and_carry_lengths():
     valid = torch.arange(40)[None, :] < lengths_all[:, None]
     assert (x_all[~valid] == 0).all()
     assert torch.equal(y_all, (x_all.sum((1, 2)) > 0).long())
-    x, y, lengths = next(iter(dm.val_dataloader()))
-    assert x.shape[1] == int(lengths.max()) and y.shape == lengths.shape == (16,)
+    # Every batch is cut to its own longest sequence, no shorter, no longer (all of them:
+    # a batch cut to the split's longest, or one step short, would still train).
+    for loader in (dm.train_dataloader(), dm.val_dataloader(), dm.test_dataloader()):
+        widths = []
+        for x, y, lengths in loader:
+            assert x.shape[1] == int(lengths.max()) and y.shape == lengths.shape == (x.shape[0],)
+            widths.append(x.shape[1])
+        assert len(set(widths)) > 1, widths  # the batches do differ
 
     tags_dm = TaggingDataModule(num_train=100, num_val=20, num_test=20, seq_len=12, min_len=3, batch_size=8)
     tags_dm.setup()
+    for x_b, tags_b, lengths_b in tags_dm.val_dataloader():
+        assert x_b.shape[1] == tags_b.shape[1] == int(lengths_b.max())
     x, tags, lengths = tags_dm.splits["train"].tensors
     for i in range(20):
         n = int(lengths[i])
