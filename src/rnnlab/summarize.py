@@ -61,11 +61,13 @@ def load_results(sweep_dir: str | Path) -> list[dict]:
 
 
 def _sort_key(row: dict, maximize: bool):
+    """Finished jobs first, best first; then failed or interrupted, then skipped. Python's
+    sort is stable, so ties keep the job order of :func:`load_results`."""
     status_rank = {"ok": 0, "failed": 1, "interrupted": 1, "skipped": 2}[row["status"]]
     value = row["value"]
     if value is None:
-        return (status_rank, math.inf, row["job"])
-    return (status_rank, -value if maximize else value, row["job"])
+        return (status_rank, math.inf)
+    return (status_rank, -value if maximize else value)
 
 
 def _maximize(sweep_dir: Path, rows: list[dict]) -> bool:

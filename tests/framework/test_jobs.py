@@ -141,7 +141,8 @@ def test_summarize_refuses_a_directory_without_jobs(tmp_path):
 def test_the_last_good_checkpoint_is_the_newest_that_exists(tmp_path):
     from types import SimpleNamespace
 
-    older, newer, gone = tmp_path / "epoch_000.ckpt", tmp_path / "last.ckpt", tmp_path / "epoch_001.ckpt"
+    # Newest by modification time, not by name: the older file has the name that sorts last.
+    older, newer, gone = tmp_path / "last.ckpt", tmp_path / "epoch_000.ckpt", tmp_path / "epoch_001.ckpt"
     older.write_bytes(b"1")
     newer.write_bytes(b"2")
     os.utime(older, (1, 1))
@@ -156,3 +157,58 @@ def test_the_epochs_a_checkpoint_finished_are_read_from_its_loop_state():
     loops = {"fit_loop": {"epoch_progress": {"current": {"processed": 3, "completed": 2}}}}
     assert epochs_done({"loops": loops, "epoch": 2}) == 3
     assert epochs_done({"epoch": 4}) == 5  # a checkpoint without loop state
+
+
+def test_the_sweep_callback_exits_1_after_a_failure_only_under_fail_fast(tmp_path, capsys):
+    _write_result(tmp_path, "0", "ok", 0.7)
+    _write_result(tmp_path, "1", "failed")
+    _write_result(tmp_path, "2", "skipped")
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}, "fail_fast": False})
+    SweepSummary().on_multirun_end(config)  # a failed job alone does not fail the sweep
+    config.fail_fast = True
+    with pytest.raises(SystemExit) as exited:
+        SweepSummary().on_multirun_end(config)
+    assert exited.value.code == 1
+    assert capsys.readouterr().err.strip() == (
+        "Error: job 1 failed and fail_fast=true stopped the sweep (1 later job skipped): ValueError: bad; "
+        f"see {tmp_path / 'summary.md'}")
+    SweepSummary().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}}))  # no key: off
+
+
+def test_a_sweep_fails_when_fail_fast_stopped_it_or_no_job_finished_and_says_which():
+    def rows(*statuses):
+        return [{"job": str(i), "status": s, "error": f"error {i}" if s != "ok" else ""} for i, s in enumerate(statuses)]
+
+    assert sweep_failure(rows("ok", "failed"), fail_fast=False) is None
+    assert sweep_failure(rows("ok", "ok"), fail_fast=True) is None
+    assert sweep_failure(rows("ok", "failed", "skipped", "skipped"), fail_fast=True) == \
+        "job 1 failed and fail_fast=true stopped the sweep (2 later jobs skipped): error 1"
+    assert sweep_failure(rows("failed"), fail_fast=True) == \
+        "job 0 failed and fail_fast=true stopped the sweep (0 later jobs skipped): error 0"
+    assert sweep_failure(rows("failed", "interrupted", "failed"), fail_fast=False) == \
+        "no job of the sweep finished (2 failed, 1 interrupted); first error: error 0"
+    assert sweep_failure(rows("interrupted", "skipped"), fail_fast=False) == \
+        "no job of the sweep finished (1 skipped, 1 interrupted); first error: error 0"
+
+
+def test_sweep_results_are_read_in_job_order_with_each_override_as_a_parameter(tmp_path):
+    from rnnlab.summarize import load_results
+
+    for job in ("10", "2", "0", "11"):
+        (tmp_path / job).mkdir()
+        (tmp_path / job / "result.json").write_text(json.dumps({
+            "overrides": [f"seed={job}", "+data.path=/data/a=b.txt", "~callbacks.early_stopping"],
+            "optimized_metric": "val/acc_best", "mode": "max", "status": "interrupted" if job == "10" else "ok",
+            "error": "", "value": 0.9 if job == "10" else 0.5, "metrics": {}, "wall_time_s": 1.0}))
+    rows = load_results(tmp_path)
+    assert [r["job"] for r in rows] == ["0", "2", "10", "11"]  # by number, not "10" before "2"
+    assert rows[0]["params"] == {"seed": "0", "data.path": "/data/a=b.txt", "callbacks.early_stopping": ""}
+    # An interrupted job keeps its value but ranks after every finished one, and ties keep the job order.
+    assert [r["job"] for r in summarize(tmp_path)] == ["0", "2", "11", "10"]
+    with pytest.raises(ValueError) as raised:
+        load_results(tmp_path / "0" / "result.json")
+    assert str(raised.value).endswith("which is a file")
+    with pytest.raises(ValueError) as raised:
+        load_results(tmp_path / "nowhere")
+    assert str(raised.value) == (f"expected a sweep directory (one sub-directory with result.json per job), "
+                                 f"got {str(tmp_path / 'nowhere')!r}, which does not exist")

@@ -161,3 +161,83 @@ def test_a_second_ctrl_c_stops_at_once():
     assert callback.requested
     with pytest.raises(KeyboardInterrupt):
         callback._handle(None, None)
+
+
+def _result(overrides, status="ok", value=None, metric="val/acc_best", mode="max", error="", **metrics):
+    record = {"overrides": overrides, "optimized_metric": metric, "status": status, "error": error,
+              "value": value, "metrics": metrics, "wall_time_s": 2.5}
+    if mode is not None:
+        record["mode"] = mode
+    return record
+
+
+def test_a_sweep_summary_lists_each_job_with_what_was_swept_its_status_and_metrics(tmp_path):
+    import csv
+
+    import matplotlib.image
+
+    jobs = {  # job: result.json; seed stays the same, so it is not a swept column
+        "0": _result(["model.net.hidden_size=8", "seed=1"], value=0.7, **{"val/acc_best": 0.7, "test/acc": 0.69,
+                                                                         "train/loss": 0.5}),
+        "1": _result(["model.net.hidden_size=16", "seed=1"], value=0.9, **{"val/acc_best": 0.9, "test/acc": 0.88}),
+        "2": _result(["model.net.hidden_size=32", "seed=1"], status="failed", error="ValueError: a|b"),
+        "10": _result(["model.net.hidden_size=64", "seed=1"], status="skipped", error="fail_fast"),
+    }
+    for job, record in jobs.items():
+        (tmp_path / job).mkdir()
+        (tmp_path / job / "result.json").write_text(json.dumps(record))
+    (tmp_path / "notes").mkdir()  # a directory without result.json is not a job
+
+    rows = summarize(tmp_path)
+    assert [r["job"] for r in rows] == ["1", "0", "2", "10"]  # finished best first, then failed, then skipped
+    with open(tmp_path / "summary.csv", newline="") as f:
+        table = list(csv.reader(f))
+    assert table == [
+        ["job", "model.net.hidden_size", "status", "val/acc_best", "test/acc", "wall_time_s", "error"],
+        ["1", "16", "ok", "0.9", "0.88", "2.5", ""],
+        ["0", "8", "ok", "0.7", "0.69", "2.5", ""],
+        ["2", "32", "failed", "", "", "2.5", "ValueError: a|b"],
+        ["10", "64", "skipped", "", "", "2.5", "fail_fast"],
+    ]
+    md = (tmp_path / "summary.md").read_text().splitlines()
+    assert md[:3] == [f"# Sweep {tmp_path.name}", "",
+                      "4 jobs: 2 ok, 1 failed, 1 skipped. Sorted by val/acc_best (higher is better)."]
+    assert md[4] == "| job | model.net.hidden_size | status | val/acc_best | test/acc | wall_time_s | error |"
+    assert md[6] == "| 1 | 16 | ok | 0.9000 | 0.8800 | 2.5000 |  |"
+    assert md[8] == "| 2 | 32 | failed |  |  | 2.5000 | ValueError: a\\|b |"  # a | in a cell is escaped
+    image = matplotlib.image.imread(tmp_path / "summary.png")
+    assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
+
+
+@pytest.mark.parametrize("target,order", [("rnnlab.tasks.LanguageModelTask", ["1", "0"]),
+                                          ("rnnlab.tasks.ClassificationTask", ["0", "1"])])
+def test_results_without_a_recorded_mode_take_the_direction_of_the_jobs_task(tmp_path, target, order):
+    # result.json files from before the mode was recorded: the task in the job's config decides.
+    for job, value in (("0", 1.9), ("1", 1.2)):
+        (tmp_path / job / ".hydra").mkdir(parents=True)
+        (tmp_path / job / "result.json").write_text(json.dumps(
+            _result([f"seed={job}"], value=value, metric="val/x", mode=None, **{"val/x": value})))
+        (tmp_path / job / ".hydra" / "config.yaml").write_text(f"model:\n  _target_: {target}\n")
+    assert [r["job"] for r in summarize(tmp_path)] == order
+    assert ("lower" if order == ["1", "0"] else "higher") + " is better" in (tmp_path / "summary.md").read_text()
+
+
+def test_results_without_a_mode_or_a_config_are_summarized_highest_first(tmp_path):
+    for job, value in (("0", 1.2), ("1", 1.9)):
+        (tmp_path / job).mkdir()
+        (tmp_path / job / "result.json").write_text(json.dumps(_result([f"seed={job}"], value=value, mode=None)))
+    assert [r["job"] for r in summarize(tmp_path)] == ["1", "0"]
+
+
+def test_an_optuna_search_names_its_best_trial_and_its_searched_parameters(tmp_path):
+    for job, lr in (("0", "0.01"), ("1", "0.001")):  # the same lr in no two jobs, and a searched key
+        (tmp_path / job).mkdir()
+        (tmp_path / job / "result.json").write_text(json.dumps(
+            _result([f"model.optimizer.lr={lr}", "model.net.hidden_size=8"], value=float(job), mode="max")))
+    (tmp_path / "optimization_results.yaml").write_text(
+        "name: optuna\nbest_params:\n  model.net.hidden_size: 8\nbest_value: 1.0\n")
+    summarize(tmp_path)
+    md = (tmp_path / "summary.md").read_text()
+    assert "Optuna best value: 1.0000 with {'model.net.hidden_size': 8}" in md
+    header = md.splitlines()[6]
+    assert header.startswith("| job | model.optimizer.lr | model.net.hidden_size | status |"), header

@@ -270,3 +270,43 @@ def test_reprs_name_every_setting_that_differs_from_the_default_as_torch_nn_does
     assert BidirectionalRNN(3, 4).extra_repr() == "3, 4, num_layers=1"
     assert BidirectionalRNN(3, 4, 2, cell="lstm").extra_repr() == "3, 4, num_layers=2, cell='lstm'"
     assert Dropout(0.25).extra_repr() == "p=0.25"
+
+
+def test_one_step_names_each_wrong_input_exactly():
+    # RNNCell/LSTMCell.forward and RNN.step take one time step; each wrong input is named
+    # with what was expected and what came (the first check that fails, not a torch error).
+    from rnnlab.models import LSTMCell
+    cell, lstm, rnn = RNNCell(3, 4), LSTMCell(3, 4), RNN(3, 4, num_layers=2)
+    x, h = torch.randn(2, 3), torch.zeros(2, 4)
+    cases = [
+        (lambda: cell(torch.randn(2, 5), h), ValueError, "expected x of shape (B, 3), got (2, 5)"),
+        (lambda: cell(torch.randn(2, 1, 3), h), ValueError, "expected x of shape (B, 3), got (2, 1, 3)"),
+        (lambda: cell([[0.0] * 3], h), ValueError, "expected x of shape (B, 3), got list"),
+        (lambda: cell(x.double(), h), TypeError,
+         "expected x of dtype torch.float32 (the module's parameters), got torch.float64"),
+        (lambda: cell(x, torch.zeros(3, 4)), ValueError, "expected h_prev of shape (2, 4), got (3, 4)"),
+        (lambda: lstm(x, [h, h]), TypeError, "expected the LSTM state as a tuple (h, c), got list"),
+        (lambda: lstm(x, (h, torch.zeros(2, 5))), ValueError, "expected c_prev of shape (2, 4), got (2, 5)"),
+        (lambda: lstm(x, (h, h.double())), TypeError,
+         "expected c_prev of dtype torch.float32 (the module's parameters), got torch.float64"),
+        (lambda: rnn.step(torch.randn(2, 4)), ValueError, "expected x_t of shape (B, 3), got (2, 4)"),
+        (lambda: rnn.step("x"), ValueError, "expected x_t of shape (B, 3), got str"),
+        (lambda: rnn.step(x.double()), TypeError,
+         "expected x_t of dtype torch.float32 (the module's parameters), got torch.float64"),
+    ]
+    for call, kind, message in cases:
+        with pytest.raises(kind) as raised:
+            call()
+        assert str(raised.value) == message
+
+
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+def test_one_cell_step_equals_torch_rnn_cell(nonlinearity):
+    torch.manual_seed(0)
+    ours, ref = RNNCell(3, 5, nonlinearity=nonlinearity).double(), nn.RNNCell(3, 5, nonlinearity=nonlinearity).double()
+    with torch.no_grad():
+        ours.Wxh.weight.copy_(ref.weight_ih), ours.Wxh.bias.copy_(ref.bias_ih)
+        ours.Whh.weight.copy_(ref.weight_hh), ours.Whh.bias.copy_(ref.bias_hh)
+    x, h = torch.randn(4, 3, dtype=torch.float64), torch.randn(4, 5, dtype=torch.float64)
+    torch.testing.assert_close(ours(x, h), ref(x, h), atol=1e-12, rtol=0)
+    torch.testing.assert_close(ours.recur(ours.project(x), (h,))[0], ref(x, h), atol=1e-12, rtol=0)
