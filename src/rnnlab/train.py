@@ -284,7 +284,7 @@ def run(cfg: DictConfig) -> float | None:
                               "metrics": {}}
     start = time.perf_counter()
     resumed = _ResumedConfig()
-    started = False
+    started = nothing_to_do = False
 
     def before_fit() -> None:
         nonlocal started
@@ -294,14 +294,14 @@ def run(cfg: DictConfig) -> float | None:
     set_threads(cfg)
     try:
         if multirun and cfg.get("fail_fast", False):
-            _stop_if_a_job_failed(cfg)
+            _stop_if_a_job_failed()
         metrics, value = train(cfg, before_fit=before_fit)
         result.update(metrics={k: v for k, v in metrics.items() if k.startswith(("train/", "val/", "test/"))},
                       value=value)
         if value is not None and not math.isfinite(value):
             raise FloatingPointError(f"optimized metric {result['optimized_metric']} is {value}")
     except RunAlreadyFinished as done:
-        resumed.discard()
+        nothing_to_do = True
         print(f"Nothing to do: {done}", flush=True)
         recorded = done.result.get("metrics", {})
         if recorded:
@@ -325,15 +325,15 @@ def run(cfg: DictConfig) -> float | None:
         else:
             log.error(f"Job failed (the sweep goes on; fail_fast=true stops it): {first_line(err)}")
     finally:
-        if resumed.staged is not None and not started:
-            resumed.discard()  # a resume refused before training: the run directory stays as it was
+        if nothing_to_do or (resumed.staged is not None and not started):
+            resumed.discard()  # a finished run, or a resume refused before training: the run directory stays as it was
         else:
             result["wall_time_s"] = round(time.perf_counter() - start, 2)
             _write_result(cfg, result)
     return result["value"]
 
 
-def _stop_if_a_job_failed(cfg: DictConfig) -> None:
+def _stop_if_a_job_failed() -> None:
     """With fail_fast, launchers that run a whole batch of jobs (Hydra's basic launcher does)
     still call the jobs after a failure; those jobs end at once instead of training."""
     for path in Path(HydraConfig.get().sweep.dir).glob(f"*/{RESULT_FILE}"):

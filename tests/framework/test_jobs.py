@@ -3,6 +3,7 @@ failure or stop with fail_fast, resumes that leave the run directory as it was, 
 parallel job; and the sweep summary's exit status. (tests/sweeps runs the same as processes.)"""
 
 import json
+import math
 import os
 
 import pytest
@@ -110,6 +111,11 @@ def test_a_sweep_fails_when_no_job_finished_or_fail_fast_stopped_it():
         "no job of the sweep finished (1 failed, 1 skipped); first error: E: x")
     assert sweep_failure([_row("0", "ok"), _row("1", "failed", "E: y"), _row("2", "skipped"), _row("3", "skipped")],
                          fail_fast=True) == "job 1 failed and fail_fast=true stopped the sweep (2 later jobs skipped): E: y"
+    assert sweep_failure([_row("0", "ok"), _row("1", "failed", "E: y"), _row("2", "skipped")], fail_fast=True) == \
+        "job 1 failed and fail_fast=true stopped the sweep (1 later job skipped): E: y"
+    assert sweep_failure([_row("0", "ok"), _row("1", "ok")], fail_fast=True) is None
+    assert sweep_failure([_row("0", "failed", "E: x"), _row("1", "interrupted"), _row("2", "failed")],
+                         fail_fast=False) == "no job of the sweep finished (2 failed, 1 interrupted); first error: E: x"
 
 
 def _write_result(sweep_dir, job, status, value=None):
@@ -175,22 +181,6 @@ def test_the_sweep_callback_exits_1_after_a_failure_only_under_fail_fast(tmp_pat
     SweepSummary().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}}))  # no key: off
 
 
-def test_a_sweep_fails_when_fail_fast_stopped_it_or_no_job_finished_and_says_which():
-    def rows(*statuses):
-        return [{"job": str(i), "status": s, "error": f"error {i}" if s != "ok" else ""} for i, s in enumerate(statuses)]
-
-    assert sweep_failure(rows("ok", "failed"), fail_fast=False) is None
-    assert sweep_failure(rows("ok", "ok"), fail_fast=True) is None
-    assert sweep_failure(rows("ok", "failed", "skipped", "skipped"), fail_fast=True) == \
-        "job 1 failed and fail_fast=true stopped the sweep (2 later jobs skipped): error 1"
-    assert sweep_failure(rows("failed"), fail_fast=True) == \
-        "job 0 failed and fail_fast=true stopped the sweep (0 later jobs skipped): error 0"
-    assert sweep_failure(rows("failed", "interrupted", "failed"), fail_fast=False) == \
-        "no job of the sweep finished (2 failed, 1 interrupted); first error: error 0"
-    assert sweep_failure(rows("interrupted", "skipped"), fail_fast=False) == \
-        "no job of the sweep finished (1 skipped, 1 interrupted); first error: error 0"
-
-
 def test_sweep_results_are_read_in_job_order_with_each_override_as_a_parameter(tmp_path):
     from rnnlab.summarize import load_results
 
@@ -212,3 +202,68 @@ def test_sweep_results_are_read_in_job_order_with_each_override_as_a_parameter(t
         load_results(tmp_path / "nowhere")
     assert str(raised.value) == (f"expected a sweep directory (one sub-directory with result.json per job), "
                                  f"got {str(tmp_path / 'nowhere')!r}, which does not exist")
+
+
+def _plain_job(tmp_path, **keys):
+    """A job config without Hydra: what run() reads, and nothing else."""
+    return OmegaConf.create({"optimized_metric": "val/acc_best", "optimized_mode": "max", "fail_fast": False,
+                             "threads": 1, "paths": {"output_dir": str(tmp_path)}, **keys})
+
+
+def test_a_job_outside_hydra_records_no_overrides(tmp_path, monkeypatch):
+    monkeypatch.setattr(HydraConfig.instance(), "cfg", None)  # as a Python caller without Hydra
+    monkeypatch.setattr("rnnlab.train.train", lambda cfg, before_fit: ({"val/acc_best": 0.75, "other": 1.0}, 0.75))
+    assert run(_plain_job(tmp_path)) == 0.75
+    recorded = result(tmp_path)
+    assert recorded["overrides"] == [] and recorded["status"] == "ok"
+    assert recorded["metrics"] == {"val/acc_best": 0.75}  # only train/, val/ and test/ metrics are kept
+
+
+def test_a_job_records_its_overrides_as_typed_and_a_failure_with_empty_metrics(tmp_path, monkeypatch):
+    cfg = job_config(tmp_path, multirun=True)
+    with read_write(HydraConfig.get()):
+        HydraConfig.get().overrides.task = ["model.net.hidden_size=${data.input_size}", "seed=3"]
+
+    def diverged(cfg, before_fit):
+        before_fit()
+        return {"val/acc_best": float("nan")}, float("nan")
+
+    monkeypatch.setattr("rnnlab.train.train", diverged)
+    assert run(cfg) is None  # a sweep job whose metric is NaN failed, and the sweep goes on
+    recorded = result(tmp_path)
+    assert recorded["overrides"] == ["model.net.hidden_size=${data.input_size}", "seed=3"]  # not resolved
+    assert recorded["status"] == "failed" and recorded["value"] is None
+    assert recorded["error"] == "FloatingPointError: optimized metric val/acc_best is nan"
+    assert math.isnan(recorded["metrics"]["val/acc_best"])  # what the run measured stays on record
+
+    def refused(cfg, before_fit):
+        raise ValueError("bad")
+
+    monkeypatch.setattr("rnnlab.train.train", refused)
+    assert run(cfg) is None
+    assert result(tmp_path)["metrics"] == {} and result(tmp_path)["error"] == "ValueError: bad"
+
+
+def test_a_single_run_with_fail_fast_is_not_skipped_for_a_failed_job_beside_it(tmp_path, monkeypatch):
+    (tmp_path / "0").mkdir()
+    (tmp_path / "0" / "result.json").write_text(json.dumps({"status": "failed"}))
+    cfg = job_config(tmp_path / "1", "fail_fast=true")  # a single run, sweep.dir is its parent
+    monkeypatch.setattr("rnnlab.train.train", lambda cfg, before_fit: ({"val/acc_best": 0.5}, 0.5))
+    assert run(cfg) == 0.5 and result(tmp_path / "1")["status"] == "ok"
+
+
+def test_resuming_a_finished_run_prints_its_recorded_metrics_and_returns_its_value(tmp_path, monkeypatch, capsys):
+    from rnnlab.run_checks import RunAlreadyFinished
+
+    def finished(cfg, before_fit):
+        raise RunAlreadyFinished("last.ckpt is the end of a finished run",
+                                 {"value": 0.875, "metrics": {"val/acc_best": 0.875, "test/acc": 0.5}})
+
+    monkeypatch.setattr("rnnlab.train.train", finished)
+    assert run(job_config(tmp_path)) == 0.875
+    assert capsys.readouterr().out == ("Nothing to do: last.ckpt is the end of a finished run\nRecorded metrics:\n"
+                                       "  test/acc             0.5000\n  val/acc_best         0.8750\n")
+    assert not (tmp_path / "result.json").exists()  # the finished run's record is not overwritten
+    monkeypatch.setattr("rnnlab.train.train", lambda cfg, before_fit: (_ for _ in ()).throw(
+        RunAlreadyFinished("done", {"value": None})))
+    assert run(job_config(tmp_path)) is None and capsys.readouterr().out == "Nothing to do: done\n"

@@ -230,3 +230,36 @@ def test_a_model_trained_on_a_relative_path_evaluates_from_any_directory(tmp_pat
     corpus.unlink()  # the path that was tried is named
     with pytest.raises(FileNotFoundError, match=re.escape(f"got '{corpus}', which does not exist")):
         evaluate(compose_config("eval", [f"ckpt_path={ckpt}", "trainer.accelerator=cpu"], tmp_path / "e3"))
+
+
+def test_a_difference_names_its_key_and_both_values_and_compares_vocabularies_by_character():
+    from rnnlab.checkpoints import describe_difference
+
+    assert describe_difference("model.net.hidden_size", 8, 16, "checkpoint", "config") == \
+        "model.net.hidden_size: checkpoint 8, config 16"
+    assert describe_difference("", "a", "b", "checkpoint", "data") == "checkpoint 'a', data 'b'"
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    assert describe_difference("data.vocab", letters, letters[::-1], "checkpoint", "data") == \
+        "data.vocab: the same 26 characters in a different order"
+    assert describe_difference("vocab", letters, letters[:-1] + "!?", "checkpoint", "data") == \
+        "vocab: checkpoint has 26 characters, data 27; only in checkpoint: 'z', only in data: '!?'"
+    assert describe_difference("vocab", letters[:21], letters[:20] + "!", "checkpoint", "data") == \
+        "vocab: checkpoint has 21 characters, data 21; only in checkpoint: 'u', only in data: '!'"
+    # Short vocabularies, keys that only end in "vocab", and values that are not text: as they are.
+    assert describe_difference("vocab", letters[:20], letters[:19] + "!", "checkpoint", "data") == \
+        f"vocab: checkpoint {letters[:20]!r}, data {letters[:19] + '!'!r}"
+    assert describe_difference("data.my_vocab", letters, letters[::-1], "a", "b") == \
+        f"data.my_vocab: a {letters!r}, b {letters[::-1]!r}"
+    assert describe_difference("vocab.size", letters, letters[::-1], "a", "b") == \
+        f"vocab.size: a {letters!r}, b {letters[::-1]!r}"
+    assert describe_difference("vocab", list(letters), letters, "a", "b") == f"vocab: a {list(letters)!r}, b {letters!r}"
+
+
+def test_an_errors_reason_is_its_first_sentence_without_the_type():
+    from rnnlab.checkpoints import _reason
+
+    assert _reason(RuntimeError("PytorchStreamReader failed. Check the file. More text")) == \
+        "PytorchStreamReader failed"
+    assert _reason(ValueError("unexpected end of data...")) == "unexpected end of data"
+    assert _reason(ValueError(".hidden file is empty")) == ".hidden file is empty"
+    assert _reason(KeyError("x")) == "'x'"
