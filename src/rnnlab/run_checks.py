@@ -83,7 +83,7 @@ def cpu_processes(cfg: DictConfig) -> int:
     if accelerator not in ("cpu", "auto") or (accelerator == "auto" and torch.cuda.is_available()):
         return 0
     devices = trainer.get("devices", 1)
-    return devices if isinstance(devices, int) and not isinstance(devices, bool) and devices > 0 else 1
+    return devices if is_int(devices) and devices > 0 else 1
 
 
 # Trainer arguments Lightning checks late (an AssertionError deep in the fit loop, or after

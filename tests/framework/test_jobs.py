@@ -89,13 +89,19 @@ def test_a_refused_resume_writes_nothing_and_an_accepted_one_replaces_the_record
     (["hydra/launcher=joblib", "hydra.launcher.n_jobs=3"], 2),
     (["trainer=ddp_cpu"], 4),                              # 2 CPU processes
     (["hydra/launcher=joblib", "threads=3"], 3),            # an explicit count wins
+    (["trainer=ddp_cpu", "threads=3"], 3),
+    (["hydra/launcher=joblib", "hydra.launcher.n_jobs=1"], None),  # one job at a time: left as it is
+    ([], None),                                              # one process: left as it is
+    (["hydra/launcher=joblib", "hydra.launcher.n_jobs=16"], 1),     # more jobs than cores: one each
+    (["trainer=ddp_cpu", "trainer.devices=16"], 1),
 ])
 def test_parallel_jobs_and_processes_share_the_cores(overrides, threads, tmp_path, monkeypatch):
     monkeypatch.setattr(os, "cpu_count", lambda: 8)
     before = torch.get_num_threads()
+    torch.set_num_threads(5)  # a count none of the cases sets
     try:
         set_threads(compose_config("train", overrides, tmp_path))
-        assert torch.get_num_threads() == threads
+        assert torch.get_num_threads() == (5 if threads is None else threads)
     finally:
         torch.set_num_threads(before)
 
@@ -160,9 +166,12 @@ def test_the_last_good_checkpoint_is_the_newest_that_exists(tmp_path):
 
 
 def test_the_epochs_a_checkpoint_finished_are_read_from_its_loop_state():
-    loops = {"fit_loop": {"epoch_progress": {"current": {"processed": 3, "completed": 2}}}}
-    assert epochs_done({"loops": loops, "epoch": 2}) == 3
-    assert epochs_done({"epoch": 4}) == 5  # a checkpoint without loop state
+    # Saved by Ctrl-C during the third epoch: epoch 2 had started, two were done.
+    loops = {"fit_loop": {"epoch_progress": {"current": {"processed": 2, "completed": 2}}}}
+    assert epochs_done({"loops": loops, "epoch": 2}) == 2
+    assert epochs_done({"epoch": 4}) == 5  # a checkpoint without loop state: saved at an epoch's end
+    assert epochs_done({"loops": None, "epoch": 0}) == 1
+    assert epochs_done({}) == 0
 
 
 def test_the_sweep_callback_exits_1_after_a_failure_only_under_fail_fast(tmp_path, capsys):

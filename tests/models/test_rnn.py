@@ -310,3 +310,14 @@ def test_one_cell_step_equals_torch_rnn_cell(nonlinearity):
     x, h = torch.randn(4, 3, dtype=torch.float64), torch.randn(4, 5, dtype=torch.float64)
     torch.testing.assert_close(ours(x, h), ref(x, h), atol=1e-12, rtol=0)
     torch.testing.assert_close(ours.recur(ours.project(x), (h,))[0], ref(x, h), atol=1e-12, rtol=0)
+
+
+def test_the_lstm_starts_with_a_forget_bias_of_one_and_every_other_bias_zero():
+    from rnnlab.models import LSTMCell
+
+    H = 6
+    cell = LSTMCell(3, H)
+    total = (cell.Wxh.bias + cell.Whh.bias).detach()  # (4H,): i, f, g, o
+    torch.testing.assert_close(total, torch.cat([torch.zeros(H), torch.ones(H), torch.zeros(2 * H)]))
+    assert torch.equal(cell.Wxh.bias.detach(), cell.Whh.bias.detach())  # split evenly over the two layers
+    assert LSTMCell(3, H, bias=False).Wxh.bias is None
