@@ -87,3 +87,36 @@ def test_checkpoints_record_the_settings_a_resume_compares(classifier_ckpt):
     saved = torch.load(classifier_ckpt, weights_only=True)["rnnlab"]
     assert saved["run"]["seed"] == 12345 and saved["run"]["trainer"]["max_epochs"] == 2
     assert saved["data"]["num_train"] == 512
+
+
+def test_a_resume_refuses_changed_data_trainer_and_seed_settings_naming_each(classifier_ckpt, tmp_path):
+    # classifier_ckpt: 512 training sequences, seed 0 (conf/train.yaml's), no gradient clipping change.
+    cfg = compose_config("train", [*QUIET, "data.num_train=256", "data.num_val=128", "data.num_test=128",
+                                   "model.net.hidden_size=16", "trainer.max_epochs=2", "seed=7",
+                                   "trainer.gradient_clip_val=0.5", f"ckpt_path={classifier_ckpt}"], tmp_path)
+    saved = torch.load(classifier_ckpt, map_location="cpu", weights_only=False)["rnnlab"]["run"]
+    with pytest.raises(CheckpointError) as raised:
+        train(cfg)
+    assert str(raised.value).startswith(
+        f"ckpt_path: resuming '{classifier_ckpt}' would change settings the run was trained with: "
+        f"data.num_train: checkpoint 512, config 256; seed: checkpoint {saved['seed']}, config 7; "
+        f"trainer.gradient_clip_val: checkpoint {saved['trainer']['gradient_clip_val']!r}, config 0.5. ")
+
+
+def test_a_checkpoint_without_run_records_is_compared_on_its_model_only(classifier_ckpt, tmp_path):
+    # Checkpoints written before the run's data, trainer and seed were recorded: those may differ.
+    old = torch.load(classifier_ckpt, map_location="cpu", weights_only=False)
+    del old["rnnlab"]["run"], old["rnnlab"]["data"]
+    path = tmp_path / "old.ckpt"
+    torch.save(old, path)
+    from rnnlab.checkpoints import check_resumable
+    from rnnlab.tasks import ClassificationTask
+
+    task = ClassificationTask(dict(old["hyper_parameters"]["net"]), old["hyper_parameters"]["optimizer"],
+                              old["hyper_parameters"].get("scheduler"))
+    task.data_config, task.run_config = {"num_train": 1}, {"seed": 99, "trainer": {"max_epochs": 1}}
+    check_resumable(old, task, path)  # no error: only the model is compared
+    task_other = ClassificationTask({**old["hyper_parameters"]["net"], "hidden_size": 32},
+                                    old["hyper_parameters"]["optimizer"], old["hyper_parameters"].get("scheduler"))
+    with pytest.raises(CheckpointError, match="model.net.hidden_size: checkpoint 16, config 32"):
+        check_resumable(old, task_other, path)
