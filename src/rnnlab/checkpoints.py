@@ -175,11 +175,12 @@ def _task_name(task_cls: type) -> str:
 
 
 def check_same_task(checkpoint: dict, task_cls: type, path: str | Path) -> None:
-    """Raise unless ``checkpoint`` was trained by a ``task_cls`` task: a resume goes on with the
-    same task, and comparing a classifier's settings with a language model's says nothing."""
-    saved = checkpoint.get("rnnlab", {}).get("task")
+    """Raise unless ``checkpoint`` (as :func:`load_checkpoint` returns it) was trained by a
+    ``task_cls`` task: a resume goes on with the same task, and comparing a classifier's
+    settings with a language model's says nothing."""
+    saved = checkpoint["rnnlab"].get("task")
     if saved != _task_name(task_cls):
-        saved_net = (checkpoint.get("hyper_parameters", {}).get("net") or {}).get("_target_", "?")
+        saved_net = (checkpoint["hyper_parameters"].get("net") or {}).get("_target_", "?")
         raise CheckpointError(f"ckpt_path: {str(path)!r} is a checkpoint of another task: "
                               f"{str(saved).rsplit('.', 1)[-1]} ({saved_net}), while this run trains a "
                               f"{task_cls.__name__}; choose the model= of the run it comes from")
@@ -207,7 +208,8 @@ def _settings(model: dict | None, data: dict | None, run: dict | None) -> dict:
 
 
 def check_resumable(checkpoint: dict, task: RNNTask, path: str | Path) -> None:
-    """Raise, listing every difference, unless this run continues the one ``checkpoint`` holds.
+    """Raise, listing every difference, unless this run continues the one ``checkpoint`` (as
+    :func:`load_checkpoint` returns it) holds.
 
     First the model (network config and vocabulary): a difference there is a different
     model. Then every other setting the checkpoint recorded (optimizer, schedule, data,
@@ -217,7 +219,7 @@ def check_resumable(checkpoint: dict, task: RNNTask, path: str | Path) -> None:
     Checkpoints that recorded fewer settings are compared on what they hold.
     """
     check_same_task(checkpoint, type(task), path)
-    info = checkpoint.get("rnnlab", {})
+    info = checkpoint["rnnlab"]
     recorded = info.get("run") is not None  # older checkpoints hold the model settings only
     saved = _settings(checkpoint["hyper_parameters"], info.get("data") if recorded else None, info.get("run"))
     current = _settings(dict(task.hparams), task.data_config if recorded else None,

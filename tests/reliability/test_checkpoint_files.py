@@ -263,3 +263,22 @@ def test_an_errors_reason_is_its_first_sentence_without_the_type():
     assert _reason(ValueError("unexpected end of data...")) == "unexpected end of data"
     assert _reason(ValueError(".hidden file is empty")) == ".hidden file is empty"
     assert _reason(KeyError("x")) == "'x'"
+
+
+def test_only_rnnlabs_and_torch_optims_classes_may_be_named_in_a_checkpoint(tmp_path):
+    from rnnlab.checkpoints import check_targets
+
+    path = tmp_path / "x.ckpt"
+    check_targets({"net": {"_target_": "rnnlab.models.RNN"}, "optimizer": {"_target_": "torch.optim.Adam"},
+                   "callbacks": [{"lr": 1}], "_target_": "rnnlab.tasks.ClassificationTask"}, path)
+    for config, where, target in [
+        ({"_target_": "builtins.eval"}, "config", "builtins.eval"),
+        ({"net": {"_target_": "os.system"}}, "net", "os.system"),
+        ({"net": {"inner": [{"a": 1}, {"_target_": "subprocess.run"}]}}, "net.inner[1]", "subprocess.run"),
+        ({"optimizer": {"_target_": 3}}, "optimizer", 3),
+        ({"net": {"_target_": "rnnlabx.evil"}}, "net", "rnnlabx.evil"),
+    ]:
+        with pytest.raises(CheckpointError) as raised:
+            check_targets(config, path)
+        assert str(raised.value) == (f"refusing to load {str(path)!r}: {where}._target_={target!r} "
+                                     "is not one of rnnlab's or torch.optim's classes")
