@@ -276,3 +276,15 @@ def test_resuming_a_finished_run_prints_its_recorded_metrics_and_returns_its_val
     monkeypatch.setattr("rnnlab.train.train", lambda cfg, before_fit: (_ for _ in ()).throw(
         RunAlreadyFinished("done", {"value": None})))
     assert run(job_config(tmp_path)) is None and capsys.readouterr().out == "Nothing to do: done\n"
+
+
+def test_an_interrupted_job_is_recorded_as_such_and_the_interrupt_goes_on(tmp_path, monkeypatch):
+    def interrupted(cfg, before_fit):
+        before_fit()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("rnnlab.train.train", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run(job_config(tmp_path, multirun=True))  # even in a sweep: Ctrl-C stops the sweep
+    recorded = result(tmp_path)
+    assert (recorded["status"], recorded["error"], recorded["value"]) == ("interrupted", "KeyboardInterrupt", None)

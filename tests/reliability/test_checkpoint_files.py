@@ -282,3 +282,18 @@ def test_only_rnnlabs_and_torch_optims_classes_may_be_named_in_a_checkpoint(tmp_
             check_targets(config, path)
         assert str(raised.value) == (f"refusing to load {str(path)!r}: {where}._target_={target!r} "
                                      "is not one of rnnlab's or torch.optim's classes")
+
+
+@pytest.mark.parametrize("entry,where", [("model", "model.net._target_='os.system'"), ("data", "data._target_='os.system'")])
+def test_loading_a_task_refuses_a_checkpoint_that_names_another_class(entry, where, classifier_ckpt, tmp_path):
+    checkpoint = torch.load(classifier_ckpt, map_location="cpu", weights_only=False)
+    if entry == "model":
+        checkpoint["hyper_parameters"]["net"]["_target_"] = "os.system"
+    else:
+        checkpoint["rnnlab"]["data"]["_target_"] = "os.system"
+    path = tmp_path / "evil.ckpt"
+    torch.save(checkpoint, path)
+    with pytest.raises(CheckpointError) as raised:
+        load_task(path)
+    assert str(raised.value) == (f"refusing to load {str(path)!r}: {where} "
+                                 "is not one of rnnlab's or torch.optim's classes")
