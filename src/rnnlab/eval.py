@@ -12,24 +12,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from .checkpoints import CheckpointError, check_targets, load_task
 from .config import instantiate_node
-from .errors import ConfigError
+from .run_checks import check_batches
 from .train import fill_model_from_data, instantiate_group
 
 log = logging.getLogger(__name__)
-
-# Sizes a network and its data must agree on, where both have them.
-SHARED_SIZES = ("input_size", "num_classes", "num_tags")
-
-
-def check_data_fits(net_config: dict, datamodule, ckpt_path) -> None:
-    """Raise, listing every difference, unless the data has the sizes of the trained network
-    (its config in the checkpoint's hyperparameters)."""
-    differences = [f"{name}: checkpoint {net_config[name]}, data {getattr(datamodule, name)}"
-                   for name in SHARED_SIZES if name in net_config and hasattr(datamodule, name)
-                   and net_config[name] != getattr(datamodule, name)]
-    if differences:
-        raise ConfigError("data", f"does not fit the model in {str(ckpt_path)!r}: " + "; ".join(differences))
-
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     """Test the checkpoint ``cfg.ckpt_path`` on its data (``cfg.data`` overrides keys of
@@ -43,8 +29,9 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         L.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate_node(data_cfg, "data")
     datamodule.setup("test")
-    fill_model_from_data(OmegaConf.create(dict(task.hparams)), datamodule, source="checkpoint")  # vocabulary
-    check_data_fits(task.hparams.get("net") or {}, datamodule, cfg.ckpt_path)
+    check_batches(cfg, type(task), datamodule, stage="test")
+    # The data's sizes and vocabulary against the trained model's.
+    fill_model_from_data(OmegaConf.create(dict(task.hparams)), datamodule, source="checkpoint")
     trainer: L.Trainer = instantiate_node(cfg.trainer, "trainer", logger=instantiate_group(cfg.get("logger"), "logger") or False,
                                           callbacks=[], enable_checkpointing=False)
     results = trainer.test(task, datamodule=datamodule, verbose=False)

@@ -1,6 +1,6 @@
 """Everything a training run checks before it builds or trains anything: that this machine
 and launcher can run it, the seed, the trainer's values, the kinds of the optimizer's and
-scheduler's arguments, that the model trains on the chosen data, and the checkpoint it
+scheduler's arguments, that the data gives the task's batches, and the checkpoint it
 resumes from (:func:`resume_path`, :func:`check_finished`). Each failure is one
 :class:`~rnnlab.errors.ConfigError` line naming the key, or a :class:`JobSkipped`.
 """
@@ -14,8 +14,10 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
+from lightning.pytorch.utilities.model_helpers import is_overridden
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -23,23 +25,11 @@ from omegaconf.errors import OmegaConfBaseException
 from .checkpoints import epochs_done
 from .checks import is_int, is_number
 from .config import target_class
-from .data import CharDataModule, SyntheticSequenceDataModule, TaggingDataModule
 from .errors import ConfigError
-from .tasks import ClassificationTask, LanguageModelTask, TaggingTask
 
 log = logging.getLogger(__name__)
 
 RESULT_FILE = "result.json"  # each run's record: status, metrics, wall time (see rnnlab.train.run)
-
-# The data each task trains on: the batch its loss_and_outputs reads. A classifier's
-# (x (B, T, D), y (B,)), a tagger's (x (B, T, K), tags (B, T)) and a language model's
-# (ids (B, T), next ids (B, T)) cannot stand in for one another.
-TASK_DATA = {
-    ClassificationTask: (SyntheticSequenceDataModule, "synthetic"),
-    TaggingTask: (TaggingDataModule, "tagging"),
-    LanguageModelTask: (CharDataModule, "chars"),
-}
-
 
 class JobSkipped(RuntimeError):
     """A run that cannot happen on this machine (e.g. a GPU run without a GPU)."""
@@ -154,18 +144,36 @@ def check_seed(cfg: DictConfig) -> int | None:
     return seed
 
 
-def check_model_data(cfg: DictConfig) -> None:
-    """Refuse a model and data that do not go together (``model=char_rnn data=synthetic``)
-    before their configs are resolved, which would fail with an interpolation error."""
-    task_cls, data_cls = target_class(cfg.model, "model"), target_class(cfg.data, "data")
-    if task_cls is None or data_cls is None:
-        return
+def _describe(value) -> str:
+    if isinstance(value, torch.Tensor):
+        shape = "(" + ", ".join(map(str, value.shape)) + ("," if value.dim() == 1 else "") + ")"
+        return f"{shape} {str(value.dtype).removeprefix('torch.')}"
+    if isinstance(value, (tuple, list)):
+        return "(" + ", ".join(_describe(v) for v in value) + ")"
+    return type(value).__name__
+
+
+def check_batches(cfg: DictConfig, task_cls: type, datamodule: L.LightningDataModule, stage: str = "fit") -> None:
+    """Refuse data whose batches are not the task's (:meth:`RNNTask.batch_form`): one batch of
+    the validation loader (the training loader if there is none; the test loader for
+    ``stage="test"``) is read after ``setup`` and checked, so a data module of any class that
+    gives the task's batches trains, and one that does not is named with what it gave."""
+    if stage == "test":
+        hook = "test_dataloader"
+    else:
+        hook = "val_dataloader" if is_overridden("val_dataloader", datamodule, L.LightningDataModule) else "train_dataloader"
+    batch = next(iter(getattr(datamodule, hook)()), None)
     choices = dict(HydraConfig.get().runtime.choices) if HydraConfig.initialized() else {}
-    for task_base, (data_base, data_choice) in TASK_DATA.items():
-        if issubclass(task_cls, task_base) and not issubclass(data_cls, data_base):
-            model = f"model={choices['model']} ({task_cls.__name__})" if choices.get("model") else task_cls.__name__
-            got = f"data={choices['data']} ({data_cls.__name__})" if choices.get("data") else data_cls.__name__
-            raise ConfigError("data", f"{model} trains on {data_base.__name__} (data={data_choice}), got {got}")
+    data = f"{type(datamodule).__module__}.{type(datamodule).__qualname__}"
+    if choices.get("data") and data.startswith("rnnlab."):  # a user's class is named by its path alone
+        data = f"data={choices['data']} ({data})"
+    if batch is None:
+        raise ConfigError("data", f"{data}.{hook}() gives no batch")
+    problem = task_cls.batch_problem(batch)
+    if problem is not None:
+        model = f"model={choices['model']} ({task_cls.__name__})" if choices.get("model") else task_cls.__name__
+        raise ConfigError("data", f"{model} trains on batches {task_cls.batch_form()}, got {_describe(batch)} "
+                                  f"from {data}'s {hook}(): {problem}")
 
 
 def resume_path(cfg: DictConfig) -> Path | None:

@@ -44,7 +44,7 @@ from .checkpoints import load_checkpoint
 from .config import RESUME_CONFIG_SUBDIR, flatten, instantiate_node, target_class
 from .errors import ConfigError, first_line
 from .run_checks import (RESULT_FILE, JobSkipped, RunAlreadyFinished, check_arguments, check_finished, check_launch,
-                         check_model_data, check_seed, check_trainer, cpu_processes, resume_path)
+                         check_batches, check_seed, check_trainer, cpu_processes, resume_path)
 from .tasks.base import RNNTask, plain
 
 log = logging.getLogger(__name__)
@@ -63,18 +63,23 @@ def instantiate_group(group: DictConfig | None, key: str = "") -> list:
             if entry is not None and "_target_" in entry]
 
 
+# The network sizes the data decides; model configs leave them null.
+DATA_SIZES = ("input_size", "num_classes", "num_tags", "vocab_size")
+
+
 def fill_model_from_data(model_cfg: DictConfig, datamodule: L.LightningDataModule, source: str = "config") -> None:
-    """Put values only the data knows (a character model's vocabulary) into the model config.
+    """Put the values only the data knows into the model config: what the data module's
+    ``model_settings()`` returns (called after ``setup``), such as ``{"net.input_size": 12,
+    "net.num_classes": 9}`` or a character model's vocabulary.
 
     A key left null in the model config is filled in; a key set explicitly must agree
     with the data. ``source`` names where the model config came from in the error that
-    lists every disagreement: "config" (training) or "checkpoint" (eval).
+    lists every disagreement: "config" (training) or "checkpoint" (eval). A size the
+    network needs that is still null afterwards is refused, naming the data module.
     """
     settings = getattr(datamodule, "model_settings", None)
-    if settings is None:
-        return
     differences = []
-    for key, value in settings().items():
+    for key, value in (settings() if settings is not None else {}).items():
         current = OmegaConf.select(model_cfg, key, default="__missing__")
         if current == "__missing__":
             continue
@@ -88,6 +93,17 @@ def fill_model_from_data(model_cfg: DictConfig, datamodule: L.LightningDataModul
                           + "; set these keys to null to take them from the data")
     if differences:
         raise ConfigError("data", f"does not match the {source}'s model: " + "; ".join(differences))
+    net = model_cfg.get("net") or {}
+    missing = [f"net.{key}" for key in DATA_SIZES if key in net and net[key] is None]
+    if missing:
+        data_name = f"{type(datamodule).__module__}.{type(datamodule).__qualname__}"
+        given = sorted(settings()) if settings is not None else None
+        raise ConfigError("model", f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} null and the data "
+                          f"({data_name}) does not set {'it' if len(missing) == 1 else 'them'}: "
+                          + (f"its model_settings() returns only {given}" if given is not None
+                             else "it defines no model_settings()")
+                          + f"; return {{{', '.join(repr(k) + ': ...' for k in missing)}}} from model_settings(), "
+                          "or set " + ", ".join(f"model.{k}=<value>" for k in missing))
 
 
 def flat_hparams(cfg: DictConfig) -> dict:
@@ -141,7 +157,6 @@ def train(cfg: DictConfig, before_fit: Callable[[], None] | None = None) -> tupl
     check_launch(cfg)
     seed = check_seed(cfg)
     check_trainer(cfg)
-    check_model_data(cfg)
     for group in ("optimizer", "scheduler"):
         check_arguments(cfg.model.get(group), f"model.{group}")
     ckpt_path = resume_path(cfg)
@@ -156,6 +171,8 @@ def train(cfg: DictConfig, before_fit: Callable[[], None] | None = None) -> tupl
     datamodule: L.LightningDataModule = instantiate_node(cfg.data, "data")
     datamodule.prepare_data()
     datamodule.setup("fit")
+    if getattr(task_cls, "BATCH", None) is not None:  # an RNNTask: its batch contract
+        check_batches(cfg, task_cls, datamodule)
     fill_model_from_data(cfg.model, datamodule)
     task: RNNTask = instantiate_node(cfg.model, "model")
     task.data_config = data_record(cfg.data, datamodule)

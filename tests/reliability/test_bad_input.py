@@ -57,15 +57,23 @@ BAD_VALUES = {
                             "which does not exist"]),
 }
 
+# What each task trains on, and what the other data gives (one validation batch, read after setup).
+CLASSIFY, TAG = "(x (B, T, D) float, y (B,) int64[, lengths (B,) int])", \
+    "(x (B, T, D) float, tags (B, T) int64[, lengths (B,) int])"
+FROM_SYNTHETIC = "((64, 20, 10) float32, (64,) int64) from data=synthetic (rnnlab.data.synthetic.SyntheticSequenceDataModule)'s"
+FROM_CHARS = "((64, 128) int64, (64, 128) int64) from data=chars (rnnlab.data.chars.CharDataModule)'s"
 MISMATCHES = {
-    ("char_rnn", "synthetic"): "data: model=char_rnn (LanguageModelTask) trains on CharDataModule (data=chars), "
-                               "got data=synthetic (SyntheticSequenceDataModule)",
-    ("classifier", "chars"): "data: model=classifier (ClassificationTask) trains on SyntheticSequenceDataModule "
-                             "(data=synthetic), got data=chars (CharDataModule)",
-    ("tagger", "synthetic"): "data: model=tagger (TaggingTask) trains on TaggingDataModule (data=tagging), "
-                             "got data=synthetic (SyntheticSequenceDataModule)",
-    ("birnn_tagger", "chars"): "data: model=birnn_tagger (TaggingTask) trains on TaggingDataModule (data=tagging), "
-                               "got data=chars (CharDataModule)",
+    ("char_rnn", "synthetic"): "data: model=char_rnn (LanguageModelTask) trains on batches (ids (B, T) int64, next_ids "
+                               f"(B, T) int64), got {FROM_SYNTHETIC} val_dataloader(): ids has 3 dimensions, not 2 (B, T)",
+    ("classifier", "chars"): f"data: model=classifier (ClassificationTask) trains on batches {CLASSIFY}, got "
+                             f"{FROM_CHARS} val_dataloader(): x has 2 dimensions, not 3 (B, T, D)",
+    ("tagger", "synthetic"): f"data: model=tagger (TaggingTask) trains on batches {TAG}, got {FROM_SYNTHETIC} "
+                             "val_dataloader(): tags has 1 dimension, not 2 (B, T)",
+    ("birnn_tagger", "chars"): f"data: model=birnn_tagger (TaggingTask) trains on batches {TAG}, got {FROM_CHARS} "
+                               "val_dataloader(): x has 2 dimensions, not 3 (B, T, D)",
+    ("classifier", "tagging"): f"data: model=classifier (ClassificationTask) trains on batches {CLASSIFY}, got "
+                               "((64, 20, 4) float32, (64, 20) int64) from data=tagging "
+                               "(rnnlab.data.tagging.TaggingDataModule)'s val_dataloader(): y has 2 dimensions, not 1 (B,)",
 }
 
 

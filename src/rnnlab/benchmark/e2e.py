@@ -271,7 +271,7 @@ def e2e_classifier_row(conf_dir: str | Path, overrides: Sequence[str], reps: int
         datamodule = instantiate(data)
         datamodule.setup("fit")
         (x, y), (x_val, y_val) = datamodule.splits["train"].tensors, datamodule.splits["val"].tensors
-        model = TorchClassifier(net.input_size, net.hidden_size, net.num_classes, net.num_layers,
+        model = TorchClassifier(datamodule.input_size, net.hidden_size, datamodule.num_classes, net.num_layers,
                                 net.dropout).to(device)
         optimizer = instantiate(cfg.model.optimizer)(params=model.parameters())
         train_epoch(model, shuffled_batches(x, y, data.batch_size), classifier_loss, optimizer,

@@ -36,7 +36,7 @@ class SyntheticSequenceDataModule(GeneratedSplitsDataModule):
         num_train, num_val, num_test: samples per split.
         seq_len: time steps T per sequence.
         input_size: features D per step.
-        num_classes: always 2 for this task; kept so configs can interpolate it.
+        num_classes: always 2 for this task (the sign of the mean).
         batch_size: samples per batch.
         seed: generator seed; each split draws from its own stream, so changing one
             split's size leaves the others unchanged.
@@ -58,6 +58,10 @@ class SyntheticSequenceDataModule(GeneratedSplitsDataModule):
             raise checks.ArgumentError("batch_size", f"expected batch_size <= num_train ({num_train}), got {batch_size}")
         self.save_hyperparameters()
         self.input_size, self.num_classes = input_size, num_classes
+
+    def model_settings(self) -> dict:
+        """The classifier's sizes this data sets (see :func:`rnnlab.train.fill_model_from_data`)."""
+        return {"net.input_size": self.input_size, "net.num_classes": self.num_classes}
 
     def generate(self, n: int, generator: torch.Generator):
         hp = self.hparams

@@ -73,6 +73,10 @@ class TaggingDataModule(GeneratedSplitsDataModule):
         self.save_hyperparameters()
         self.input_size, self.num_tags = num_symbols, num_symbols ** 2
 
+    def model_settings(self) -> dict:
+        """The tagger's sizes this data sets (see :func:`rnnlab.train.fill_model_from_data`)."""
+        return {"net.input_size": self.input_size, "net.num_tags": self.num_tags}
+
     def generate(self, n: int, generator: torch.Generator):
         hp = self.hparams
         return make_neighbour_pair_data(n, hp.seq_len, hp.num_symbols, generator, self.sample_lengths(n, generator))

@@ -61,6 +61,12 @@ class RNNTask(L.LightningModule):
 
     monitor: ClassVar[str]
     monitor_mode: ClassVar[str]
+    # The batches the task trains on, the contract a data module meets: per element of the
+    # batch tuple its name, its dimensions (letters shared across elements must agree) and
+    # its kind, "float", "int64" or "int" (any integer dtype); the elements after
+    # BATCH_REQUIRED are optional.
+    BATCH: ClassVar[tuple[tuple[str, str, str], ...]]
+    BATCH_REQUIRED: ClassVar[int]
 
     def __init__(self, net: Mapping | nn.Module, optimizer: Mapping | Callable,
                  scheduler: Mapping | Callable | None = None, **hparams: Any):
@@ -107,6 +113,40 @@ class RNNTask(L.LightningModule):
         variable-length dataset carries them as its third element."""
         kwargs = {"lengths": batch[2]} if len(batch) > 2 else {}
         return (batch[0],), kwargs
+
+    @classmethod
+    def batch_form(cls) -> str:
+        """The task's batches in words: ``(x (B, T, D) float, y (B,) int64[, lengths (B,) int])``."""
+        parts = [f"{name} ({', '.join(dims)}{',' if len(dims) == 1 else ''}) {kind}" for name, dims, kind in cls.BATCH]
+        required, optional = parts[:cls.BATCH_REQUIRED], parts[cls.BATCH_REQUIRED:]
+        return "(" + ", ".join(required) + "".join(f"[, {p}]" for p in optional) + ")"
+
+    @classmethod
+    def batch_problem(cls, batch) -> str | None:
+        """What keeps ``batch`` from being one of this task's batches, or None."""
+        if not isinstance(batch, (tuple, list)) or not cls.BATCH_REQUIRED <= len(batch) <= len(cls.BATCH):
+            count = (f"{cls.BATCH_REQUIRED}" if cls.BATCH_REQUIRED == len(cls.BATCH)
+                     else f"{cls.BATCH_REQUIRED} or {len(cls.BATCH)}")
+            got = f"{len(batch)}" if isinstance(batch, (tuple, list)) else "a " + type(batch).__name__
+            return f"a batch is a tuple of {count} tensors, got {got}"
+        sizes: dict[str, tuple[int, str]] = {}  # letter -> (size, the element that set it)
+        for (name, dims, kind), value in zip(cls.BATCH, batch):
+            if not isinstance(value, torch.Tensor):
+                return f"{name} is a {type(value).__name__}, not a tensor"
+            if value.dim() != len(dims):
+                return (f"{name} has {value.dim()} dimension{'' if value.dim() == 1 else 's'}, "
+                        f"not {len(dims)} ({', '.join(dims)}{',' if len(dims) == 1 else ''})")
+            if kind == "float" and not value.is_floating_point():
+                return f"{name} is {str(value.dtype).removeprefix('torch.')}, not a float tensor"
+            if kind == "int64" and value.dtype != torch.long:
+                return f"{name} is {str(value.dtype).removeprefix('torch.')}, not int64"
+            if kind == "int" and (value.is_floating_point() or value.is_complex() or value.dtype == torch.bool):
+                return f"{name} is {str(value.dtype).removeprefix('torch.')}, not an integer tensor"
+            for letter, size in zip(dims, value.shape):
+                first, owner = sizes.setdefault(letter, (size, name))
+                if first != size:
+                    return f"{name} has {letter} = {size}, {owner} has {letter} = {first}"
+        return None
 
     # ------------------------------------------------------- shared loop logic
     def _step(self, batch, stage: str) -> torch.Tensor:

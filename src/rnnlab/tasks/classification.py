@@ -15,6 +15,8 @@ class ClassificationTask(RNNTask):
     """
 
     monitor, monitor_mode = "val/acc", "max"
+    BATCH = (("x", "BTD", "float"), ("y", "B", "int64"), ("lengths", "B", "int"))
+    BATCH_REQUIRED = 2
 
     def __init__(self, net, optimizer, scheduler=None):
         super().__init__(net, optimizer, scheduler)

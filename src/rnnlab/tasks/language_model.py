@@ -35,6 +35,8 @@ class LanguageModelTask(RNNTask):
     """
 
     monitor, monitor_mode = "val/bpc", "min"
+    BATCH = (("ids", "BT", "int64"), ("next_ids", "BT", "int64"))
+    BATCH_REQUIRED = 2
 
     def __init__(self, net, optimizer, scheduler=None, vocab: str | None = None,
                  sample_prompt: str = "\n", sample_max_new_tokens: int = 200,

@@ -18,6 +18,8 @@ class TaggingTask(RNNTask):
     """
 
     monitor, monitor_mode = "val/acc", "max"
+    BATCH = (("x", "BTD", "float"), ("tags", "BT", "int64"), ("lengths", "B", "int"))
+    BATCH_REQUIRED = 2
 
     def __init__(self, net, optimizer, scheduler=None):
         super().__init__(net, optimizer, scheduler)
