@@ -5,7 +5,7 @@ Resolvers:
 
 - ``${rnnlab.monitor:<task _target_>}``: the task's main validation metric (``val/acc``...).
 - ``${rnnlab.monitor_mode:<task _target_>}``: ``max`` or ``min`` for that metric.
-- ``${rnnlab.mul:a,b}``: a * b (e.g. the number of tags of the tagging task).
+- ``${rnnlab.mul:a,b}``: a * b, for a config value that is the product of two others.
 - ``${rnnlab.cwd:}``: the absolute working directory. Unlike ``${hydra:runtime.cwd}`` it
   also resolves where Hydra's runtime config is not set yet, as in ``hydra.sweep.dir``.
 - ``${rnnlab.required:<key>,<what>}``: a key the user must set; resolving it is an error saying so.
