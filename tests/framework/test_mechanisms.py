@@ -241,3 +241,42 @@ def test_an_optuna_search_names_its_best_trial_and_its_searched_parameters(tmp_p
     assert "Optuna best value: 1.0000 with {'model.net.hidden_size': 8}" in md
     header = md.splitlines()[6]
     assert header.startswith("| job | model.optimizer.lr | model.net.hidden_size | status |"), header
+
+
+def test_a_language_models_sample_is_its_networks_generation_decoded_and_seeded():
+    from rnnlab.tasks import LanguageModelTask
+
+    torch.manual_seed(0)
+    vocab = "abcdefg"
+    task = LanguageModelTask({"_target_": "rnnlab.models.CharRNN", "vocab_size": 7, "embed_dim": 4, "hidden_size": 8,
+                              "num_layers": 1}, {"_target_": "torch.optim.Adam", "_partial_": True}, vocab=vocab,
+                             sample_prompt="a")
+    task.train()
+    text = task.sample("abc", 20, temperature=1.5, seed=3, top_k=2)
+    assert task.training  # sampling leaves the mode as it was
+    ids = task.net.eval().generate(torch.tensor([[0, 1, 2]]), 20, temperature=1.5, top_k=2,
+                                   generator=torch.Generator().manual_seed(3))
+    assert text == "".join(vocab[i] for i in ids[0].tolist()) and len(text) == 23 and text.startswith("abc")
+    assert task.sample("abc", 20, temperature=1.5, seed=3, top_k=2) == text        # the seed decides
+    assert task.sample("abc", 20, temperature=1.5, seed=4, top_k=2) != text
+    assert task.sample("abc", 20, temperature=1.5, seed=3) != text                  # top_k is passed on
+    assert task.sample("abc", 20, temperature=0.2, seed=3, top_k=2) != text         # so is the temperature
+    assert task.decode([6, 0]) == "ga" and task.encode("ga").tolist() == [[6, 0]]
+
+
+def test_bits_per_character_and_perplexity_follow_from_the_loss():
+    from rnnlab.tasks import LanguageModelTask
+
+    task = LanguageModelTask({"_target_": "rnnlab.models.CharRNN", "vocab_size": 7, "embed_dim": 4, "hidden_size": 8,
+                              "num_layers": 1}, {"_target_": "torch.optim.Adam", "_partial_": True})
+    values = task.epoch_values("val", torch.tensor(1.5))
+    assert values["val/bpc"].item() == pytest.approx(1.5 / 0.6931471805599453)
+    assert values["val/ppl"].item() == pytest.approx(4.4816890703380645)
+
+
+def test_sampling_at_a_tiny_temperature_is_greedy_for_every_row_without_overflow():
+    # Logits far apart between rows: each row's own maximum must be subtracted before
+    # dividing by the temperature, or the rows with the smaller maximum overflow to NaN.
+    logits = torch.tensor([[0.0, 3.0, 1.0], [-50.0, -60.0, -55.0]])
+    for temperature in (1e-38, 1e-3):
+        assert sample(logits, temperature).flatten().tolist() == [1, 0]
