@@ -161,7 +161,8 @@ def check_batches(cfg: DictConfig, task_cls: type, datamodule: L.LightningDataMo
     if stage == "test":
         hook = "test_dataloader"
     else:
-        hook = "val_dataloader" if is_overridden("val_dataloader", datamodule, L.LightningDataModule) else "train_dataloader"
+        has_val = is_overridden("val_dataloader", datamodule, L.LightningDataModule)
+        hook = "val_dataloader" if has_val else "train_dataloader"
     batch = next(iter(getattr(datamodule, hook)()), None)
     choices = dict(HydraConfig.get().runtime.choices) if HydraConfig.initialized() else {}
     data = f"{type(datamodule).__module__}.{type(datamodule).__qualname__}"

@@ -131,8 +131,9 @@ class CharRNN(nn.Module):
         """
         cells = self.rnn.cells
         table = cells[0].project(self.embedding.weight)  # (V, G*H): W_xh E[v] + biases for every v
-        projections = [table.__getitem__] + [partial(F.linear, weight=layer_cell.Wxh.weight, bias=layer_cell.input_bias())
-                                             for layer_cell in cells[1:]]  # each (B, ·) -> (B, G*H)
+        projections = [table.__getitem__] + [
+            partial(F.linear, weight=layer_cell.Wxh.weight, bias=layer_cell.input_bias())
+            for layer_cell in cells[1:]]  # each (B, ·) -> (B, G*H)
         # Bound once: at batch 1 each attribute lookup on a module is a visible share of a step.
         step_layers, head, output_dropout = self.rnn.step_layers, self.fc, self.output_dropout
         head_weight, head_bias = head.weight, head.bias
