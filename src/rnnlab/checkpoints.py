@@ -23,7 +23,7 @@ import torch
 from hydra.utils import get_class
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from .config import flatten
+from .config import class_path, flatten
 from .errors import ConfigError, first_line
 from .tasks.base import RNNTask
 
@@ -73,7 +73,7 @@ def check_plain(value, where: str = "checkpoint") -> None:
         for i, item in enumerate(value):
             check_plain(item, f"{where}[{i}]")
     elif not (type(value) in PLAIN_VALUES or isinstance(value, (torch.Tensor, torch.dtype, torch.device))):
-        raise CheckpointError(f"cannot save {where}: it holds a {type(value).__module__}.{type(value).__qualname__}; "
+        raise CheckpointError(f"cannot save {where}: it holds a {class_path(type(value))}; "
                               "checkpoints hold only tensors and plain Python values (dict, list, tuple, str, "
                               "int, float, bool, None), which load without running code")
 
@@ -170,16 +170,12 @@ def describe_difference(key: str, ours, theirs, our_name: str, their_name: str) 
     return f"{prefix}{our_name} {ours!r}, {their_name} {theirs!r}"
 
 
-def _task_name(task_cls: type) -> str:
-    return f"{task_cls.__module__}.{task_cls.__qualname__}"
-
-
 def check_same_task(checkpoint: dict, task_cls: type, path: str | Path) -> None:
     """Raise unless ``checkpoint`` (as :func:`load_checkpoint` returns it) was trained by a
     ``task_cls`` task: a resume goes on with the same task, and comparing a classifier's
     settings with a language model's says nothing."""
     saved = checkpoint["rnnlab"].get("task")
-    if saved != _task_name(task_cls):
+    if saved != class_path(task_cls):
         saved_net = (checkpoint["hyper_parameters"].get("net") or {}).get("_target_", "?")
         raise CheckpointError(f"ckpt_path: {str(path)!r} is a checkpoint of another task: "
                               f"{str(saved).rsplit('.', 1)[-1]} ({saved_net}), while this run trains a "

@@ -83,6 +83,11 @@ def shape_str(shape) -> str:
     return "(" + ", ".join(str(s) for s in shape) + ")"
 
 
+def tuple_str(items) -> str:
+    """``(a, b)``, and ``(a,)`` for one item, as Python writes a tuple."""
+    return "(" + ", ".join(str(s) for s in items) + ("," if len(items) == 1 else "") + ")"
+
+
 def same_dtype_device(name: str, tensor: torch.Tensor, like: torch.Tensor) -> None:
     """Raise unless ``tensor`` has the dtype and device of ``like`` (the module's weights)."""
     if tensor.dtype != like.dtype:

@@ -70,6 +70,11 @@ def _quiet_hydra_utils():
         logger.setLevel(level)
 
 
+def class_path(cls: type) -> str:
+    """``module.QualName`` of a class: what a config's ``_target_`` names it by."""
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
 def target_class(node, key: str) -> type | None:
     """The class a config's ``_target_`` names (``hydra.utils.get_class``), or None for
     another callable (a factory function); a target that does not import is a ConfigError."""

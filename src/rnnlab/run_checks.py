@@ -23,8 +23,8 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from .checkpoints import epochs_done
-from .checks import is_int, is_number
-from .config import target_class
+from .checks import is_int, is_number, tuple_str
+from .config import class_path, target_class
 from .errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -146,8 +146,7 @@ def check_seed(cfg: DictConfig) -> int | None:
 
 def _describe(value) -> str:
     if isinstance(value, torch.Tensor):
-        shape = "(" + ", ".join(map(str, value.shape)) + ("," if value.dim() == 1 else "") + ")"
-        return f"{shape} {str(value.dtype).removeprefix('torch.')}"
+        return f"{tuple_str(value.shape)} {str(value.dtype).removeprefix('torch.')}"
     if isinstance(value, (tuple, list)):
         return "(" + ", ".join(_describe(v) for v in value) + ")"
     return type(value).__name__
@@ -165,7 +164,7 @@ def check_batches(cfg: DictConfig, task_cls: type, datamodule: L.LightningDataMo
         hook = "val_dataloader" if has_val else "train_dataloader"
     batch = next(iter(getattr(datamodule, hook)()), None)
     choices = dict(HydraConfig.get().runtime.choices) if HydraConfig.initialized() else {}
-    data = f"{type(datamodule).__module__}.{type(datamodule).__qualname__}"
+    data = class_path(type(datamodule))
     if choices.get("data") and data.startswith("rnnlab."):  # a user's class is named by its path alone
         data = f"data={choices['data']} ({data})"
     if batch is None:

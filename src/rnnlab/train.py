@@ -41,7 +41,7 @@ from torch.utils.tensorboard.summary import hparams as hparams_summary
 from .callbacks import StepSeed, StopOnInterrupt, StopOnNonFiniteLoss
 from .checkpoints import AtomicCheckpointIO, check_resumable, check_same_task, check_writable, describe_difference
 from .checkpoints import load_checkpoint
-from .config import RESUME_CONFIG_SUBDIR, flatten, instantiate_node, target_class
+from .config import RESUME_CONFIG_SUBDIR, class_path, flatten, instantiate_node, target_class
 from .errors import ConfigError, first_line
 from .run_checks import (RESULT_FILE, JobSkipped, RunAlreadyFinished, check_arguments, check_finished, check_launch,
                          check_batches, check_seed, check_trainer, cpu_processes, resume_path)
@@ -96,7 +96,7 @@ def fill_model_from_data(model_cfg: DictConfig, datamodule: L.LightningDataModul
     net = model_cfg.get("net") or {}
     missing = [f"net.{key}" for key in DATA_SIZES if key in net and net[key] is None]
     if missing:
-        data_name = f"{type(datamodule).__module__}.{type(datamodule).__qualname__}"
+        data_name = class_path(type(datamodule))
         given = sorted(settings()) if settings is not None else None
         raise ConfigError("model", f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} null and the data "
                           f"({data_name}) does not set {'it' if len(missing) == 1 else 'them'}: "

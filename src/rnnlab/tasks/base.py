@@ -18,7 +18,8 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torchmetrics import MaxMetric, MeanMetric, MetricCollection, MinMetric
 
-from ..config import instantiate_node
+from ..checks import tuple_str
+from ..config import class_path, instantiate_node
 from ..errors import ConfigError
 
 STAGES = ("train", "val", "test")
@@ -117,7 +118,7 @@ class RNNTask(L.LightningModule):
     @classmethod
     def batch_form(cls) -> str:
         """The task's batches in words: ``(x (B, T, D) float, y (B,) int64[, lengths (B,) int])``."""
-        parts = [f"{name} ({', '.join(dims)}{',' if len(dims) == 1 else ''}) {kind}" for name, dims, kind in cls.BATCH]
+        parts = [f"{name} {tuple_str(dims)} {kind}" for name, dims, kind in cls.BATCH]
         required, optional = parts[:cls.BATCH_REQUIRED], parts[cls.BATCH_REQUIRED:]
         return "(" + ", ".join(required) + "".join(f"[, {p}]" for p in optional) + ")"
 
@@ -135,7 +136,7 @@ class RNNTask(L.LightningModule):
                 return f"{name} is a {type(value).__name__}, not a tensor"
             if value.dim() != len(dims):
                 return (f"{name} has {value.dim()} dimension{'' if value.dim() == 1 else 's'}, "
-                        f"not {len(dims)} ({', '.join(dims)}{',' if len(dims) == 1 else ''})")
+                        f"not {len(dims)} {tuple_str(dims)}")
             if kind == "float" and not value.is_floating_point():
                 return f"{name} is {str(value.dtype).removeprefix('torch.')}, not a float tensor"
             if kind == "int64" and value.dtype != torch.long:
@@ -236,7 +237,7 @@ class RNNTask(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # Plain values only: checkpoints are read back with weights_only=True.
         checkpoint["rnnlab"] = {
-            "task": f"{type(self).__module__}.{type(self).__qualname__}",
+            "task": class_path(type(self)),
             "data": self.data_config,
             "run": self.run_config,
         }
