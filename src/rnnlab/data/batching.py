@@ -157,7 +157,32 @@ def check_min_len(min_len, seq_len: int) -> None:
         raise checks.ArgumentError("min_len", f"expected min_len in [1, seq_len={seq_len}] or None, got {min_len!r}")
 
 
-class GeneratedSplitsDataModule(L.LightningDataModule):
+class SplitsDataModule(L.LightningDataModule):
+    """Base for data modules that hold their splits in memory, as datasets with ``gather``
+    (:class:`IndexedTensorDataset`, :class:`PaddedBatchDataset`) in ``self.splits``:
+    "train", "val", "test" and, for modules that predict, "predict". Training batches
+    come in the epoch's seeded order, the others in file order, each rank its own shard.
+    Subclasses save ``batch_size`` and ``num_workers`` in their hyperparameters.
+    """
+
+    splits: dict
+
+    def _loader(self, split: str, train: bool) -> DataLoader:
+        dataset = self.splits[split]
+        sampler = EpochSampler(len(dataset), shuffle=train and not overfitting(self), pad=train, **shard(self))
+        return batched_loader(dataset, self.hparams.batch_size, sampler, num_workers=self.hparams.num_workers)
+
+    def train_dataloader(self):
+        return self._loader("train", train=True)
+
+    def val_dataloader(self):
+        return self._loader("val", train=False)
+
+    def test_dataloader(self):
+        return self._loader("test", train=False)
+
+
+class GeneratedSplitsDataModule(SplitsDataModule):
     """Base for synthetic tasks: train/val/test tensors generated in memory from a seed.
 
     Subclasses call ``save_hyperparameters()`` with ``num_train``, ``num_val``,
@@ -188,17 +213,3 @@ class GeneratedSplitsDataModule(L.LightningDataModule):
                 self.splits[split] = IndexedTensorDataset(*tensors)
             else:  # (x, y, lengths): x always has a time dimension, y only for tagging
                 self.splits[split] = PaddedBatchDataset(*tensors, time_dims=(True, tensors[1].dim() == 2, False))
-
-    def _loader(self, split: str, train: bool) -> DataLoader:
-        dataset = self.splits[split]
-        sampler = EpochSampler(len(dataset), shuffle=train and not overfitting(self), pad=train, **shard(self))
-        return batched_loader(dataset, self.hparams.batch_size, sampler, num_workers=self.hparams.num_workers)
-
-    def train_dataloader(self):
-        return self._loader("train", train=True)
-
-    def val_dataloader(self):
-        return self._loader("val", train=False)
-
-    def test_dataloader(self):
-        return self._loader("test", train=False)

@@ -25,7 +25,7 @@ from ..errors import ConfigError
 STAGES = ("train", "val", "test")
 
 
-def _key(stage: str) -> str:
+def split_key(stage: str) -> str:
     # nn.ModuleDict keys must not shadow nn.Module attributes such as ``train``.
     return f"{stage}_split"
 
@@ -83,9 +83,9 @@ class RNNTask(L.LightningModule):
         # seed), which a resume must not change. Set by rnnlab.train.train().
         self.data_config: dict | None = None
         self.run_config: dict | None = None
-        self.losses = nn.ModuleDict({_key(stage): MeanMetric() for stage in STAGES})
+        self.losses = nn.ModuleDict({split_key(stage): MeanMetric() for stage in STAGES})
         metrics = self.make_metrics()
-        self.metrics = (nn.ModuleDict({_key(stage): metrics.clone(prefix=f"{stage}/") for stage in STAGES})
+        self.metrics = (nn.ModuleDict({split_key(stage): metrics.clone(prefix=f"{stage}/") for stage in STAGES})
                         if metrics else None)
         # The best validation value so far; persistent, so checkpoints hold it and a resumed
         # run's <monitor>_best continues it.
@@ -106,7 +106,7 @@ class RNNTask(L.LightningModule):
         """Values to log at the end of an epoch of ``stage`` given its mean loss."""
         values = {f"{stage}/loss" if stage != "train" else "train/loss_epoch": loss}
         if self.metrics is not None:
-            values.update(self.metrics[_key(stage)].compute())
+            values.update(self.metrics[split_key(stage)].compute())
         return values
 
     def net_inputs(self, batch) -> tuple[tuple, dict]:
@@ -125,13 +125,18 @@ class RNNTask(L.LightningModule):
     @classmethod
     def batch_problem(cls, batch) -> str | None:
         """What keeps ``batch`` from being one of this task's batches, or None."""
-        if not isinstance(batch, (tuple, list)) or not cls.BATCH_REQUIRED <= len(batch) <= len(cls.BATCH):
-            count = (f"{cls.BATCH_REQUIRED}" if cls.BATCH_REQUIRED == len(cls.BATCH)
-                     else f"{cls.BATCH_REQUIRED} or {len(cls.BATCH)}")
+        return cls.form_problem(cls.BATCH, batch)
+
+    @classmethod
+    def form_problem(cls, form: tuple, batch) -> str | None:
+        """What keeps ``batch`` from having ``form`` (a ``BATCH``-like tuple), or None."""
+        if not isinstance(batch, (tuple, list)) or not cls.BATCH_REQUIRED <= len(batch) <= len(form):
+            count = (f"{cls.BATCH_REQUIRED}" if cls.BATCH_REQUIRED == len(form)
+                     else f"{cls.BATCH_REQUIRED} or {len(form)}")
             got = f"{len(batch)}" if isinstance(batch, (tuple, list)) else "a " + type(batch).__name__
             return f"a batch is a tuple of {count} tensors, got {got}"
         sizes: dict[str, tuple[int, str]] = {}  # letter -> (size, the element that set it)
-        for (name, dims, kind), value in zip(cls.BATCH, batch):
+        for (name, dims, kind), value in zip(form, batch):
             if not isinstance(value, torch.Tensor):
                 return f"{name} is a {type(value).__name__}, not a tensor"
             if value.dim() != len(dims):
@@ -152,10 +157,15 @@ class RNNTask(L.LightningModule):
     # ------------------------------------------------------- shared loop logic
     def _step(self, batch, stage: str) -> torch.Tensor:
         loss, preds, target, weight = self.loss_and_outputs(batch, stage)
-        self.losses[_key(stage)].update(loss.detach(), weight=weight)
-        if self.metrics is not None:
-            self.metrics[_key(stage)].update(preds.detach(), target)
+        self.losses[split_key(stage)].update(loss.detach(), weight=weight)
+        if preds is not None:
+            self.update_metrics(stage, preds.detach(), target)
         return loss
+
+    def update_metrics(self, stage: str, preds: torch.Tensor, target: torch.Tensor) -> None:
+        """Update the stage's metrics with one batch's predictions (subclasses add their own)."""
+        if self.metrics is not None:
+            self.metrics[split_key(stage)].update(preds, target)
 
     def training_step(self, batch, batch_idx):
         loss = self._step(batch, "train")
@@ -189,13 +199,13 @@ class RNNTask(L.LightningModule):
         self._step(batch, "test")
 
     def _end_epoch(self, stage: str) -> dict[str, torch.Tensor]:
-        values = self.epoch_values(stage, self.losses[_key(stage)].compute())
+        values = self.epoch_values(stage, self.losses[split_key(stage)].compute())
         # torchmetrics already synced these across DDP ranks in compute(), so every rank holds
         # the same value; sync_dist only tells Lightning so (a mean of equal numbers).
         self.log_dict(values, prog_bar=stage == "val", sync_dist=True)
-        self.losses[_key(stage)].reset()
+        self.losses[split_key(stage)].reset()
         if self.metrics is not None:
-            self.metrics[_key(stage)].reset()
+            self.metrics[split_key(stage)].reset()
         return values
 
     def on_train_epoch_end(self) -> None:

@@ -1,0 +1,129 @@
+"""What the data modules that read a user's files share: which file each split comes from,
+held-out splits, what is learnt from the training split and kept in checkpoints, and the
+staged reading that lets eval and predict read only the file they are given.
+
+A split comes from its own file (``val_path``, ``test_path``) or, where none is given, is
+held out from the training file (``path``) with a seeded draw: the test split first, then
+the validation split from the rest. Whatever a module learns from the training split (class
+names, a vocabulary, feature statistics) is its ``state_dict()``, which Lightning saves in
+every checkpoint; eval and predict load it back (``load_state_dict``) before ``setup``, so
+new files are read exactly as training read its own, without the training file.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from .. import checks
+from ..errors import ConfigError
+from .batching import SplitsDataModule
+
+
+def absolute(name: str, path) -> str | None:
+    """``path`` made absolute (so a checkpoint's data config finds it from any directory)."""
+    if path is None:
+        return None
+    if not isinstance(path, (str, os.PathLike)):
+        raise checks.ArgumentTypeError(name, f"expected {name} to be a file path or None, got {path!r} "
+                                             f"({type(path).__name__})")
+    return os.path.abspath(os.path.expanduser(str(path)))
+
+
+def check_fraction(name: str, value) -> float:
+    if not checks.is_number(value) or not 0 < value < 1:
+        raise checks.ArgumentError(name, f"expected {name} in (0, 1), got {value!r}")
+    return float(value)
+
+
+def random_split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(kept, held out) indices, sorted: a seeded ``round(fraction * n)`` of range(n) held out."""
+    held = np.sort(np.random.default_rng(seed).permutation(n)[: int(round(fraction * n))])
+    return np.setdiff1d(np.arange(n), held), held
+
+
+class FileSplitsDataModule(SplitsDataModule):
+    """Base of the data modules over a user's files (``path``, ``val_path``, ``test_path``,
+    ``predict_path``, ``val_fraction``, ``test_fraction``, ``seed`` in their hyperparameters).
+
+    Subclasses implement :meth:`read` (one file, as records with ``len`` and ``subset``),
+    :meth:`hold_out`, :meth:`fit` (learn from the training records), :meth:`is_fitted`,
+    :meth:`dataset` (records to a dataset with ``gather``), and ``state_dict`` /
+    ``load_state_dict`` for what :meth:`fit` learnt. ``self.files[split]`` keeps each split's
+    records (predictions name their sequences and tokens from them).
+    """
+
+    SPLITS = ("train", "val", "test")
+
+    def __init__(self):
+        super().__init__()
+        self.splits: dict = {}
+        self.files: dict = {}
+
+    # ------------------------------------------------------------ subclass API
+    def read(self, key: str, labels_required: bool = True):
+        """The records of the file that ``data.<key>`` names."""
+        raise NotImplementedError
+
+    def hold_out(self, records, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """(kept, held out) indices of ``records`` for a held-out split."""
+        return random_split(len(records), fraction, seed)
+
+    def fit(self, train) -> None:
+        raise NotImplementedError
+
+    def is_fitted(self) -> bool:
+        raise NotImplementedError
+
+    def dataset(self, records):
+        raise NotImplementedError
+
+    # ------------------------------------------------------------ shared
+    def _held_out(self, train) -> dict:
+        """The training file's records split into train and, where no file is given, test and val."""
+        hp = self.hparams
+        parts, rest = {}, train
+        for offset, split in enumerate(("test", "val")):
+            if hp[f"{split}_path"] is not None:
+                continue
+            fraction = hp[f"{split}_fraction"]
+            kept, held = self.hold_out(rest, fraction, hp.seed * 1000 + offset)
+            if len(held) == 0 or len(kept) == 0:
+                raise ConfigError(f"data.{split}_fraction",
+                                  f"{hp.path!r} has {len(train)} sequences, too few to hold out {fraction:g} of "
+                                  f"them for {split} ({len(held)} held out, {len(kept)} left); give "
+                                  f"data.{split}_path, or a larger file")
+            parts[split], rest = rest.subset(held), rest.subset(kept)
+        parts["train"] = rest
+        return parts
+
+    def setup(self, stage: str | None = None) -> None:
+        """Read what ``stage`` needs: "fit" (or None) every split, learning from the training
+        split; "validate", "test" and "predict" their own file, and the training file only
+        where their split is held out from it or nothing was learnt yet (no checkpoint's state
+        loaded with ``load_state_dict``). Every file is checked as it is read, before any
+        training step."""
+        hp = self.hparams
+        needed = {"predict": ["predict"], "test": ["test"], "validate": ["val"]}.get(stage, list(self.SPLITS))
+        if all(split in self.splits for split in needed):
+            return
+        if "predict" in needed and hp.predict_path is None:
+            raise ConfigError("data.predict_path", "expected a file to predict on, got no value")
+        files = {}
+        from_training_file = [s for s in needed if s == "train" or (s != "predict" and hp[f"{s}_path"] is None)]
+        if from_training_file or not self.is_fitted():
+            files.update(self._held_out(self.read("path")))
+            if not self.is_fitted():
+                self.fit(files["train"])
+        for split in needed:
+            if split == "predict":
+                files[split] = self.read("predict_path", labels_required=False)
+            elif split != "train" and hp[f"{split}_path"] is not None:
+                files[split] = self.read(f"{split}_path")
+        for split, records in files.items():
+            self.files[split] = records
+            self.splits[split] = self.dataset(records)
+
+    def predict_dataloader(self):
+        return self._loader("predict", train=False)
