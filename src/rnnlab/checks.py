@@ -88,6 +88,22 @@ def tuple_str(items) -> str:
     return "(" + ", ".join(str(s) for s in items) + ("," if len(items) == 1 else "") + ")"
 
 
+def token_ids(name: str, idx, vocab_size: int) -> None:
+    """Check a (B, T) integer tensor of token ids in [0, vocab_size)."""
+    if not isinstance(idx, torch.Tensor):
+        raise TypeError(f"expected {name} to be a torch.Tensor of int64 ids, got {type(idx).__name__}")
+    if idx.dtype.is_floating_point or idx.dtype.is_complex or idx.dtype == torch.bool:
+        raise TypeError(f"expected {name} of integer dtype (token ids), got {idx.dtype}")
+    if idx.dim() != 2:
+        raise ValueError(f"expected {name} of shape (B, T), got {shape_str(idx.shape)}")
+    if idx.numel() == 0:
+        raise ValueError(f"expected a non-empty {name} of shape (B, T), got {shape_str(idx.shape)}")
+    low, high = torch.aminmax(idx)
+    if low < 0 or high >= vocab_size:
+        bad = int(low) if low < 0 else int(high)
+        raise ValueError(f"expected {name} ids in [0, {vocab_size}), got id {bad}")
+
+
 def same_dtype_device(name: str, tensor: torch.Tensor, like: torch.Tensor) -> None:
     """Raise unless ``tensor`` has the dtype and device of ``like`` (the module's weights)."""
     if tensor.dtype != like.dtype:

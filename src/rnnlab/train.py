@@ -95,6 +95,11 @@ def fill_model_from_data(model_cfg: DictConfig, datamodule: L.LightningDataModul
         raise ConfigError("data", f"does not match the {source}'s model: " + "; ".join(differences))
     net = model_cfg.get("net") or {}
     missing = [f"net.{key}" for key in DATA_SIZES if key in net and net[key] is None]
+    if {"net.input_size", "net.vocab_size"} <= set(missing):  # a network of features or of token ids
+        missing[missing.index("net.input_size")] = "net.input_size (features) or net.vocab_size (token ids)"
+        missing.remove("net.vocab_size")
+    elif "input_size" in net and "vocab_size" in net:  # one of them set: the other one stays null
+        missing = [key for key in missing if key not in ("net.input_size", "net.vocab_size")]
     if missing:
         data_name = class_path(type(datamodule))
         given = sorted(settings()) if settings is not None else None

@@ -59,7 +59,7 @@ BAD_VALUES = {
 
 # What each task trains on, and what the other data gives (one validation batch, read after setup).
 CLASSIFY, TAG = "(x (B, T, D) float, y (B,) int64[, lengths (B,) int])", \
-    "(x (B, T, D) float, tags (B, T) int64[, lengths (B,) int])"
+    "(x (B, T, D) float or ids (B, T) int64, tags (B, T) int64[, lengths (B,) int])"
 FROM_SYNTHETIC = "((64, 20, 10) float32, (64,) int64) from data=synthetic (rnnlab.data.synthetic.SyntheticSequenceDataModule)'s"
 FROM_CHARS = "((64, 128) int64, (64, 128) int64) from data=chars (rnnlab.data.chars.CharDataModule)'s"
 MISMATCHES = {
@@ -69,8 +69,11 @@ MISMATCHES = {
                              f"{FROM_CHARS} val_dataloader(): x has 2 dimensions, not 3 (B, T, D)",
     ("tagger", "synthetic"): f"data: model=tagger (TaggingTask) trains on batches {TAG}, got {FROM_SYNTHETIC} "
                              "val_dataloader(): tags has 1 dimension, not 2 (B, T)",
-    ("birnn_tagger", "chars"): f"data: model=birnn_tagger (TaggingTask) trains on batches {TAG}, got {FROM_CHARS} "
-                               "val_dataloader(): x has 2 dimensions, not 3 (B, T, D)",
+    # A language model's batches have the form of token-id tagging (tag each character with
+    # the next one); what the character data cannot give is a tag set.
+    ("birnn_tagger", "chars"): "model: net.num_tags is null and the data (rnnlab.data.chars.CharDataModule) does not "
+                               "set it: its model_settings() returns only ['carry_state', 'net.vocab_size', 'vocab']; "
+                               "return {'net.num_tags': ...} from model_settings(), or set model.net.num_tags=<value>",
     ("classifier", "tagging"): f"data: model=classifier (ClassificationTask) trains on batches {CLASSIFY}, got "
                                "((64, 20, 4) float32, (64, 20) int64) from data=tagging "
                                "(rnnlab.data.tagging.TaggingDataModule)'s val_dataloader(): y has 2 dimensions, not 1 (B,)",

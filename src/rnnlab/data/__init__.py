@@ -1,7 +1,10 @@
-"""LightningDataModules: synthetic sequence tasks and character corpora, all local."""
+"""LightningDataModules: synthetic sequence tasks, character corpora, and a user's own files."""
 
 from .chars import CharDataModule
+from .conll import ConllDataModule
+from .sequences import SequenceFileDataModule
 from .synthetic import SyntheticSequenceDataModule
 from .tagging import TaggingDataModule
 
-__all__ = ["SyntheticSequenceDataModule", "TaggingDataModule", "CharDataModule"]
+__all__ = ["SyntheticSequenceDataModule", "TaggingDataModule", "CharDataModule", "SequenceFileDataModule",
+           "ConllDataModule"]

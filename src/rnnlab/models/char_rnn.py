@@ -51,23 +51,9 @@ class CharRNN(nn.Module):
         self.output_dropout = Dropout(dropout)
         self.fc = nn.Linear(hidden_size, vocab_size)
 
-    def _check_ids(self, name: str, idx) -> None:
-        if not isinstance(idx, torch.Tensor):
-            raise TypeError(f"expected {name} to be a torch.Tensor of int64 ids, got {type(idx).__name__}")
-        if idx.dtype.is_floating_point or idx.dtype.is_complex or idx.dtype == torch.bool:
-            raise TypeError(f"expected {name} of integer dtype (character ids), got {idx.dtype}")
-        if idx.dim() != 2:
-            raise ValueError(f"expected {name} of shape (B, T), got {checks.shape_str(idx.shape)}")
-        if idx.numel() == 0:
-            raise ValueError(f"expected a non-empty {name} of shape (B, T), got {checks.shape_str(idx.shape)}")
-        low, high = torch.aminmax(idx)
-        if low < 0 or high >= self.vocab_size:
-            bad = int(low) if low < 0 else int(high)
-            raise ValueError(f"expected {name} ids in [0, {self.vocab_size}), got id {bad}")
-
     def forward(self, idx: torch.Tensor, h0: torch.Tensor | None = None):
         """Inputs: idx (B, T) int64; h0 (L, B, H) or None. Outputs: logits (B, T, V); h_n (L, B, H)."""
-        self._check_ids("idx", idx)
+        checks.token_ids("idx", idx, self.vocab_size)
         return self._logits(idx, h0)
 
     def _logits(self, idx: torch.Tensor, h: torch.Tensor | None):
@@ -94,7 +80,7 @@ class CharRNN(nn.Module):
         Returns:
             (B, T0 + max_new_tokens) int64: the prompt followed by the sampled ids.
         """
-        self._check_ids("prompt", prompt)
+        checks.token_ids("prompt", prompt, self.vocab_size)
         checks.int_at_least("max_new_tokens", max_new_tokens, 0)
         if not checks.is_number(temperature) or not temperature > 0:
             raise ValueError(f"expected temperature > 0, got {temperature!r}")
