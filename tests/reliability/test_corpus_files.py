@@ -28,7 +28,8 @@ def make_corpus(kind, tmp_path):
 
 REASONS = {
     "missing": (FileNotFoundError, "data.path: expected a UTF-8 text file, got '{path}', which does not exist"),
-    "directory": (ValueError, "data.path: expected a UTF-8 text file, got '{path}', which is a directory"),
+    "directory": (ValueError, "data.path: expected a UTF-8 text file or a directory of them, got '{path}', a "
+                              "directory that holds no files"),
     "empty": (ValueError, "data.path: expected a UTF-8 text file, got '{path}', which is empty"),
     "too_short": (ValueError, "data.seq_len: '{path}' is too short for seq_len=128: its val split "
                               "(5% of 430 characters) has 21, fewer than one window of seq_len + 1 = 129"),

@@ -1,7 +1,10 @@
-"""Character corpora for language modelling: a user's text file or a generated one.
+"""Character corpora for language modelling: a user's text file, directory or glob of
+text files, or a generated corpus.
 
 The text is split contiguously into train/val/test (90/5/5 by default), so validation
-measures how well the model continues unseen text, not memorised windows. The
+measures how well the model continues unseen text, not memorised windows. Many files are
+documents: joined with a separator (a blank line by default) and split contiguously like
+one text, or, with ``split_by=documents``, dealt whole to the splits. The
 vocabulary is the sorted set of characters in the training split; characters that
 only occur in val/test map to U+FFFD, which is then added to the vocabulary. A sample
 is a window of ``seq_len`` input ids and the same window shifted by one as targets.
@@ -9,6 +12,7 @@ is a window of ``seq_len`` input ids and the same window shifted by one as targe
 
 from __future__ import annotations
 
+import glob
 import os
 from pathlib import Path
 
@@ -22,6 +26,29 @@ from .batching import EpochSampler, batched_loader, overfitting, shard
 from .grammar import generate_grammar_corpus
 
 UNKNOWN = "\ufffd"
+
+
+def read_text_file(path: Path) -> str:
+    """A file's text; a path that is not a non-empty UTF-8 text file gets its own clear error."""
+    expected = "expected a UTF-8 text file"
+    if not path.exists():
+        raise FileNotFoundError(f"data.path: {expected}, got {str(path)!r}, which does not exist")
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        raise ConfigError("data.path", f"{expected}, got {str(path)!r}, which cannot be read "
+                                       f"({err.strerror or err})") from None
+    if not raw:
+        raise ConfigError("data.path", f"{expected}, got {str(path)!r}, which is empty")
+    if b"\x00" in raw:  # UTF-8 text never holds NUL bytes; binary files nearly always do
+        raise ConfigError("data.path", f"{expected}, got {str(path)!r}, which is binary "
+                                       f"(a NUL byte at offset {raw.index(0)})")
+    try:
+        return raw.decode("utf-8-sig")  # a leading byte-order mark is not text
+    except UnicodeDecodeError as err:
+        raise ConfigError("data.path", f"{expected}, got {str(path)!r}, which is not valid UTF-8 "
+                                       f"(byte 0x{raw[err.start]:02x} at offset {err.start}); "
+                                       "convert it first, e.g. iconv -f latin1 -t utf-8") from None
 
 
 class CharWindows(Dataset):
@@ -79,9 +106,10 @@ class CharDataModule(L.LightningDataModule):
     """Character windows from ``path`` (UTF-8 text) or, if ``path`` is None, a generated corpus.
 
     Args:
-        path: a UTF-8 text file, e.g. ``../shared/data/tinyshakespeare.txt``, made absolute
-            (so a checkpoint's data config finds it from any directory); None uses the
-            grammar corpus of :mod:`rnnlab.data.grammar`.
+        path: a UTF-8 text file, e.g. ``../shared/data/tinyshakespeare.txt``, a directory (every
+            file under it but hidden ones) or a glob (``'books/**/*.txt'``), made absolute (so a
+            checkpoint's data config finds it from any directory); None uses the grammar
+            corpus of :mod:`rnnlab.data.grammar`. Files are read in sorted order.
         corpus_chars: size of the generated corpus (ignored with ``path``).
         seq_len: characters per training window T.
         batch_size: windows per batch.
@@ -98,12 +126,18 @@ class CharDataModule(L.LightningDataModule):
             window k of each stream, in order, so a model can carry its hidden state from
             one batch to the next (truncated BPTT; ``train_windows`` and
             ``windows_per_epoch`` then do not apply). Single-process only.
+        split_by: with several files, ``"text"`` joins them and cuts the text contiguously
+            (the last files become validation and test, in sorted order); ``"documents"``
+            shuffles the files with ``seed`` and gives each split whole files, at least one,
+            until it holds its fraction of the characters (no document is in two splits).
+        document_separator: the text between two files (a blank line by default).
     """
 
     def __init__(self, path: str | None = None, corpus_chars: int = 300_000, seq_len: int = 128,
                  batch_size: int = 64, splits: tuple[float, float, float] = (0.9, 0.05, 0.05),
                  train_windows: str = "random", windows_per_epoch: int | None = None,
-                 seed: int = 0, num_workers: int = 0, stateful: bool = False):
+                 seed: int = 0, num_workers: int = 0, stateful: bool = False, split_by: str = "text",
+                 document_separator: str = "\n\n"):
         super().__init__()
         for name in ("corpus_chars", "seq_len", "batch_size"):
             checks.positive_int(name, locals()[name])
@@ -117,6 +151,11 @@ class CharDataModule(L.LightningDataModule):
         if train_windows not in ("random", "strided"):
             raise checks.ArgumentError("train_windows", f"expected train_windows 'random' or 'strided', "
                                                          f"got {train_windows!r}")
+        if split_by not in ("text", "documents"):
+            raise checks.ArgumentError("split_by", f"expected split_by 'text' or 'documents', got {split_by!r}")
+        if not isinstance(document_separator, str):
+            raise checks.ArgumentTypeError("document_separator", f"expected document_separator to be text, got "
+                                                                 f"{document_separator!r}")
         splits = tuple(float(f) for f in splits)
         if len(splits) != 3 or min(splits) <= 0 or abs(sum(splits) - 1) > 1e-6:
             raise checks.ArgumentError("splits", f"expected splits of three positive fractions summing to 1, "
@@ -125,46 +164,68 @@ class CharDataModule(L.LightningDataModule):
         self.vocab: str | None = None
         self.ids: dict[str, torch.Tensor] = {}
 
-    def _read_text(self) -> str:
-        """The corpus; a path that is not a non-empty UTF-8 text file gets its own clear error."""
-        if self.hparams.path is None:
-            return generate_grammar_corpus(self.hparams.corpus_chars, self.hparams.seed)
-        path = Path(self.hparams.path).expanduser()
-        expected = "expected a UTF-8 text file"
-        if not path.exists():
-            raise FileNotFoundError(f"data.path: {expected}, got {str(path)!r}, which does not exist")
-        if path.is_dir():
-            raise ConfigError("data.path", f"{expected}, got {str(path)!r}, which is a directory")
-        try:
-            raw = path.read_bytes()
-        except OSError as err:
-            raise ConfigError("data.path", f"{expected}, got {str(path)!r}, which cannot be read "
-                                           f"({err.strerror or err})") from None
-        if not raw:
-            raise ConfigError("data.path", f"{expected}, got {str(path)!r}, which is empty")
-        if b"\x00" in raw:  # UTF-8 text never holds NUL bytes; binary files nearly always do
-            raise ConfigError("data.path", f"{expected}, got {str(path)!r}, which is binary "
-                                           f"(a NUL byte at offset {raw.index(0)})")
-        try:
-            return raw.decode("utf-8-sig")  # a leading byte-order mark is not text
-        except UnicodeDecodeError as err:
-            raise ConfigError("data.path", f"{expected}, got {str(path)!r}, which is not valid UTF-8 "
-                                           f"(byte 0x{raw[err.start]:02x} at offset {err.start}); "
-                                           "convert it first, e.g. iconv -f latin1 -t utf-8") from None
+    def documents(self) -> list[str]:
+        """The corpus as a list of documents: the generated corpus, the file ``path``, every
+        file under the directory ``path`` (hidden ones left out) or every file a glob
+        ``path`` matches (``**`` reaches into subdirectories), in sorted order. Each file
+        that is not non-empty UTF-8 text is refused with its own reason, naming it."""
+        hp = self.hparams
+        if hp.path is None:
+            return [generate_grammar_corpus(hp.corpus_chars, hp.seed)]
+        path = Path(hp.path)
+        if glob.has_magic(str(path)):
+            files = sorted(Path(p) for p in glob.glob(str(path), recursive=True) if os.path.isfile(p))
+            if not files:
+                raise ConfigError("data.path", f"expected text files, got {str(path)!r}, which matches no file")
+        elif path.is_dir():
+            files = sorted(p for p in path.rglob("*") if p.is_file()
+                           and not any(part.startswith(".") for part in p.relative_to(path).parts))
+            if not files:
+                raise ConfigError("data.path", f"expected a UTF-8 text file or a directory of them, got "
+                                               f"{str(path)!r}, a directory that holds no files")
+        else:
+            files = [path]
+        return [read_text_file(file) for file in files]
+
+    def _text_splits(self) -> dict[str, str]:
+        """train/val/test text: the documents joined by ``document_separator`` and cut
+        contiguously (``split_by: text``), or whole documents shuffled with ``seed`` and
+        dealt to the splits until each holds its fraction of the characters
+        (``split_by: documents``)."""
+        hp = self.hparams
+        documents = self.documents()
+        if hp.split_by == "text" or len(documents) == 1:
+            train_frac, val_frac, _ = hp.splits
+            text = hp.document_separator.join(documents)
+            n_train, n_val = int(len(text) * train_frac), int(len(text) * val_frac)
+            return {"train": text[:n_train], "val": text[n_train:n_train + n_val], "test": text[n_train + n_val:]}
+        if len(documents) < 3:
+            raise ConfigError("data.split_by", f"expected at least 3 documents to split by document, got "
+                                               f"{len(documents)} in {hp.path!r}; use data.split_by=text")
+        order = torch.randperm(len(documents), generator=torch.Generator().manual_seed(hp.seed)).tolist()
+        total = sum(len(d) for d in documents)
+        parts: dict[str, list[str]] = {"train": [], "val": [], "test": []}
+        # Every split gets one document first, then each document goes to the first split
+        # still short of its share of the characters.
+        shares = dict(zip(parts, (fraction * total for fraction in hp.splits)))
+        sizes = dict.fromkeys(parts, 0)
+        for n, i in enumerate(order):
+            split = list(parts)[n] if n < 3 else next((s for s in parts if sizes[s] < shares[s]), "test")
+            parts[split].append(documents[i])
+            sizes[split] += len(documents[i])
+        return {split: hp.document_separator.join(docs) for split, docs in parts.items()}
 
     def setup(self, stage: str | None = None) -> None:
         if self.ids:
             return
         hp = self.hparams
-        text = self._read_text()
-        train_frac, val_frac, _ = hp.splits
-        n_train, n_val = int(len(text) * train_frac), int(len(text) * val_frac)
-        parts = {"train": text[:n_train], "val": text[n_train:n_train + n_val], "test": text[n_train + n_val:]}
+        parts = self._text_splits()
+        total = sum(len(part) for part in parts.values())
         source = repr(hp.path) if hp.path is not None else f"the generated corpus (data.corpus_chars={hp.corpus_chars})"
         for (split, part), fraction in zip(parts.items(), hp.splits):
             if len(part) < hp.seq_len + 1:
                 raise ConfigError("data.seq_len", f"{source} is too short for seq_len={hp.seq_len}: its {split} "
-                                                  f"split ({fraction:.0%} of {len(text)} characters) has {len(part)}, "
+                                                  f"split ({fraction:.0%} of {total} characters) has {len(part)}, "
                                                   f"fewer than one window of seq_len + 1 = {hp.seq_len + 1}; "
                                                   "use a longer text or a smaller data.seq_len")
         vocab = sorted(set(parts["train"]))
