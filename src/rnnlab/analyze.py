@@ -202,12 +202,17 @@ def analyze(task: L.LightningModule, batch, out_dir: str | Path) -> list[Path]:
     return paths
 
 
-def first_batch(data_config: dict, num_examples: int, split: str = "val"):
-    """The first ``num_examples`` examples of a split of the data described by ``data_config``."""
+def first_batch(data_config: dict, num_examples: int, split: str = "val", task=None):
+    """The first ``num_examples`` examples of a split of the data described by ``data_config``
+    (read as in training: with what the data module learnt then, kept in ``task``'s checkpoint)."""
     from hydra.utils import instantiate
+
+    from .checkpoints import restore_data_state
 
     overrides = {"batch_size": num_examples}
     datamodule = instantiate({**data_config, **overrides})
+    if task is not None:
+        restore_data_state(datamodule, task)
     datamodule.setup("validate")
     loader = datamodule.val_dataloader() if split == "val" else datamodule.test_dataloader()
     batch = next(iter(loader))
@@ -225,6 +230,6 @@ def analyze_checkpoint(ckpt_path: str | Path, num_examples: int = 32, out_dir: s
     if data_config is None:
         raise CheckpointError(f"{str(ckpt_path)!r} holds no data config; it was not written by rnnlab.train")
     out_dir = Path(out_dir) if out_dir else Path(ckpt_path).resolve().parent.parent / "analysis"
-    paths = analyze(task, first_batch(data_config, num_examples), out_dir)
+    paths = analyze(task, first_batch(data_config, num_examples, task=task), out_dir)
     log.info("Analysis figures:\n" + "\n".join(f"  {p}" for p in paths))
     return paths

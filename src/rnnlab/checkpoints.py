@@ -47,13 +47,17 @@ def _reason(err: BaseException) -> str:
     return first_line(err, with_type=False).split(". ")[0].rstrip(".")
 
 
-def check_targets(config, path, where: str = "") -> None:
-    """Raise unless every ``_target_`` in a nested config is under :data:`ALLOWED_TARGETS`."""
+def check_targets(config, path, where: str = "", trusted: str | None = None) -> None:
+    """Raise unless every ``_target_`` in a nested config is under :data:`ALLOWED_TARGETS`, or
+    is ``trusted``: a class the user named on the command line (``data._target_=mydata.Sines``)."""
     if isinstance(config, dict):
         target = config.get("_target_")
-        if target is not None and not (isinstance(target, str) and target.startswith(ALLOWED_TARGETS)):
+        if target is not None and target != trusted and not (isinstance(target, str)
+                                                              and target.startswith(ALLOWED_TARGETS)):
+            hint = (f"; to use a data class of your own, name it on the command line: data._target_={target}"
+                    if where == "data" else "")
             raise CheckpointError(f"refusing to load {str(path)!r}: {where or 'config'}._target_={target!r} "
-                                  f"is not one of rnnlab's or torch.optim's classes")
+                                  f"is not one of rnnlab's or torch.optim's classes{hint}")
         for key, value in config.items():
             check_targets(value, path, f"{where}.{key}" if where else str(key))
     elif isinstance(config, (list, tuple)):
@@ -126,11 +130,17 @@ def load_checkpoint(path: str | Path) -> dict:
 RENAMED_HPARAMS = {"sample_length": "sample_max_new_tokens"}
 
 
-def load_task(path: str | Path) -> tuple[RNNTask, dict | None]:
-    """Rebuild the trained task from a checkpoint alone: (task in eval mode, data config)."""
+def load_task(path: str | Path, data_target: str | None = None) -> tuple[RNNTask, dict | None]:
+    """Rebuild the trained task from a checkpoint alone: (task in eval mode, data config).
+
+    ``task.data_state`` is what the data module learnt in training (its ``state_dict``, which
+    Lightning keeps in the checkpoint under the class's name), or None; see
+    :func:`restore_data_state`. ``data_target`` is a data class the user named, accepted in
+    the data config besides rnnlab's own.
+    """
     checkpoint = load_checkpoint(path)
     check_targets(checkpoint["hyper_parameters"], path, "model")
-    check_targets(checkpoint["rnnlab"].get("data"), path, "data")
+    check_targets(checkpoint["rnnlab"].get("data"), path, "data", trusted=data_target)
     name = checkpoint["rnnlab"].get("task")
     try:
         task_cls = get_class(name) if isinstance(name, str) and name.startswith("rnnlab.tasks.") else None
@@ -152,7 +162,19 @@ def load_task(path: str | Path) -> tuple[RNNTask, dict | None]:
         raise CheckpointError(f"{str(path)!r}: its weights do not fit the model its hyperparameters "
                               f"describe ({details})") from None
     task.data_config = checkpoint["rnnlab"].get("data")
+    target = (task.data_config or {}).get("_target_")
+    task.data_state = checkpoint.get(target.rsplit(".", 1)[-1]) if isinstance(target, str) else None
     return task.eval(), task.data_config
+
+
+def restore_data_state(datamodule, task: RNNTask) -> None:
+    """Give a data module rebuilt from a checkpoint's data config what it learnt in training
+    (a vocabulary, class names, feature statistics: ``task.data_state`` from
+    :func:`load_task`), as Lightning's own resume does, before its ``setup``; so a new file is
+    read and preprocessed exactly as the training data was."""
+    state = getattr(task, "data_state", None)
+    if state and hasattr(datamodule, "load_state_dict"):
+        datamodule.load_state_dict(state)
 
 
 # ------------------------------------------------------------------ mismatches

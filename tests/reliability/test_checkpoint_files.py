@@ -295,5 +295,6 @@ def test_loading_a_task_refuses_a_checkpoint_that_names_another_class(entry, whe
     torch.save(checkpoint, path)
     with pytest.raises(CheckpointError) as raised:
         load_task(path)
+    hint = "; to use a data class of your own, name it on the command line: data._target_=os.system"
     assert str(raised.value) == (f"refusing to load {str(path)!r}: {where} "
-                                 "is not one of rnnlab's or torch.optim's classes")
+                                 "is not one of rnnlab's or torch.optim's classes" + (hint if entry == "data" else ""))
