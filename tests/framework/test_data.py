@@ -263,3 +263,42 @@ def test_a_relative_path_is_kept_absolute(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     dm = CharDataModule(path="corpus.txt", seq_len=8)
     assert dm.hparams.path == str(tmp_path / "corpus.txt")
+
+
+def test_a_directory_or_glob_of_text_files_is_split_by_text_or_by_whole_documents(tmp_path):
+    documents = {f"d{i}.txt": f"<{i}>" + "abc " * (50 + 10 * i) for i in range(8)}
+    (tmp_path / "books" / "more").mkdir(parents=True)
+    for i, (name, text) in enumerate(documents.items()):
+        (tmp_path / "books" / ("more" if i % 2 else ".") / name).write_text(text)
+    (tmp_path / "books" / ".notes").write_bytes(b"\x00binary")  # hidden: left out
+
+    def splits(**kwargs):
+        data = CharDataModule(seq_len=8, **kwargs)
+        return data, data._text_splits()
+
+    data, by_text = splits(path=str(tmp_path / "books"))
+    in_order = [documents[p.name] for p in sorted((tmp_path / "books").rglob("d*.txt"))]
+    assert "".join(by_text.values()) == "\n\n".join(in_order)  # joined in sorted path order, cut contiguously
+    assert len(data.documents()) == 8
+    _, by_glob = splits(path=str(tmp_path / "books" / "**" / "d[0-3].txt"), document_separator="|")
+    assert "".join(by_glob.values()) == "|".join(documents[f"d{i}.txt"] for i in (0, 2, 1, 3))  # books/, then more/
+
+    _, by_document = splits(path=str(tmp_path / "books"), split_by="documents", seed=3)
+    parts = {split: text.split("\n\n") for split, text in by_document.items()}
+    assert sorted(sum(parts.values(), [])) == sorted(documents.values())  # each document whole, in one split
+    assert all(parts.values()) and len(parts["train"]) > len(parts["val"])
+    assert splits(path=str(tmp_path / "books"), split_by="documents", seed=4)[1] != by_document  # seeded
+
+
+def test_a_file_among_many_that_is_not_text_is_named(tmp_path):
+    (tmp_path / "a.txt").write_text("fine text " * 50)
+    (tmp_path / "b.txt").write_bytes(b"\x89PNG\x00")
+    with pytest.raises(ValueError, match=f"data.path: expected a UTF-8 text file, got '{tmp_path}/b.txt', which is "
+                                         "binary"):
+        CharDataModule(path=str(tmp_path), seq_len=8).setup("fit")
+    with pytest.raises(ValueError, match=f"data.path: expected text files, got '{tmp_path}/\\*.md', which matches "
+                                         "no file"):
+        CharDataModule(path=str(tmp_path / "*.md"), seq_len=8).setup("fit")
+    (tmp_path / "b.txt").write_text("more text " * 50)
+    with pytest.raises(ValueError, match="data.split_by: expected at least 3 documents to split by document, got 2"):
+        CharDataModule(path=str(tmp_path), seq_len=8, split_by="documents").setup("fit")

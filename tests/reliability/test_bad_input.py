@@ -214,3 +214,38 @@ def test_dropout_that_a_one_layer_rnn_cannot_apply_is_warned_about():
         warnings.simplefilter("error")  # the classifier's head still applies its dropout: no warning
         model = SequenceClassifier(4, 8, 2, num_layers=1, dropout=0.3)
     assert model.head_dropout.p == 0.3 and model.rnn.layer_dropout is None
+
+
+@pytest.mark.parametrize("model,data", [("classifier", "sequences"), ("birnn_tagger", "conll")])
+def test_an_unusable_data_file_is_refused_before_any_training_step(model, data, tmp_path, training_steps):
+    """The test file is read, and refused, before the first training step (here: a NaN value, a
+    tag training never saw)."""
+    from datafiles import make_sentences, make_sequences, write_conll, write_sequences
+
+    if data == "sequences":
+        sequences, labels = make_sequences(40)
+        train_file = write_sequences(tmp_path / "train", sequences, labels, "npz")
+        sequences[3][2, 1] = float("nan")
+        test_file = write_sequences(tmp_path / "test", sequences, labels, "npz")
+        expected = f"data.test_path: '{test_file}': sequence 3 has nan at step 2, feature 1"
+    else:
+        train_file = write_conll(tmp_path / "train.conll", make_sentences(40))
+        test_file = tmp_path / "test.conll"
+        test_file.write_text("Alice B-PER\nsang B-VERB\n\n")
+        expected = f"data.test_path: '{test_file}', line 2: tag 'B-VERB', which the training data never has"
+    cfg = compose_config("train", [*QUIET, f"model={model}", f"data={data}", f"data.path={train_file}",
+                                   f"data.test_path={test_file}"], tmp_path / "run")
+    with pytest.raises(ConfigError, match=re.escape(expected)):
+        train(cfg)
+    assert training_steps == []
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+@pytest.mark.subprocess
+def test_predict_script_refuses_a_model_that_reads_no_files_in_one_line(tmp_path, script, classifier_ckpt):
+    proc = script("predict", f"ckpt_path={classifier_ckpt}", f"input={tmp_path}/new.npz",
+                  f"output={tmp_path}/out.csv", f"hydra.run.dir={tmp_path}")
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.rstrip().splitlines()[-1].startswith(
+        "Error: ckpt_path: this model was trained on rnnlab.data.SyntheticSequenceDataModule, which reads no files")
