@@ -212,7 +212,7 @@ RESUMABLE_CHANGES = (
     "trainer.enable_progress_bar", "trainer.enable_model_summary", "trainer.default_root_dir",
     "data.num_workers", "model.sample_",  # the validation samples' prompt, length, temperature and seed
 )
-_MODEL_KEYS = ("model.net", "model.vocab")  # what the weights are: a different model, not a setting
+_MODEL_KEYS = ("model.net", "model.vocab", "model.class_names", "model.tag_names")  # what the weights mean
 
 
 def _settings(model: dict | None, data: dict | None, run: dict | None) -> dict:

@@ -1,13 +1,16 @@
 """DataModules: task definitions, determinism, splits, windows, vocabulary and batching."""
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
 from torch.utils.data import DataLoader
 
 from helpers import SHAKESPEARE
-from rnnlab.data import CharDataModule, SyntheticSequenceDataModule, TaggingDataModule
+from datafiles import make_sentences, make_sequences, write_conll, write_sequences
+from rnnlab.data import (CharDataModule, ConllDataModule, SequenceFileDataModule, SyntheticSequenceDataModule,
+                         TaggingDataModule)
 from rnnlab.data.grammar import generate_grammar_corpus
 
 
@@ -185,23 +188,40 @@ def _rows(batches) -> torch.Tensor:
     return torch.cat([torch.nn.functional.pad(r, (0, width - r.shape[1])) for r in rows])
 
 
+def _sequence_files(directory: Path) -> SequenceFileDataModule:
+    path = directory / "train.npz"
+    if not path.exists():
+        write_sequences(path, *make_sequences(300), "npz")
+    return SequenceFileDataModule(str(path), batch_size=16)
+
+
+def _conll_files(directory: Path) -> ConllDataModule:
+    path = directory / "train.conll"
+    if not path.exists():
+        write_conll(path, make_sentences(300))
+    return ConllDataModule(str(path), batch_size=16)
+
+
+# Each builds a data module, given a directory for the files it reads.
 DATA_MODULES = {
-    "synthetic": lambda: SyntheticSequenceDataModule(num_train=300, num_val=70, num_test=50, batch_size=16),
-    "synthetic_varlen": lambda: SyntheticSequenceDataModule(num_train=300, num_val=70, num_test=50, batch_size=16,
-                                                            min_len=5),
-    "tagging": lambda: TaggingDataModule(num_train=300, num_val=70, num_test=50, batch_size=16),
-    "chars_random": lambda: CharDataModule(corpus_chars=8000, seq_len=16, batch_size=8, windows_per_epoch=200),
-    "chars_strided": lambda: CharDataModule(corpus_chars=8000, seq_len=16, batch_size=8, train_windows="strided"),
+    "synthetic": lambda _: SyntheticSequenceDataModule(num_train=300, num_val=70, num_test=50, batch_size=16),
+    "synthetic_varlen": lambda _: SyntheticSequenceDataModule(num_train=300, num_val=70, num_test=50, batch_size=16,
+                                                              min_len=5),
+    "tagging": lambda _: TaggingDataModule(num_train=300, num_val=70, num_test=50, batch_size=16),
+    "chars_random": lambda _: CharDataModule(corpus_chars=8000, seq_len=16, batch_size=8, windows_per_epoch=200),
+    "chars_strided": lambda _: CharDataModule(corpus_chars=8000, seq_len=16, batch_size=8, train_windows="strided"),
+    "sequence_files": _sequence_files,
+    "conll_files": _conll_files,
 }
 
 
 @pytest.mark.parametrize("name", sorted(DATA_MODULES))
-def test_each_ddp_rank_reads_its_own_shard_of_every_split(name):
+def test_each_ddp_rank_reads_its_own_shard_of_every_split(name, tmp_path):
     """What each of two ranks reads: disjoint shards that together are the single-process
     epoch, in half the steps (training) and with every item once (evaluation)."""
     torch.manual_seed(0)  # the shard seed comes from the run's seed (torch.initial_seed)
-    single = _attached(_setup(DATA_MODULES[name]()))
-    ranks = [_attached(_setup(DATA_MODULES[name]()), rank=r, world_size=2) for r in range(2)]
+    single = _attached(_setup(DATA_MODULES[name](tmp_path)))
+    ranks = [_attached(_setup(DATA_MODULES[name](tmp_path)), rank=r, world_size=2) for r in range(2)]
     for split in ("train", "val", "test"):
         whole = list(getattr(single, f"{split}_dataloader")())
         shards = [list(getattr(dm, f"{split}_dataloader")()) for dm in ranks]
@@ -229,12 +249,12 @@ def test_stateful_streams_refuse_several_processes():
 
 
 @pytest.mark.parametrize("name", sorted(DATA_MODULES))
-def test_overfit_batches_train_on_the_same_full_batches_every_epoch(name):
+def test_overfit_batches_train_on_the_same_full_batches_every_epoch(name, tmp_path):
     """trainer.overfit_batches (debug=overfit): whole batches of batch_size, the same ones in
     the same order every epoch (Lightning's own fix would hand out single samples here)."""
     from lightning.fabric.utilities.data import _set_sampler_epoch
 
-    dm = _attached(_setup(DATA_MODULES[name]()), overfit_batches=4)
+    dm = _attached(_setup(DATA_MODULES[name](tmp_path)), overfit_batches=4)
     loader = dm.train_dataloader()
     epochs = []
     for epoch in range(2):

@@ -135,7 +135,7 @@ def _read_conllu(text: str, path: Path, key: str, tag_field: str, labels_require
             if tag_field not in word:
                 raise ConfigError(key, f"{str(path)!r}: no field {tag_field!r} (data.tag_field); CoNLL-U fields "
                                        f"are {list(word.keys())}")
-            tag = word[tag_field]
+            tag = None if word[tag_field] in (None, "_") else word[tag_field]  # _ is CoNLL-U's empty field
             if tag is None and labels_required:
                 raise ConfigError(key, f"{str(path)!r}, {label}, word {position} ({word['form']!r}): no "
                                        f"{tag_field} tag (_)")

@@ -26,7 +26,9 @@ The formats, chosen by extension:
 
 from __future__ import annotations
 
+import pickle
 import re
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -198,10 +200,10 @@ def read_npz(path: Path, key: str, labels_required: bool) -> SequenceFile:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {name: archive[name] for name in archive.files}
     except ValueError as err:
-        if "allow_pickle" in str(err):
+        if "Object arrays" in str(err):  # a NumPy archive whose arrays hold pickled Python objects
             raise ConfigError(key, f"{str(path)!r} stores Python objects; save x, y and lengths as numeric or "
                                    "string arrays (np.savez(path, x=..., y=np.array(labels)))") from None
-        raise ConfigError(key, f"{str(path)!r} is not a readable .npz file ({err})") from None
+        raise ConfigError(key, f"{str(path)!r} is not a readable .npz file (not a NumPy archive)") from None
     except (OSError, EOFError) as err:
         raise ConfigError(key, f"{str(path)!r} is not a readable .npz file ({err})") from None
     missing = [name for name in ("x", "y") if name not in arrays and (name == "x" or labels_required)]
@@ -217,9 +219,14 @@ def read_npz(path: Path, key: str, labels_required: bool) -> SequenceFile:
 def read_pt(path: Path, key: str, labels_required: bool) -> SequenceFile:
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 (torch raises several types for unreadable or unsafe files)
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ConfigError(key, f"{str(path)!r} is not a .pt file of tensors and plain values ({reason})") from None
+    except pickle.UnpicklingError as err:
+        # torch names the refused class on a line with GLOBAL ("Unsupported global: GLOBAL numpy...").
+        refused = re.search(r"GLOBAL ([\w.]+)", str(err))
+        what = f"a {refused.group(1)}" if refused else "objects torch.load(weights_only=True) refuses"
+        raise ConfigError(key, f"{str(path)!r} holds {what}; expected tensors, lists of tensors and lists of ints "
+                               "or strings (torch.save({'x': ..., 'y': ...}, path))") from None
+    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as err:
+        raise ConfigError(key, f"{str(path)!r} is not a readable .pt file ({type(err).__name__})") from None
     if not isinstance(data, dict) or "x" not in data or ("y" not in data and labels_required):
         got = sorted(map(str, data)) if isinstance(data, dict) else type(data).__name__
         raise ConfigError(key, f"{str(path)!r}: expected a dict with x (an (N, T, D) tensor or a list of (T_i, D) "
