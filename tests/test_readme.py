@@ -46,7 +46,8 @@ def test_ci_runs_the_readmes_test_command_verbatim():
 def test_the_own_data_example_trains_with_the_sizes_its_module_gives(tmp_path):
     text = section("Your own data")
     (module,), (config,) = blocks(text, "python"), blocks(text, "yaml")
-    (command,) = [line for block in blocks(text, "bash") for line in block.splitlines() if "scripts/train.py" in line]
+    (command,) = [line for block in blocks(text, "bash") for line in block.splitlines()
+                  if "scripts/train.py" in line and "hydra.searchpath" in line]
     (tmp_path / "mydata.py").write_text(module)
     (tmp_path / "my_conf" / "data").mkdir(parents=True)
     (tmp_path / "my_conf" / "data" / "sines.yaml").write_text(config)
