@@ -83,3 +83,9 @@ class FloatLabels(Series):
     def make(self, n, g):
         x, y, lengths = super().make(n, g)
         return x, y.float(), lengths
+
+
+class StepsWithoutSettings(Steps):
+    """Tagging batches, but the module says nothing of the model's sizes."""
+
+    model_settings = None

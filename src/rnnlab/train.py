@@ -103,12 +103,13 @@ def fill_model_from_data(model_cfg: DictConfig, datamodule: L.LightningDataModul
     if missing:
         data_name = class_path(type(datamodule))
         given = sorted(settings()) if settings is not None else None
+        keys = [key.split(" ")[0] for key in missing]  # the first of alternatives, for the suggestion
         raise ConfigError("model", f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} null and the data "
                           f"({data_name}) does not set {'it' if len(missing) == 1 else 'them'}: "
                           + (f"its model_settings() returns only {given}" if given is not None
                              else "it defines no model_settings()")
-                          + f"; return {{{', '.join(repr(k) + ': ...' for k in missing)}}} from model_settings(), "
-                          "or set " + ", ".join(f"model.{k}=<value>" for k in missing))
+                          + f"; return {{{', '.join(repr(k) + ': ...' for k in keys)}}} from model_settings(), "
+                          "or set " + ", ".join(f"model.{k}=<value>" for k in keys))
 
 
 def flat_hparams(cfg: DictConfig) -> dict:

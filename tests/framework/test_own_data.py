@@ -83,3 +83,16 @@ def test_the_classification_contract_names_what_a_batch_lacks(batch, problem):
     from rnnlab.tasks import ClassificationTask
 
     assert ClassificationTask.batch_problem(batch) == problem
+
+
+def test_a_tagger_needs_features_or_token_ids_from_its_data(tmp_path):
+    """The tagger takes input_size (features) or vocab_size (token ids): data that gives neither is
+    named with both; data that gives one leaves the other null."""
+    cfg = user_config(tmp_path, "tagger", "userdata.StepsWithoutSettings")
+    with pytest.raises(ConfigError) as raised:
+        train(cfg)
+    assert str(raised.value).startswith(
+        "model: net.input_size (features) or net.vocab_size (token ids), net.num_tags are null and the data "
+        "(userdata.StepsWithoutSettings) does not set them: it defines no model_settings(); return "
+        "{'net.input_size': ..., 'net.num_tags': ...} from model_settings(), or set model.net.input_size=<value>, "
+        "model.net.num_tags=<value>")
