@@ -181,6 +181,8 @@ class ConllDataModule(FileSplitsDataModule):
         num_workers: DataLoader worker processes.
     """
 
+    RECORDS = "sentences"
+
     def __init__(self, path: str, val_path: str | None = None, test_path: str | None = None,
                  predict_path: str | None = None, val_fraction: float = 0.1, test_fraction: float = 0.1,
                  tag_field: str = "upos", tag_column: int = -1, min_freq: int = 2, lowercase: bool = False,

@@ -55,6 +55,7 @@ class FileSplitsDataModule(SplitsDataModule):
     """
 
     SPLITS = ("train", "val", "test")
+    RECORDS = "sequences"  # what a file holds, for messages
 
     def __init__(self):
         super().__init__()
@@ -91,9 +92,9 @@ class FileSplitsDataModule(SplitsDataModule):
             kept, held = self.hold_out(rest, fraction, hp.seed * 1000 + offset)
             if len(held) == 0 or len(kept) == 0:
                 raise ConfigError(f"data.{split}_fraction",
-                                  f"{hp.path!r} has {len(train)} sequences, too few to hold out {fraction:g} of "
-                                  f"them for {split} ({len(held)} held out, {len(kept)} left); give "
-                                  f"data.{split}_path, or a larger file")
+                                  f"{hp.path!r} has {len(train)} {self.RECORDS}, too few to hold out "
+                                  f"{fraction:g} of them for {split} ({len(held)} held out, {len(kept)} left); "
+                                  f"give data.{split}_path, or a larger file")
             parts[split], rest = rest.subset(held), rest.subset(kept)
         parts["train"] = rest
         return parts

@@ -121,9 +121,9 @@ class SequenceFileDataModule(FileSplitsDataModule):
         """Class names and standardisation from the training split."""
         self.class_names = [v.item() if isinstance(v, np.generic) else v for v in np.unique(train.labels)]
         self.num_features = int(train.x.shape[2])
-        valid = np.arange(train.x.shape[1])[None, :] < train.lengths[:, None]  # (N, T)
-        steps = train.x[valid].astype(np.float64)  # (valid steps, D)
         if self.hparams.standardize:
+            valid = np.arange(train.x.shape[1])[None, :] < train.lengths[:, None]  # (N, T)
+            steps = train.x[valid].astype(np.float64)  # (valid steps, D): padding left out
             std = steps.std(axis=0)
             self.mean, self.std = steps.mean(axis=0).tolist(), np.where(std > 0, std, 1.0).tolist()
 
