@@ -26,6 +26,7 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
+from . import compiled
 from .matmul import StepWeight
 
 
@@ -270,28 +271,64 @@ def _run(recurrence, projected: torch.Tensor, *inputs) -> tuple[torch.Tensor, tu
     return outputs.view(-1, B, H), tuple(final)  # (T, B, H)
 
 
-def elman(projected: torch.Tensor, h0: torch.Tensor, w_hh: torch.Tensor, relu: bool = False):
+def takes_masks(projected: torch.Tensor) -> bool:
+    """Whether :func:`elman`, :func:`gru` and :func:`lstm` run a variable-length batch (a
+    ``mask``) on ``projected``: the compiled loops do; the Python loops here do not, and the
+    cells then run their readable masked loop (:func:`rnnlab.models.cells.recur_masked`)."""
+    return compiled.usable(projected) is not None
+
+
+def _run_compiled(function, projected: torch.Tensor, B: int, inputs: tuple, mask: torch.Tensor | None):
+    """Apply a compiled Function to ``projected`` (T*B, G*H); mask (T, B, 1) zeroes the outputs
+    past each sequence's length (the Function carries ended sequences' states)."""
+    T = projected.shape[0] // B
+    step_mask = None if mask is None else mask.reshape(T, B).contiguous()  # (T, B)
+    # Without a gradient to come (torch.no_grad, inference) only the states are kept.
+    save = torch.is_grad_enabled() and any(t.requires_grad for t in (projected, *inputs) if isinstance(t, torch.Tensor))
+    if function is compiled.Elman:  # the Elman loop writes over projected, which must not be a view
+        outputs, *final = function.apply(projected, *inputs, step_mask)
+    elif function is compiled.LSTM:  # so does the LSTM's (its gates), returned as a fourth output
+        outputs, *final, _ = function.apply(projected, *inputs, step_mask, save)
+    else:
+        outputs, *final = function.apply(projected.view(T, B, -1), *inputs, step_mask, save)
+    outputs = outputs.view(T, B, -1)  # (T, B, H)
+    if mask is not None:
+        outputs = outputs.masked_fill(~mask, 0)
+    return outputs, tuple(final)
+
+
+def elman(projected: torch.Tensor, h0: torch.Tensor, w_hh: torch.Tensor, relu: bool = False,
+          mask: torch.Tensor | None = None):
     """The Elman cell's recurrence, h_t = act(p_t + W_hh h_{t-1}).
 
-    Inputs: projected (T*B, H), W_xh x_t + b_xh + b_hh (overwritten); h0 (B, H); w_hh (H, H).
-    Outputs: outputs (T, B, H); (h_T (B, H),).
+    Inputs: projected (T*B, H), W_xh x_t + b_xh + b_hh (overwritten); h0 (B, H); w_hh (H, H);
+    mask (T, B, 1) bool or None (only where :func:`takes_masks`).
+    Outputs: outputs (T, B, H), zero past each length; (h_T (B, H),), each sequence's last state.
     """
+    if compiled.usable(projected) is not None:  # the loop in C++: kernels/compiled.py
+        return _run_compiled(compiled.Elman, projected, h0.shape[0], (h0, w_hh, relu), mask)
     return _run(ElmanRecurrence, projected, h0, w_hh, relu)
 
 
-def gru(projected: torch.Tensor, h0: torch.Tensor, w_hh: torch.Tensor, b_hn: torch.Tensor | None):
+def gru(projected: torch.Tensor, h0: torch.Tensor, w_hh: torch.Tensor, b_hn: torch.Tensor | None,
+        mask: torch.Tensor | None = None):
     """The GRU cell's recurrence.
 
     Inputs: projected (T*B, 3H), W_xh x_t + b_xh + (b_hr, b_hz, 0); h0 (B, H); w_hh (3H, H);
-    b_hn (H,) or None. Outputs: outputs (T, B, H); (h_T (B, H),).
+    b_hn (H,) or None; mask as :func:`elman`. Outputs: outputs (T, B, H); (h_T (B, H),).
     """
+    if compiled.usable(projected) is not None:
+        return _run_compiled(compiled.GRU, projected, h0.shape[0], (h0, w_hh, b_hn), mask)
     return _run(GRURecurrence, projected, h0, w_hh, b_hn)
 
 
-def lstm(projected: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, w_hh: torch.Tensor):
+def lstm(projected: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, w_hh: torch.Tensor,
+         mask: torch.Tensor | None = None):
     """The LSTM cell's recurrence.
 
-    Inputs: projected (T*B, 4H), W_xh x_t + b_xh + b_hh; h0, c0 (B, H); w_hh (4H, H).
-    Outputs: outputs (T, B, H); (h_T (B, H), c_T (B, H)).
+    Inputs: projected (T*B, 4H), W_xh x_t + b_xh + b_hh; h0, c0 (B, H); w_hh (4H, H); mask as
+    :func:`elman`. Outputs: outputs (T, B, H); (h_T (B, H), c_T (B, H)).
     """
+    if compiled.usable(projected) is not None:
+        return _run_compiled(compiled.LSTM, projected, h0.shape[0], (h0, c0, w_hh), mask)
     return _run(LSTMRecurrence, projected, h0, c0, w_hh)
