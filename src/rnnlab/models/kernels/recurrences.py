@@ -7,8 +7,9 @@ W_hh's gradient as T small products added one at a time. Here the forward writes
 step's results in place into preallocated (T, B, ...) tensors, and the backward
 precomputes every activation derivative for all steps at once, runs one (B, H) x (H, G*H)
 product per step for the state's gradient and gets W_hh's gradient as one product at the
-end. On 2 CPU cores this makes rnnlab's forward + backward 0.6-0.7x the time of
-torch.nn.RNN's at the benchmark's shapes (docs/performance.md).
+end. These loops are the reference for the compiled ones (:mod:`.compiled`), which run
+instead on the CPU in float32 and float64 where they could be built; they run as they are
+elsewhere (no compiler, CUDA, 16-bit autocast). Measurements: docs/performance.md.
 
 What they must equal: the readable cells (:mod:`rnnlab.models.cells`), step by step, and
 torch.nn.RNN / GRU / LSTM, to 1e-10 in float64 for outputs, final states and every
@@ -16,9 +17,10 @@ gradient (tests/models/test_cells.py, test_rnn.py, test_fast_paths.py).
 
 The entry points :func:`elman`, :func:`gru` and :func:`lstm` take tensors and weights, not
 a cell: the projected input (T*B, G*H) with rows in time-major order (a temporary the
-caller gives up: the Elman recurrence writes its outputs into it), the initial state and
-W_hh. They return the outputs (T, B, H) and the final state, a tuple. Under autocast
-(mixed precision) the whole recurrence runs in autocast's dtype.
+caller gives up: the Elman and the compiled LSTM recurrences write into it), the initial
+state and W_hh, and, where :func:`takes_masks`, a mask of the valid steps. They return
+the outputs (T, B, H) and the final state, a tuple. Under autocast (mixed precision) the
+whole recurrence runs in autocast's dtype.
 """
 
 from __future__ import annotations
@@ -326,7 +328,7 @@ def lstm(projected: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, w_hh: torc
          mask: torch.Tensor | None = None):
     """The LSTM cell's recurrence.
 
-    Inputs: projected (T*B, 4H), W_xh x_t + b_xh + b_hh; h0, c0 (B, H); w_hh (4H, H); mask as
+    Inputs: projected (T*B, 4H), W_xh x_t + b_xh + b_hh (may be overwritten); h0, c0 (B, H); w_hh (4H, H); mask as
     :func:`elman`. Outputs: outputs (T, B, H); (h_T (B, H), c_T (B, H)).
     """
     if compiled.usable(projected) is not None:
