@@ -39,12 +39,17 @@ def test_benchmark_writes_csv_and_markdown(tmp_path):
         reader = csv.DictReader(f)
         rows = list(reader)
     assert reader.fieldnames == bench.COLUMNS
-    core = ["forward", "backward", "stepwise", "memory"]
-    assert [r["row"] for r in rows] == core + ["forward", "backward", "memory"] * 2 + list(bench.ROWS[4:])
-    assert all(r["shape"] == str(TINY_SHAPE) for r in rows[:4])
-    assert [r["shape"] for r in rows[4:10]] == [f"{TINY_SHAPE} gru"] * 3 + [f"{TINY_SHAPE} lstm"] * 3
-    assert [r["reference_name"] for r in rows[:10]] == (["torch.nn.RNN", "torch.nn.RNN", "rnnlab RNN.forward_stepwise",
-                                                         "torch.nn.RNN"] + ["torch.nn.GRU"] * 3 + ["torch.nn.LSTM"] * 3)
+    core = ["forward", "backward", "stepwise", "memory", "lengths"]
+    gated = ["forward", "backward", "memory", "lengths"]
+    assert [r["row"] for r in rows] == core + gated * 2 + ["generate"] * 3 + ["e2e_classifier", "e2e_char"]
+    assert all(r["shape"] == str(TINY_SHAPE) for r in rows[:5])
+    assert [r["shape"] for r in rows[5:13]] == [f"{TINY_SHAPE} gru"] * 4 + [f"{TINY_SHAPE} lstm"] * 4
+    packed = "pack_padded_sequence + "
+    assert [r["reference_name"] for r in rows[:13]] == (
+        ["torch.nn.RNN", "torch.nn.RNN", "rnnlab RNN.forward_stepwise", "torch.nn.RNN", packed + "torch.nn.RNN"]
+        + ["torch.nn.GRU"] * 3 + [packed + "torch.nn.GRU"] + ["torch.nn.LSTM"] * 3 + [packed + "torch.nn.LSTM"])
+    assert [r["reference_name"] for r in rows[13:16]] == [f"nn.Embedding + nn.{m} + nn.Linear loop"
+                                                          for m in ("RNN", "GRU", "LSTM")]
     for r in rows:
         assert float(r["rnnlab"]) > 0 and float(r["reference"]) > 0 and float(r["ratio"]) > 0, r
         assert r["meets_target"] in ("yes", "no") if r["target"] else r["meets_target"] == "-"
@@ -52,7 +57,9 @@ def test_benchmark_writes_csv_and_markdown(tmp_path):
             assert r["ratio_q1"] == r["ratio_q3"] == ""
         else:  # the quartiles of the two repetitions' own ratios
             assert 0 < float(r["ratio_q1"]) <= float(r["ratio_q3"]), r
-    assert all(not r["target"] for r in rows[4:10])  # the targets are the default cell's
+    # The gated cells' targets: at least as fast as torch.nn (no memory target).
+    assert [r["target"] for r in rows[5:9]] == ["<= 1.0", "<= 1.0", "", "<= 1.0"]
+    assert [r["target"] for r in rows[:5]] == ["<= 0.8", "<= 0.8", "", "<= 1.2", "<= 1.0"]
 
     markdown = (out / "benchmark.md").read_text()
     table = [line for line in markdown.splitlines() if line.startswith("|")]

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from ..models import RNN
 from .timing import Result, make_result, ms, time_interleaved
@@ -36,7 +38,7 @@ SHAPES = {
 # The torch.nn module each cell is compared with (batch_first; the Elman cell with tanh).
 TORCH_MODULES = {"rnn_tanh": ("torch.nn.RNN", nn.RNN), "gru": ("torch.nn.GRU", nn.GRU),
                  "lstm": ("torch.nn.LSTM", nn.LSTM)}
-TARGETED_CELL = "rnn_tanh"  # the targets are set for the default RNN; other cells' rows show no target
+TARGETED_CELL = "rnn_tanh"  # the stepwise row and the memory target are for the default RNN only
 
 
 def core_pair(shape: Shape, device: torch.device, cell: str = TARGETED_CELL) -> tuple[RNN, nn.RNNBase, torch.Tensor]:
@@ -110,8 +112,8 @@ def cuda_peak_bytes(run: Callable[[], None], device: torch.device) -> int:
 
 def core_rows(shape: Shape, rows: Sequence[str], reps: int, warmup: int, device: torch.device,
               cell: str = TARGETED_CELL) -> list[Result]:
-    """The forward, backward, stepwise and memory rows selected in ``rows`` for one shape and
-    cell (stepwise only for the default cell)."""
+    """The forward, backward, stepwise, memory and lengths rows selected in ``rows`` for one
+    shape and cell (stepwise only for the default cell)."""
     ours, reference, x = core_pair(shape, device, cell)
     torch_name = TORCH_MODULES[cell][0]
     label = str(shape) if cell == TARGETED_CELL else f"{shape} {cell}"
@@ -120,12 +122,12 @@ def core_rows(shape: Shape, rows: Sequence[str], reps: int, warmup: int, device:
     if "forward" in rows:
         t_ours, t_ref = time_interleaved([forward_only(ours, x), forward_only(reference, x)], reps, warmup, device)
         results.append(make_result("forward", label, device, ms(t_ours), ms(t_ref), "ms", torch_name,
-                                   "forward under torch.no_grad", targeted))
+                                   "forward under torch.no_grad", cell=cell))
     if "backward" in rows:
         t_ours, t_ref = time_interleaved([forward_backward(ours, ours, x), forward_backward(reference, reference, x)],
                                          reps, warmup, device)
         results.append(make_result("backward", label, device, ms(t_ours), ms(t_ref), "ms", torch_name,
-                                   "forward + backward (gradients for the input and every weight)", targeted))
+                                   "forward + backward (gradients for the input and every weight)", cell=cell))
     if "stepwise" in rows and targeted:
         t_ours, t_step = time_interleaved([forward_backward(ours, ours, x),
                                            forward_backward(ours.forward_stepwise, ours, x)], reps, warmup, device)
@@ -135,7 +137,27 @@ def core_rows(shape: Shape, rows: Sequence[str], reps: int, warmup: int, device:
                                    "step-by-step loop (both rnnlab; no target)"))
     if "memory" in rows:
         results.append(memory_row(label, ours, reference, x, device, torch_name, targeted))
+    if "lengths" in rows:
+        lengths = torch.randint(shape.T // 4, shape.T + 1, (shape.B,), generator=torch.Generator().manual_seed(0))
+        lengths[0] = shape.T  # the batch's longest sequence fills it
+        t_ours, t_ref = time_interleaved([forward_backward(partial(ours, lengths=lengths), ours, x),
+                                          forward_backward(packed(reference, lengths), reference, x)],
+                                         reps, warmup, device)
+        results.append(make_result("lengths", label, device, ms(t_ours), ms(t_ref), "ms",
+                                   f"pack_padded_sequence + {torch_name}",
+                                   "forward + backward of a padded batch, lengths uniform in [T/4, T]; the "
+                                   "reference packs and unpacks", cell=cell))
     return results
+
+
+def packed(module: nn.RNNBase, lengths: torch.Tensor) -> Callable:
+    """``module`` on a padded batch as torch.nn reads one: packed by ``lengths``, run, and
+    padded back; returns (outputs (B, T, H), h_n)."""
+    def forward(x: torch.Tensor):
+        sequence = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+        outputs, h_n = module(sequence)
+        return pad_packed_sequence(outputs, batch_first=True, total_length=x.shape[1])[0], h_n
+    return forward
 
 
 def memory_row(label: str, ours: RNN, reference: nn.RNNBase, x: torch.Tensor, device: torch.device,

@@ -33,7 +33,7 @@ GEN_PROMPT_LEN, GEN_TEMPERATURE = 16, 0.8
 
 
 class TorchCharLM(nn.Module):
-    """rnnlab's CharRNN written with torch.nn: Embedding, RNN (tanh), Dropout, Linear.
+    """rnnlab's CharRNN written with torch.nn: Embedding, RNN / GRU / LSTM, Dropout, Linear.
 
     Inputs: idx (B, T) int64; h0 (L, B, H) or None. Outputs: logits (B, T, V); h_n (L, B, H).
     """
@@ -48,7 +48,8 @@ class TorchCharLM(nn.Module):
 
     @classmethod
     def from_rnnlab(cls, lm: CharRNN) -> "TorchCharLM":
-        """A copy of ``lm``'s weights; the RNN comes from ``lm.rnn.to_torch()``."""
+        """A copy of ``lm``'s weights; the recurrent module comes from ``lm.rnn.to_torch()`` (an
+        ``nn.RNN``, ``nn.GRU`` or ``nn.LSTM`` for the cell ``lm`` has)."""
         rnn = lm.rnn
         model = cls(lm.vocab_size, rnn.input_size, rnn.hidden_size, rnn.num_layers, rnn.dropout)
         model.embedding.load_state_dict(lm.embedding.state_dict())
@@ -75,9 +76,9 @@ def torch_generate(model: TorchCharLM, prompt: torch.Tensor, max_new_tokens: int
     return torch.cat(tokens, dim=1)
 
 
-def generate_row(max_new_tokens: int, reps: int, warmup: int, device: torch.device) -> Result:
+def generate_row(max_new_tokens: int, reps: int, warmup: int, device: torch.device, cell: str = "rnn_tanh") -> Result:
     torch.manual_seed(0)
-    ours = CharRNN(GEN_VOCAB, GEN_EMBED, GEN_HIDDEN, GEN_LAYERS, GEN_DROPOUT).to(device).eval()
+    ours = CharRNN(GEN_VOCAB, GEN_EMBED, GEN_HIDDEN, GEN_LAYERS, GEN_DROPOUT, cell=cell).to(device).eval()
     reference = TorchCharLM.from_rnnlab(ours).eval()
     prompt = torch.randint(0, GEN_VOCAB, (1, GEN_PROMPT_LEN), device=device)  # (1, T0)
 
@@ -90,11 +91,13 @@ def generate_row(max_new_tokens: int, reps: int, warmup: int, device: torch.devi
 
     t_ours, t_ref = time_interleaved([rnnlab_side, torch_side], reps, warmup, device)
     shape = (f"B1 T0={GEN_PROMPT_LEN} V{GEN_VOCAB} D{GEN_EMBED} H{GEN_HIDDEN} L{GEN_LAYERS}, "
-             f"{max_new_tokens} tokens")
+             f"{max_new_tokens} tokens" + ("" if cell == "rnn_tanh" else f" {cell}"))
+    module = type(reference.rnn).__name__
     return make_result("generate", shape, device, [max_new_tokens / t for t in t_ours], [max_new_tokens / t for t in t_ref],
                        "tokens/s",
-                       "nn.Embedding + nn.RNN + nn.Linear loop",
-                       f"eval mode, no_grad, multinomial sampling at temperature {GEN_TEMPERATURE}, same weights")
+                       f"nn.Embedding + nn.{module} + nn.Linear loop",
+                       f"eval mode, no_grad, multinomial sampling at temperature {GEN_TEMPERATURE}, same weights",
+                       cell=cell)
 
 
 

@@ -5,8 +5,9 @@ and ``LSTMCell``), ``rnn.py`` (the multi-layer ``RNN``, with the seed's step-by-
 and one file per architecture: ``SequenceClassifier``, ``SequenceTagger``, ``CharRNN`` and
 ``BidirectionalRNN``. ``Dropout`` has ``nn.Dropout``'s contract.
 
-Their optimisations live apart, in ``kernels/``: hand-written recurrences, oneDNN's packed
-products (``packed_matmul(False)`` switches them off) and the CPU dropout mask.
+Their optimisations live apart, in ``kernels/``: hand-written recurrences, the same loops
+compiled (``compiled_loops(False)`` or ``RNNLAB_COMPILED=0`` switches them off), oneDNN's
+packed products (``packed_matmul(False)``) and the CPU dropout mask.
 """
 
 from .bidirectional import BidirectionalRNN
@@ -14,9 +15,9 @@ from .cells import GRUCell, LSTMCell, RNNCell
 from .char_rnn import CharRNN
 from .classifier import SequenceClassifier
 from .dropout import Dropout
-from .kernels import packed_matmul
+from .kernels import compiled_loops, packed_matmul
 from .rnn import RNN
 from .tagger import SequenceTagger
 
 __all__ = ["RNNCell", "GRUCell", "LSTMCell", "RNN", "SequenceClassifier", "SequenceTagger", "CharRNN",
-           "BidirectionalRNN", "Dropout", "packed_matmul"]
+           "BidirectionalRNN", "Dropout", "packed_matmul", "compiled_loops"]

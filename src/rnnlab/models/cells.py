@@ -81,10 +81,10 @@ class RNNCell(CellBase):
         sequence's last valid step.
         """
         projected = self.project(x.reshape(-1, x.shape[-1]))  # (T*B, H): one product for all steps
-        if mask is not None:
+        if mask is not None and not recurrences.takes_masks(projected):
             return recur_masked(self, projected.view(*x.shape[:2], -1), state, mask)
         # Fast path, an optimisation of the loop over recur: kernels/recurrences.py.
-        return recurrences.elman(projected, state[0], self.Whh.weight, relu=self.nonlinearity == "relu")
+        return recurrences.elman(projected, state[0], self.Whh.weight, relu=self.nonlinearity == "relu", mask=mask)
 
     def extra_repr(self) -> str:
         s = super().extra_repr()
@@ -141,10 +141,10 @@ class GRUCell(CellBase):
     def forward_sequence(self, x: torch.Tensor, state: tuple[torch.Tensor], mask: torch.Tensor | None = None):
         """As :meth:`RNNCell.forward_sequence`."""
         projected = self.project(x.reshape(-1, x.shape[-1]))  # (T*B, 3H)
-        if mask is not None:
+        if mask is not None and not recurrences.takes_masks(projected):
             return recur_masked(self, projected.view(*x.shape[:2], -1), state, mask)
         b_hn = self.Whh.bias[2 * self.hidden_size:] if self.bias else None
-        return recurrences.gru(projected, state[0], self.Whh.weight, b_hn)  # fast path: kernels/recurrences.py
+        return recurrences.gru(projected, state[0], self.Whh.weight, b_hn, mask)  # fast path: kernels/recurrences.py
 
 
 class LSTMCell(CellBase):
@@ -202,9 +202,9 @@ class LSTMCell(CellBase):
                          mask: torch.Tensor | None = None):
         """As :meth:`RNNCell.forward_sequence`, with state (h, c)."""
         projected = self.project(x.reshape(-1, x.shape[-1]))  # (T*B, 4H)
-        if mask is not None:
+        if mask is not None and not recurrences.takes_masks(projected):
             return recur_masked(self, projected.view(*x.shape[:2], -1), state, mask)
-        return recurrences.lstm(projected, *state, self.Whh.weight)  # fast path: kernels/recurrences.py
+        return recurrences.lstm(projected, *state, self.Whh.weight, mask)  # fast path: kernels/recurrences.py
 
 
 CELLS = {"rnn_tanh": (RNNCell, {"nonlinearity": "tanh"}), "rnn_relu": (RNNCell, {"nonlinearity": "relu"}),

@@ -29,6 +29,7 @@ measure what it brings::
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator
 
 import torch
@@ -36,20 +37,22 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 # A product of B x K x N multiply-adds at or above this size is worth its packed call's
-# fixed cost (measured: (64, 128) x (128, 512) and (64, 256) x (256, 256) run 1.5x faster
-# packed; (64, 128) x (128, 128) runs 1.2x slower).
+# fixed cost (measured on an AMD EPYC: (64, 128) x (128, 512) and (64, 256) x (256, 256) run
+# 1.5x faster packed; (64, 128) x (128, 128) runs 1.2x slower).
 MIN_PACKED_MACS = 2**21
 # A one-off product (the hoisted input projection) also pays for packing its weight and
 # for a new oneDNN primitive, about 100 us: worth it from about 2^25 multiply-adds
 # (measured: (2560, 64) x (64, 256) forward + backward 1.2x faster; (1280, 64) x (64, 256) even).
 MIN_PACKED_LINEAR_MACS = 2**25
 
-_enabled = True
+_enabled: bool | None = None  # None: where timed faster (see _packing_pays)
 
 
 @contextlib.contextmanager
 def packed_matmul(enabled: bool) -> Iterator[None]:
-    """Within the block, use (``True``) or never use (``False``) oneDNN's packed weights."""
+    """Within the block, use oneDNN's packed weights for every product above the size
+    thresholds (``True``), or never (``False``). Outside, step products use them where they
+    were timed faster on this machine."""
     global _enabled
     previous, _enabled = _enabled, bool(enabled)
     try:
@@ -80,12 +83,55 @@ _AVAILABLE = _available()
 
 def _packable(weight: torch.Tensor, rows: int, min_macs: int = MIN_PACKED_MACS) -> bool:
     # Not under CPU autocast: the products must then run in autocast's dtype (F.linear does).
-    return (_enabled and _AVAILABLE and weight.device.type == "cpu" and weight.dtype == torch.float32
-            and not torch.is_autocast_enabled("cpu") and rows * weight.numel() >= min_macs)
+    if not (_enabled is not False and _AVAILABLE and weight.device.type == "cpu" and weight.dtype == torch.float32
+            and not torch.is_autocast_enabled("cpu") and rows * weight.numel() >= min_macs):
+        return False
+    if _enabled is True or min_macs != MIN_PACKED_MACS or torch.are_deterministic_algorithms_enabled():
+        return True  # asked for, a one-off projection, or a deterministic run (which must not depend on timings)
+    return _packing_pays(weight.shape[0], weight.shape[1], rows)
+
+
+# Whether a step product runs faster packed depends on the CPU and on the shape, not only on
+# its size: on an AMD EPYC the char and large products run 1.5-3x faster packed; on an Intel
+# Xeon with AVX-512, where MKL runs its widest kernels, the char shape's (64, 256) x (256, 1024)
+# runs 10% slower packed and the large shape's (32, 512) x (512, 2048) 1.3x faster. So each
+# process times both, once per (rows, K, N, threads), on fixed inputs (a few milliseconds),
+# and keeps the faster: torch.backends.cudnn.benchmark's approach. The two differ only in
+# the order of summation; deterministic runs skip the timing and pack by size alone.
+_timed: dict[tuple[int, int, int, int], bool] = {}
+
+
+def _packing_pays(n: int, k: int, rows: int) -> bool:
+    key = (rows, k, n, torch.get_num_threads())
+    if key not in _timed:
+        g = torch.Generator().manual_seed(0)  # not the global generator: timing must not change a run's numbers
+        weight, x, add = torch.randn(n, k, generator=g), torch.randn(rows, k, generator=g), torch.randn(rows, n)
+        packed, weight_t = _pack(weight, rows), weight.t()
+
+        def plain():
+            torch.addmm(add, x, weight_t, out=add)  # what the compiled loops run: in place
+
+        def onednn():
+            add.copy_(torch.ops.mkldnn._linear_pointwise.binary(x, add, packed, None, "add"))
+
+        times = {plain: [], onednn: []}
+        for _ in range(7):  # interleaved; the best of each after a warm-up
+            for run in (plain, onednn):
+                start = time.perf_counter()
+                run()
+                times[run].append(time.perf_counter() - start)
+        _timed[key] = min(times[onednn][1:]) < min(times[plain][1:])
+    return _timed[key]
 
 
 def _pack(weight: torch.Tensor, rows: int) -> torch.Tensor:
     return torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), rows)
+
+
+def packed_weight(weight: torch.Tensor, rows: int) -> torch.Tensor | None:
+    """oneDNN's packed copy of ``weight`` (N, K) for products with ``rows`` rows, where that is
+    faster than ``addmm`` (the rule :class:`StepWeight` follows); else None."""
+    return _pack(weight, rows) if _packable(weight, rows) else None
 
 
 class StepWeight:
@@ -102,7 +148,7 @@ class StepWeight:
 
     def __init__(self, weight: torch.Tensor, batch_size: int, bias: torch.Tensor | None = None):
         self.weight_t, self.bias = weight.t(), bias  # (K, N), (N,)
-        self.packed = _pack(weight, batch_size) if _packable(weight, batch_size) else None
+        self.packed = packed_weight(weight, batch_size)
 
     def __call__(self, x: torch.Tensor, add: torch.Tensor | None = None) -> torch.Tensor:
         if self.packed is None:

@@ -7,8 +7,9 @@ W_hh's gradient as T small products added one at a time. Here the forward writes
 step's results in place into preallocated (T, B, ...) tensors, and the backward
 precomputes every activation derivative for all steps at once, runs one (B, H) x (H, G*H)
 product per step for the state's gradient and gets W_hh's gradient as one product at the
-end. On 2 CPU cores this makes rnnlab's forward + backward 0.6-0.7x the time of
-torch.nn.RNN's at the benchmark's shapes (docs/performance.md).
+end. These loops are the reference for the compiled ones (:mod:`.compiled`), which run
+instead on the CPU in float32 and float64 where they could be built; they run as they are
+elsewhere (no compiler, CUDA, 16-bit autocast). Measurements: docs/performance.md.
 
 What they must equal: the readable cells (:mod:`rnnlab.models.cells`), step by step, and
 torch.nn.RNN / GRU / LSTM, to 1e-10 in float64 for outputs, final states and every
@@ -16,9 +17,10 @@ gradient (tests/models/test_cells.py, test_rnn.py, test_fast_paths.py).
 
 The entry points :func:`elman`, :func:`gru` and :func:`lstm` take tensors and weights, not
 a cell: the projected input (T*B, G*H) with rows in time-major order (a temporary the
-caller gives up: the Elman recurrence writes its outputs into it), the initial state and
-W_hh. They return the outputs (T, B, H) and the final state, a tuple. Under autocast
-(mixed precision) the whole recurrence runs in autocast's dtype.
+caller gives up: the Elman and the compiled LSTM recurrences write into it), the initial
+state and W_hh, and, where :func:`takes_masks`, a mask of the valid steps. They return
+the outputs (T, B, H) and the final state, a tuple. Under autocast (mixed precision) the
+whole recurrence runs in autocast's dtype.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
+from . import compiled
 from .matmul import StepWeight
 
 
@@ -270,28 +273,64 @@ def _run(recurrence, projected: torch.Tensor, *inputs) -> tuple[torch.Tensor, tu
     return outputs.view(-1, B, H), tuple(final)  # (T, B, H)
 
 
-def elman(projected: torch.Tensor, h0: torch.Tensor, w_hh: torch.Tensor, relu: bool = False):
+def takes_masks(projected: torch.Tensor) -> bool:
+    """Whether :func:`elman`, :func:`gru` and :func:`lstm` run a variable-length batch (a
+    ``mask``) on ``projected``: the compiled loops do; the Python loops here do not, and the
+    cells then run their readable masked loop (:func:`rnnlab.models.cells.recur_masked`)."""
+    return compiled.usable(projected) is not None
+
+
+def _run_compiled(function, projected: torch.Tensor, B: int, inputs: tuple, mask: torch.Tensor | None):
+    """Apply a compiled Function to ``projected`` (T*B, G*H); mask (T, B, 1) zeroes the outputs
+    past each sequence's length (the Function carries ended sequences' states)."""
+    T = projected.shape[0] // B
+    step_mask = None if mask is None else mask.reshape(T, B).contiguous()  # (T, B)
+    # Without a gradient to come (torch.no_grad, inference) only the states are kept.
+    save = torch.is_grad_enabled() and any(t.requires_grad for t in (projected, *inputs) if isinstance(t, torch.Tensor))
+    if function is compiled.Elman:  # the Elman loop writes over projected, which must not be a view
+        outputs, *final = function.apply(projected, *inputs, step_mask)
+    elif function is compiled.LSTM:  # so does the LSTM's (its gates), returned as a fourth output
+        outputs, *final, _ = function.apply(projected, *inputs, step_mask, save)
+    else:
+        outputs, *final = function.apply(projected.view(T, B, -1), *inputs, step_mask, save)
+    outputs = outputs.view(T, B, -1)  # (T, B, H)
+    if mask is not None:
+        outputs = outputs.masked_fill(~mask, 0)
+    return outputs, tuple(final)
+
+
+def elman(projected: torch.Tensor, h0: torch.Tensor, w_hh: torch.Tensor, relu: bool = False,
+          mask: torch.Tensor | None = None):
     """The Elman cell's recurrence, h_t = act(p_t + W_hh h_{t-1}).
 
-    Inputs: projected (T*B, H), W_xh x_t + b_xh + b_hh (overwritten); h0 (B, H); w_hh (H, H).
-    Outputs: outputs (T, B, H); (h_T (B, H),).
+    Inputs: projected (T*B, H), W_xh x_t + b_xh + b_hh (overwritten); h0 (B, H); w_hh (H, H);
+    mask (T, B, 1) bool or None (only where :func:`takes_masks`).
+    Outputs: outputs (T, B, H), zero past each length; (h_T (B, H),), each sequence's last state.
     """
+    if compiled.usable(projected) is not None:  # the loop in C++: kernels/compiled.py
+        return _run_compiled(compiled.Elman, projected, h0.shape[0], (h0, w_hh, relu), mask)
     return _run(ElmanRecurrence, projected, h0, w_hh, relu)
 
 
-def gru(projected: torch.Tensor, h0: torch.Tensor, w_hh: torch.Tensor, b_hn: torch.Tensor | None):
+def gru(projected: torch.Tensor, h0: torch.Tensor, w_hh: torch.Tensor, b_hn: torch.Tensor | None,
+        mask: torch.Tensor | None = None):
     """The GRU cell's recurrence.
 
     Inputs: projected (T*B, 3H), W_xh x_t + b_xh + (b_hr, b_hz, 0); h0 (B, H); w_hh (3H, H);
-    b_hn (H,) or None. Outputs: outputs (T, B, H); (h_T (B, H),).
+    b_hn (H,) or None; mask as :func:`elman`. Outputs: outputs (T, B, H); (h_T (B, H),).
     """
+    if compiled.usable(projected) is not None:
+        return _run_compiled(compiled.GRU, projected, h0.shape[0], (h0, w_hh, b_hn), mask)
     return _run(GRURecurrence, projected, h0, w_hh, b_hn)
 
 
-def lstm(projected: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, w_hh: torch.Tensor):
+def lstm(projected: torch.Tensor, h0: torch.Tensor, c0: torch.Tensor, w_hh: torch.Tensor,
+         mask: torch.Tensor | None = None):
     """The LSTM cell's recurrence.
 
-    Inputs: projected (T*B, 4H), W_xh x_t + b_xh + b_hh; h0, c0 (B, H); w_hh (4H, H).
-    Outputs: outputs (T, B, H); (h_T (B, H), c_T (B, H)).
+    Inputs: projected (T*B, 4H), W_xh x_t + b_xh + b_hh (may be overwritten); h0, c0 (B, H); w_hh (4H, H); mask as
+    :func:`elman`. Outputs: outputs (T, B, H); (h_T (B, H), c_T (B, H)).
     """
+    if compiled.usable(projected) is not None:
+        return _run_compiled(compiled.LSTM, projected, h0.shape[0], (h0, c0, w_hh), mask)
     return _run(LSTMRecurrence, projected, h0, c0, w_hh)

@@ -1,0 +1,230 @@
+"""The recurrences' time loops compiled: ``csrc/recurrences.cpp``, built on first use.
+
+What it speeds up: per step the Python loops of :mod:`.recurrences` make one product and
+about ten element-wise ATen calls, each a few microseconds of Python and dispatch; at the
+seed shape (B 64, H 64) that, not arithmetic, is most of a step. The C++ loop makes the same
+product and does all of the step's element-wise work in one pass over the (B, H) units,
+vectorised by the compiler, and the backward likewise. It also runs variable-length batches
+(``mask``) without falling back to autograd through the step loop: a sequence that has
+ended keeps its state, which is what :func:`rnnlab.models.cells.recur_masked` defines.
+Measured speeds: docs/performance.md.
+
+What it must equal: the Python recurrences and the readable cells, and torch.nn, in float64
+to 1e-10 and in float32 to torch.nn's float32 tolerance, with and without lengths
+(tests/models/test_compiled.py). float32 computes exp as a polynomial accurate to about one
+unit in the last place (the compiler cannot vectorise a call to ``expf``); float64 uses
+``std::exp``.
+
+Building: ``torch.utils.cpp_extension.load`` compiles the file with the machine's C++
+compiler and ninja the first time a CPU recurrence runs (about 30 s), and caches the build
+(in ``TORCH_EXTENSIONS_DIR``, by default ``~/.cache/torch_extensions``); later processes load
+it in well under a second. Where it cannot be built (no compiler, no ninja) one log line
+says why and the Python loops run instead: the same results, slower.
+``RNNLAB_COMPILED=0`` switches the compiled loops off (and never builds them);
+``compiled_loops(False)`` does so within a block.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import platform
+import sysconfig
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from .matmul import packed_weight
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("csrc") / "recurrences.cpp"
+
+_enabled = True
+_extension = None
+_tried = False
+
+
+@contextlib.contextmanager
+def compiled_loops(enabled: bool) -> Iterator[None]:
+    """Within the block, use (``True``) or never use (``False``) the compiled time loops."""
+    global _enabled
+    previous, _enabled = _enabled, bool(enabled)
+    try:
+        yield
+    finally:
+        _enabled = previous
+
+
+def _flags() -> tuple[str, list[str]]:
+    """(build name, compiler flags): the widest vectors the CPU has, as ATen's own CPU kernels
+    choose them (``torch.backends.cpu.get_cpu_capability``: AVX-512, AVX2 with FMA, else the
+    architecture's baseline). ``-fno-trapping-math`` lets the compiler vectorise the
+    activation loops; it assumes no floating-point traps, which PyTorch never enables."""
+    flags = ["-O3", "-fno-trapping-math"]
+    capability = torch.backends.cpu.get_cpu_capability() if hasattr(torch.backends, "cpu") else "DEFAULT"
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return "rnnlab_recurrences", flags
+    if capability == "AVX512":
+        return "rnnlab_recurrences_avx512", [*flags, "-mavx512f", "-mavx512dq", "-mavx512vl", "-mavx512bw", "-mfma",
+                                             "-mprefer-vector-width=512"]
+    if capability == "AVX2":
+        return "rnnlab_recurrences_avx2", [*flags, "-mavx2", "-mfma"]
+    return "rnnlab_recurrences", flags
+
+
+def _build():
+    """Compile (or load the cached build of) the extension; None, with one log line, if it cannot be."""
+    from torch.utils import cpp_extension
+
+    # pip puts ninja (a dependency) beside this Python, which need not be on PATH.
+    scripts = sysconfig.get_path("scripts")
+    if scripts and scripts not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = scripts + os.pathsep + os.environ.get("PATH", "")
+    name, flags = _flags()
+    try:
+        return cpp_extension.load(name, [str(SOURCE)], extra_cflags=flags, verbose=False)
+    except Exception as err:  # noqa: BLE001 (a missing compiler, ninja or header fails in many ways)
+        reason = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
+        log.warning(f"rnnlab: the compiled recurrences could not be built ({reason[:200]}); the Python loops "
+                    "run instead (same results, slower). RNNLAB_COMPILED=0 skips the attempt.")
+        return None
+
+
+def extension():
+    """The compiled module, built on first call; None where switched off or unavailable."""
+    global _extension, _tried
+    if not _enabled or os.environ.get("RNNLAB_COMPILED", "1") == "0":
+        return None
+    if not _tried:
+        _tried = True
+        _extension = _build()
+    return _extension
+
+
+def usable(projected: torch.Tensor):
+    """The compiled module if it can run a recurrence on ``projected``: float32 or float64 on
+    the CPU, outside 16-bit autocast. Else None (the Python loops handle the rest)."""
+    if projected.device.type != "cpu" or projected.dtype not in (torch.float32, torch.float64):
+        return None
+    if torch.is_autocast_enabled("cpu"):
+        return None
+    return extension()
+
+
+def _mask(mask: torch.Tensor | None) -> torch.Tensor | None:
+    return None if mask is None else mask.reshape(mask.shape[0], mask.shape[1]).contiguous()  # (T, B) bool
+
+
+class Elman(torch.autograd.Function):
+    """The Elman recurrence in C++ (see :class:`.recurrences.ElmanRecurrence`, which it equals).
+
+    Inputs: projected (T*B, H) contiguous, rows time-major, a temporary the caller gives up
+    (the states are written over it); h0 (B, H); w_hh (H, H); relu; mask (T, B) bool or None.
+    Outputs: states (T*B, H) in the memory of ``projected``, ended sequences keeping their
+    state; h_T (B, H).
+    """
+
+    @staticmethod
+    def forward(ctx, projected, h0, w_hh, relu, mask):
+        ctx.mark_dirty(projected)
+        ctx.set_materialize_grads(False)
+        h0, w_hh = h0.contiguous(), w_hh.contiguous()
+        states = projected.view(-1, *h0.shape)  # (T, B, H)
+        extension().elman_forward(states, h0, w_hh, packed_weight(w_hh, h0.shape[0]), relu, mask)
+        ctx.save_for_backward(projected, h0, w_hh)
+        ctx.relu, ctx.mask = relu, mask
+        return projected, states[-1].clone()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_states, grad_h_n):
+        projected, h0, w_hh = ctx.saved_tensors
+        states = projected.view(-1, *h0.shape)  # (T, B, H)
+        grad_states = None if grad_states is None else grad_states.reshape(states.shape).contiguous()
+        grad_pre, grad_h0 = extension().elman_backward(states, h0, w_hh, packed_weight(w_hh.t(), h0.shape[0]),
+                                                       ctx.relu, ctx.mask, grad_states, _contiguous(grad_h_n))
+        grad_w_hh = _weight_grad(grad_pre, states, h0)
+        return grad_pre.view(projected.shape), grad_h0, grad_w_hh, None, None
+
+
+class GRU(torch.autograd.Function):
+    """The GRU recurrence in C++ (see :class:`.recurrences.GRURecurrence`).
+
+    Inputs: projected (T, B, 3H); h0 (B, H); w_hh (3H, H); b_hn (H,) or None; mask (T, B) or None;
+    save: keep what the backward needs (False when no gradient will be asked for).
+    Outputs: states (T, B, H); h_T (B, H).
+    """
+
+    @staticmethod
+    def forward(ctx, projected, h0, w_hh, b_hn, mask, save):
+        ctx.set_materialize_grads(False)
+        h0, w_hh = h0.contiguous(), w_hh.contiguous()
+        states, rz, hn, n = extension().gru_forward(projected.contiguous(), h0, w_hh, packed_weight(w_hh, h0.shape[0]),
+                                                    b_hn, mask, save)
+        if save:
+            ctx.save_for_backward(rz, hn, n, states, h0, w_hh)
+        ctx.mask, ctx.has_bias = mask, b_hn is not None
+        return states, states[-1].clone()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_states, grad_h_n):
+        rz, hn, n, states, h0, w_hh = ctx.saved_tensors
+        H = h0.shape[1]
+        grad_hh, grad_pre_n, grad_h0 = extension().gru_backward(
+            rz, hn, n, states, h0, w_hh, packed_weight(w_hh.t(), h0.shape[0]), ctx.mask, _contiguous(grad_states),
+            _contiguous(grad_h_n))
+        grad_projected = torch.cat([grad_hh[..., :2 * H], grad_pre_n], dim=2)  # (T, B, 3H)
+        grad_w_hh = _weight_grad(grad_hh, states, h0)
+        grad_b_hn = grad_hh[..., 2 * H:].sum((0, 1)) if ctx.has_bias else None
+        return grad_projected, grad_h0, grad_w_hh, grad_b_hn, None, None
+
+
+class LSTM(torch.autograd.Function):
+    """The LSTM recurrence in C++ (see :class:`.recurrences.LSTMRecurrence`).
+
+    Inputs: projected (T*B, 4H) contiguous, rows time-major, a temporary the caller gives up
+    (the activated gates are written over it); h0, c0 (B, H); w_hh (4H, H); mask (T, B) or
+    None; save as :class:`GRU`.
+    Outputs: states (T, B, H); h_T, c_T (B, H); the gates (T*B, 4H), in the memory of
+    ``projected`` (returned because the Function wrote over it; nothing reads them).
+    """
+
+    @staticmethod
+    def forward(ctx, projected, h0, c0, w_hh, mask, save):
+        ctx.mark_dirty(projected)
+        ctx.set_materialize_grads(False)
+        h0, c0, w_hh = h0.contiguous(), c0.contiguous(), w_hh.contiguous()
+        gates = projected.view(-1, h0.shape[0], projected.shape[1])  # (T, B, 4H)
+        states, c_n, cells, tanh_cells = extension().lstm_forward(gates, h0, c0, w_hh, packed_weight(w_hh, h0.shape[0]),
+                                                                  mask, save)
+        if save:
+            ctx.save_for_backward(projected, cells, tanh_cells, states, h0, c0, w_hh)
+        ctx.mask = mask
+        return states, states[-1].clone(), c_n, projected
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_states, grad_h_n, grad_c_n, _):
+        projected, cells, tanh_cells, states, h0, c0, w_hh = ctx.saved_tensors
+        gates = projected.view(-1, h0.shape[0], projected.shape[1])  # (T, B, 4H)
+        grad_gates, grad_h0, grad_c0 = extension().lstm_backward(
+            gates, cells, tanh_cells, states, h0, c0, w_hh, packed_weight(w_hh.t(), h0.shape[0]), ctx.mask,
+            _contiguous(grad_states), _contiguous(grad_h_n), _contiguous(grad_c_n))
+        grad_w_hh = _weight_grad(grad_gates, states, h0)
+        return grad_gates.view(projected.shape), grad_h0, grad_c0, grad_w_hh, None, None
+
+
+def _contiguous(t: torch.Tensor | None) -> torch.Tensor | None:
+    return None if t is None else t.contiguous()
+
+
+def _weight_grad(grad_pre: torch.Tensor, states: torch.Tensor, h0: torch.Tensor) -> torch.Tensor:
+    """W_hh's gradient, sum over t of grad_pre_t^T h_{t-1}, as one (G*H, T*B) x (T*B, H) product
+    (steps of ended sequences have zero grad_pre, so they add nothing)."""
+    grad = grad_pre[1:].flatten(0, 1).t() @ states[:-1].flatten(0, 1)
+    return grad.addmm_(grad_pre[0].t(), h0)

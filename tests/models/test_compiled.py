@@ -1,0 +1,99 @@
+"""The compiled time loops (kernels/compiled.py): equal to the Python loops and the readable
+masked loop in float64, with and without lengths, bias and h0, gradients included; they keep
+nothing for a backward under no_grad; they are built where a compiler is, and fall back with
+one log line where none is."""
+
+import logging
+import shutil
+
+import pytest
+import torch
+
+from helpers import TORCH_RNNS, flat_state
+from rnnlab.models import RNN
+from rnnlab.models.kernels import compiled
+from rnnlab.models.kernels.compiled import compiled_loops
+
+needs_build = pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
+                                 reason="no C++ compiler on this machine")
+
+
+def _forward_backward(rnn, x, h0, lengths):
+    x = x.clone().requires_grad_()
+    h0 = None if h0 is None else [s.clone().requires_grad_() for s in h0]
+    out, h_n = rnn(x, None if h0 is None else (tuple(h0) if len(h0) == 2 else h0[0]), lengths=lengths)
+    weights = torch.linspace(-1, 1, out.shape[-1], dtype=out.dtype)
+    loss = (out * weights).sum() + sum((s * s).sum() for s in flat_state(h_n))
+    inputs = [x, *(h0 or []), *rnn.parameters()]
+    return [out, *flat_state(h_n), *torch.autograd.grad(loss, inputs)]
+
+
+@needs_build
+def test_the_compiled_loops_are_built_where_a_compiler_is():
+    with compiled_loops(True):
+        assert compiled.extension() is not None
+
+
+@pytest.mark.parametrize("cell", list(TORCH_RNNS))
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("with_h0", [True, False])
+@pytest.mark.parametrize("with_lengths", [True, False])
+def test_compiled_loops_equal_the_python_loops_in_float64(cell, bias, with_h0, with_lengths, time_loops):
+    if time_loops != "compiled" or compiled.extension() is None:
+        pytest.skip("compares the compiled loops with the Python ones")
+    torch.manual_seed(0)
+    rnn = RNN(5, 7, num_layers=2, cell=cell, bias=bias).double()
+    x = torch.randn(4, 9, 5, dtype=torch.float64)
+    h0 = [torch.randn(2, 4, 7, dtype=torch.float64) for _ in range(2 if cell == "lstm" else 1)] if with_h0 else None
+    lengths = torch.tensor([9, 1, 4, 6]) if with_lengths else None
+    ours = _forward_backward(rnn, x, h0, lengths)
+    with compiled_loops(False):
+        reference = _forward_backward(rnn, x, h0, lengths)
+    for a, b in zip(ours, reference, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=0)
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_without_a_gradient_to_come_only_the_states_are_kept(cell):
+    """Under no_grad the GRU and LSTM loops keep no gates or cells for a backward, and give
+    the same results."""
+    torch.manual_seed(1)
+    rnn = RNN(3, 6, num_layers=1, cell=cell)
+    x = torch.randn(5, 8, 3)
+    with torch.no_grad():
+        out, h_n = rnn(x)
+    again, h_again = rnn(x)
+    torch.testing.assert_close(out, again, atol=0, rtol=0)
+    for a, b in zip(flat_state(h_n), flat_state(h_again)):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+
+
+def test_the_switch_and_the_environment_variable_turn_the_compiled_loops_off(monkeypatch):
+    with compiled_loops(False):
+        assert compiled.extension() is None
+    monkeypatch.setenv("RNNLAB_COMPILED", "0")
+    monkeypatch.setattr(compiled, "_tried", False)
+    monkeypatch.setattr(compiled, "_build", lambda: pytest.fail("RNNLAB_COMPILED=0 must not build"))
+    assert compiled.extension() is None
+
+
+def test_without_a_compiler_one_line_says_so_and_the_python_loops_run(monkeypatch, caplog):
+    from torch.utils import cpp_extension
+
+    def no_compiler(*args, **kwargs):
+        raise RuntimeError("Error building extension: c++: command not found\nmore detail")
+
+    monkeypatch.setattr(compiled, "_tried", False)
+    monkeypatch.setattr(compiled, "_extension", None)
+    monkeypatch.setattr(cpp_extension, "load", no_compiler)
+    rnn = RNN(3, 4, num_layers=1, cell="lstm")
+    x = torch.randn(2, 5, 3)
+    with compiled_loops(True), caplog.at_level(logging.WARNING, logger="rnnlab.models.kernels.compiled"):
+        out, _ = rnn(x)
+        rnn(x)
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == ["rnnlab: the compiled recurrences could not be built (Error building extension: c++: command "
+                     "not found); the Python loops run instead (same results, slower). RNNLAB_COMPILED=0 skips the "
+                     "attempt."]
+    with compiled_loops(False):
+        torch.testing.assert_close(rnn(x)[0], out, atol=0, rtol=0)
