@@ -98,3 +98,27 @@ def test_every_cell_trains_under_bf16_autocast_close_to_float32(cell, varlen, si
     for i, (got, want) in enumerate(zip([*values, *grads], [*ref_values, *ref_grads])):
         error = ((got.float() - want).norm() / want.norm()).item()
         assert error < 0.1, f"{cell}: tensor {i} differs from float32 by {error:.1%}"
+
+
+@needs_onednn
+def test_timing_the_packed_product_leaves_the_random_numbers_alone(monkeypatch):
+    """The packed-or-addmm choice is timed on fixed inputs from a generator of its own: a run's
+    random numbers do not depend on whether a product was timed."""
+    monkeypatch.setattr(_matmul, "_timed", {})
+    state = torch.get_rng_state()
+    choice = _matmul._packing_pays(256, 64, 64)
+    assert isinstance(choice, bool) and (64, 64, 256, torch.get_num_threads()) in _matmul._timed
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+@needs_onednn
+def test_deterministic_runs_pack_by_size_without_timing(monkeypatch):
+    monkeypatch.setattr(_matmul, "_packing_pays", lambda *a: pytest.fail("a deterministic run must not time"))
+    weight = torch.zeros(1024, 256)
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        assert _matmul._packable(weight, 64)  # 2^24 multiply-adds: above the threshold
+        assert not _matmul._packable(weight[:16, :16], 64)
+    finally:
+        torch.use_deterministic_algorithms(previous)

@@ -105,7 +105,8 @@ def _packing_pays(n: int, k: int, rows: int) -> bool:
     key = (rows, k, n, torch.get_num_threads())
     if key not in _timed:
         g = torch.Generator().manual_seed(0)  # not the global generator: timing must not change a run's numbers
-        weight, x, add = torch.randn(n, k, generator=g), torch.randn(rows, k, generator=g), torch.randn(rows, n)
+        weight, x, add = (torch.randn(n, k, generator=g), torch.randn(rows, k, generator=g),
+                          torch.randn(rows, n, generator=g))
         packed, weight_t = _pack(weight, rows), weight.t()
 
         def plain():
