@@ -190,7 +190,8 @@ def bad_file(kind, tmp_path):
 
 
 BAD_FILES = {
-    "missing": "data.path: expected a sequence file (.npz, .pt, .csv, .ts), got '{dir}/nothing.npz', which does not exist",
+    "missing": "data.path: expected a sequence file (.npz, .pt, .csv, .ts), got '{dir}/nothing.npz', which does not "
+               "exist",
     "unknown_extension": "data.path: expected a file ending in .npz, .pt, .csv, .ts, got '{dir}/train.parquet'",
     "empty": "data.path: expected a sequence file (.npz, .pt, .csv, .ts), got '{dir}/train.npz', which is empty",
     "not_an_archive": "data.path: '{dir}/train.npz' is not a readable .npz file",

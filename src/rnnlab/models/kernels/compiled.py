@@ -7,7 +7,10 @@ product and does all of the step's element-wise work in one pass over the (B, H)
 vectorised by the compiler, and the backward likewise. It also runs variable-length batches
 (``mask``) without falling back to autograd through the step loop: a sequence that has
 ended keeps its state, which is what :func:`rnnlab.models.cells.recur_masked` defines.
-Measured speeds: docs/performance.md.
+By how much, on 2 cores at the seed shape: the GRU's forward from 1.7x to 0.74x
+``torch.nn.GRU``'s time, the LSTM's from 3.2x to 1.4x ``torch.nn.LSTM``'s, a padded batch
+from autograd through the step loop to 0.4x ``pack_padded_sequence`` + torch.nn
+(docs/performance.md has every shape).
 
 What it must equal: the Python recurrences and the readable cells, and torch.nn, in float64
 to 1e-10 and in float32 to torch.nn's float32 tolerance, with and without lengths
@@ -16,7 +19,7 @@ unit in the last place (the compiler cannot vectorise a call to ``expf``); float
 ``std::exp``.
 
 Building: ``torch.utils.cpp_extension.load`` compiles the file with the machine's C++
-compiler and ninja the first time a CPU recurrence runs (about 30 s), and caches the build
+compiler and ninja the first time a CPU recurrence runs (about 20-25 s), and caches the build
 (in ``TORCH_EXTENSIONS_DIR``, by default ``~/.cache/torch_extensions``); later processes load
 it in well under a second. Where it cannot be built (no compiler, no ninja) one log line
 says why and the Python loops run instead: the same results, slower.
