@@ -30,7 +30,7 @@ import torch
 from .. import checks
 from ..errors import ConfigError
 from .batching import PaddedBatchDataset
-from .files import FileSplitsDataModule, absolute, check_fraction
+from .files import FileSplitsDataModule, checked_files
 from .sequence_files import check_file
 from .tagging import PAD_TAG
 
@@ -188,10 +188,8 @@ class ConllDataModule(FileSplitsDataModule):
                  tag_field: str = "upos", tag_column: int = -1, min_freq: int = 2, lowercase: bool = False,
                  batch_size: int = 32, seed: int = 0, num_workers: int = 0):
         super().__init__()
-        path, val_path, test_path, predict_path = (absolute(name, value) for name, value in (
-            ("path", path), ("val_path", val_path), ("test_path", test_path), ("predict_path", predict_path)))
-        check_fraction("val_fraction", val_fraction)
-        check_fraction("test_fraction", test_fraction)
+        path, val_path, test_path, predict_path = checked_files(path, val_path, test_path, predict_path,
+                                                                val_fraction, test_fraction)
         checks.positive_int("min_freq", min_freq)
         checks.positive_int("batch_size", batch_size)
         if not checks.is_int(tag_column):

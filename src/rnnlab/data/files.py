@@ -37,6 +37,15 @@ def check_fraction(name: str, value) -> float:
     return float(value)
 
 
+def checked_files(path, val_path, test_path, predict_path, val_fraction, test_fraction) -> tuple[str | None, ...]:
+    """A file data module's (path, val_path, test_path, predict_path) made absolute, once its
+    held-out fractions are checked."""
+    check_fraction("val_fraction", val_fraction)
+    check_fraction("test_fraction", test_fraction)
+    return tuple(absolute(name, value) for name, value in (("path", path), ("val_path", val_path),
+                                                            ("test_path", test_path), ("predict_path", predict_path)))
+
+
 def random_split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(kept, held out) indices, sorted: a seeded ``round(fraction * n)`` of range(n) held out."""
     held = np.sort(np.random.default_rng(seed).permutation(n)[: int(round(fraction * n))])

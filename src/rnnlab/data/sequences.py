@@ -27,7 +27,7 @@ import torch
 from .. import checks
 from ..errors import ConfigError
 from .batching import IndexedTensorDataset, PaddedBatchDataset
-from .files import FileSplitsDataModule, absolute, check_fraction
+from .files import FileSplitsDataModule, checked_files
 from .sequence_files import SequenceFile, read_sequences
 
 
@@ -74,10 +74,8 @@ class SequenceFileDataModule(FileSplitsDataModule):
                  feature_columns: list[str] | None = None, time_column: str | None = None,
                  batch_size: int = 64, seed: int = 0, num_workers: int = 0):
         super().__init__()
-        path, val_path, test_path, predict_path = (absolute(name, value) for name, value in (
-            ("path", path), ("val_path", val_path), ("test_path", test_path), ("predict_path", predict_path)))
-        check_fraction("val_fraction", val_fraction)
-        check_fraction("test_fraction", test_fraction)
+        path, val_path, test_path, predict_path = checked_files(path, val_path, test_path, predict_path,
+                                                                val_fraction, test_fraction)
         checks.positive_int("batch_size", batch_size)
         if feature_columns is not None:
             feature_columns = [str(c) for c in feature_columns]
