@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..errors import ConfigError
 from .. import checks
 from .batching import EpochSampler, batched_loader, overfitting, shard
+from .files import absolute
 from .grammar import generate_grammar_corpus
 
 UNKNOWN = "\ufffd"
@@ -141,11 +142,7 @@ class CharDataModule(L.LightningDataModule):
         super().__init__()
         for name in ("corpus_chars", "seq_len", "batch_size"):
             checks.positive_int(name, locals()[name])
-        if path is not None:
-            if not isinstance(path, (str, os.PathLike)):
-                raise checks.ArgumentTypeError("path", f"expected path to be a file path or None, got {path!r} "
-                                                       f"({type(path).__name__})")
-            path = os.path.abspath(os.path.expanduser(path))
+        path = absolute("path", path)  # a glob keeps its pattern
         if windows_per_epoch is not None:
             checks.positive_int("windows_per_epoch", windows_per_epoch)
         if train_windows not in ("random", "strided"):
