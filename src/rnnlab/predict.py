@@ -33,7 +33,6 @@ import tempfile
 from pathlib import Path
 
 import lightning as L
-import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
@@ -88,21 +87,18 @@ def predict(cfg: DictConfig) -> Path:
     return output
 
 
-def _plain(value):
-    return value.item() if isinstance(value, np.generic) else value
-
-
 def classification_rows(probs: torch.Tensor, class_names: list | None, records) -> list[dict]:
     """One row per sequence from its class probabilities (N, C) and the input's records."""
     names = class_names if class_names is not None else list(range(probs.shape[1]))
     ids = getattr(records, "ids", None)
     labels = getattr(records, "labels", None)
+    ids, labels = (None if a is None else a.tolist() for a in (ids, labels))  # Python values, for JSON
     predicted = probs.argmax(dim=1).tolist()
     rows = []
     for i, p in enumerate(probs.tolist()):
-        row = {"id": _plain(ids[i]) if ids is not None else i, "prediction": names[predicted[i]]}
+        row = {"id": ids[i] if ids is not None else i, "prediction": names[predicted[i]]}
         if labels is not None:
-            row["label"] = _plain(labels[i])
+            row["label"] = labels[i]
         row["probabilities"] = {str(name): round(q, 6) for name, q in zip(names, p)}
         rows.append(row)
     return rows

@@ -117,7 +117,7 @@ class SequenceFileDataModule(FileSplitsDataModule):
 
     def fit(self, train: SequenceFile) -> None:
         """Class names and standardisation from the training split."""
-        self.class_names = [v.item() if isinstance(v, np.generic) else v for v in np.unique(train.labels)]
+        self.class_names = np.unique(train.labels).tolist()  # Python ints or strings, sorted
         self.num_features = int(train.x.shape[2])
         if self.hparams.standardize:
             valid = np.arange(train.x.shape[1])[None, :] < train.lengths[:, None]  # (N, T)
@@ -146,12 +146,12 @@ class SequenceFileDataModule(FileSplitsDataModule):
         if data.labels is None:
             return np.full(len(data), -100, dtype=np.int64)
         index = {name: i for i, name in enumerate(self.class_names)}
-        indices = np.array([index.get(v.item() if isinstance(v, np.generic) else v, -1) for v in data.labels],
-                           dtype=np.int64)
+        labels = data.labels.tolist()  # Python ints or strings, as the class names are
+        indices = np.array([index.get(v, -1) for v in labels], dtype=np.int64)
         unseen = np.flatnonzero(indices < 0)
         if len(unseen):
             i = int(unseen[0])
-            label = data.labels[i].item() if isinstance(data.labels[i], np.generic) else data.labels[i]
+            label = labels[i]
             names = ", ".join(repr(c) for c in self.class_names[:20]) + (", ..." if len(self.class_names) > 20 else "")
             raise ConfigError(key, f"{str(data.path)!r}: {data.name(i)} has label {label!r}, which the training data "
                                    f"never has; the model knows {len(self.class_names)} classes: {names}")
