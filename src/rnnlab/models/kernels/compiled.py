@@ -126,19 +126,21 @@ class Elman(torch.autograd.Function):
     """The Elman recurrence in C++ (see :class:`.recurrences.ElmanRecurrence`, which it equals).
 
     Inputs: projected (T*B, H) contiguous, rows time-major, a temporary the caller gives up
-    (the states are written over it); h0 (B, H); w_hh (H, H); relu; mask (T, B) bool or None.
+    (the states are written over it); h0 (B, H); w_hh (H, H); relu; mask (T, B) bool or None;
+    save: keep what the backward needs (False when no gradient will be asked for).
     Outputs: states (T*B, H) in the memory of ``projected``, ended sequences keeping their
     state; h_T (B, H).
     """
 
     @staticmethod
-    def forward(ctx, projected, h0, w_hh, relu, mask):
+    def forward(ctx, projected, h0, w_hh, relu, mask, save):
         ctx.mark_dirty(projected)
         ctx.set_materialize_grads(False)
         h0, w_hh = h0.contiguous(), w_hh.contiguous()
         states = projected.view(-1, *h0.shape)  # (T, B, H)
         extension().elman_forward(states, h0, w_hh, packed_weight(w_hh, h0.shape[0]), relu, mask)
-        ctx.save_for_backward(projected, h0, w_hh)
+        if save:
+            ctx.save_for_backward(projected, h0, w_hh)
         ctx.relu, ctx.mask = relu, mask
         return projected, states[-1].clone()
 
@@ -151,14 +153,14 @@ class Elman(torch.autograd.Function):
         grad_pre, grad_h0 = extension().elman_backward(states, h0, w_hh, packed_weight(w_hh.t(), h0.shape[0]),
                                                        ctx.relu, ctx.mask, grad_states, _contiguous(grad_h_n))
         grad_w_hh = _weight_grad(grad_pre, states, h0)
-        return grad_pre.view(projected.shape), grad_h0, grad_w_hh, None, None
+        return grad_pre.view(projected.shape), grad_h0, grad_w_hh, None, None, None
 
 
 class GRU(torch.autograd.Function):
     """The GRU recurrence in C++ (see :class:`.recurrences.GRURecurrence`).
 
-    Inputs: projected (T, B, 3H); h0 (B, H); w_hh (3H, H); b_hn (H,) or None; mask (T, B) or None;
-    save: keep what the backward needs (False when no gradient will be asked for).
+    Inputs: projected (T*B, 3H), rows time-major; h0 (B, H); w_hh (3H, H); b_hn (H,) or None;
+    mask (T, B) or None; save as :class:`Elman`.
     Outputs: states (T, B, H); h_T (B, H).
     """
 
@@ -166,8 +168,9 @@ class GRU(torch.autograd.Function):
     def forward(ctx, projected, h0, w_hh, b_hn, mask, save):
         ctx.set_materialize_grads(False)
         h0, w_hh = h0.contiguous(), w_hh.contiguous()
-        states, rz, hn, n = extension().gru_forward(projected.contiguous(), h0, w_hh, packed_weight(w_hh, h0.shape[0]),
-                                                    b_hn, mask, save)
+        steps = projected.contiguous().view(-1, h0.shape[0], projected.shape[1])  # (T, B, 3H)
+        states, rz, hn, n = extension().gru_forward(steps, h0, w_hh, packed_weight(w_hh, h0.shape[0]), b_hn, mask,
+                                                    save)
         if save:
             ctx.save_for_backward(rz, hn, n, states, h0, w_hh)
         ctx.mask, ctx.has_bias = mask, b_hn is not None
@@ -181,7 +184,7 @@ class GRU(torch.autograd.Function):
         grad_hh, grad_pre_n, grad_h0 = extension().gru_backward(
             rz, hn, n, states, h0, w_hh, packed_weight(w_hh.t(), h0.shape[0]), ctx.mask, _contiguous(grad_states),
             _contiguous(grad_h_n))
-        grad_projected = torch.cat([grad_hh[..., :2 * H], grad_pre_n], dim=2)  # (T, B, 3H)
+        grad_projected = torch.cat([grad_hh[..., :2 * H], grad_pre_n], dim=2).view(-1, 3 * H)  # (T*B, 3H)
         grad_w_hh = _weight_grad(grad_hh, states, h0)
         grad_b_hn = grad_hh[..., 2 * H:].sum((0, 1)) if ctx.has_bias else None
         return grad_projected, grad_h0, grad_w_hh, grad_b_hn, None, None
@@ -192,7 +195,7 @@ class LSTM(torch.autograd.Function):
 
     Inputs: projected (T*B, 4H) contiguous, rows time-major, a temporary the caller gives up
     (the activated gates are written over it); h0, c0 (B, H); w_hh (4H, H); mask (T, B) or
-    None; save as :class:`GRU`.
+    None; save as :class:`Elman`.
     Outputs: states (T, B, H); h_T, c_T (B, H); the gates (T*B, 4H), in the memory of
     ``projected`` (returned because the Function wrote over it; nothing reads them).
     """

@@ -287,12 +287,10 @@ def _run_compiled(function, projected: torch.Tensor, B: int, inputs: tuple, mask
     step_mask = None if mask is None else mask.reshape(T, B).contiguous()  # (T, B)
     # Without a gradient to come (torch.no_grad, inference) only the states are kept.
     save = torch.is_grad_enabled() and any(t.requires_grad for t in (projected, *inputs) if isinstance(t, torch.Tensor))
-    if function is compiled.Elman:  # the Elman loop writes over projected, which must not be a view
-        outputs, *final = function.apply(projected, *inputs, step_mask)
-    elif function is compiled.LSTM:  # so does the LSTM's (its gates), returned as a fourth output
-        outputs, *final, _ = function.apply(projected, *inputs, step_mask, save)
-    else:
-        outputs, *final = function.apply(projected.view(T, B, -1), *inputs, step_mask, save)
+    results = function.apply(projected, *inputs, step_mask, save)
+    # The LSTM also returns the gates it wrote over projected (a Function must return what it
+    # overwrites); nothing reads them.
+    outputs, *final = results[:-1] if function is compiled.LSTM else results
     outputs = outputs.view(T, B, -1)  # (T, B, H)
     if mask is not None:
         outputs = outputs.masked_fill(~mask, 0)
