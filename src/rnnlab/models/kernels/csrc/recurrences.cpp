@@ -118,6 +118,16 @@ class StepProduct {
   at::Tensor weight_t_, packed_, zeros_;
 };
 
+// In a backward, rows whose sequence had ended at this step pass dL/dh on unchanged:
+// out[b] = dh[b] where !valid[b] (``valid`` null: every row was valid).
+template <typename T>
+void pass_ended_rows(T* out, const T* dh, const bool* valid, int64_t B, int64_t H) {
+  if (valid == nullptr) return;
+  for (int64_t b = 0; b < B; ++b) {
+    if (!valid[b]) std::memcpy(out + b * H, dh + b * H, H * sizeof(T));
+  }
+}
+
 // One batch row's element-wise work per step, each a loop over the H units that the
 // compiler vectorises (free functions with restrict pointers: inside the dispatch lambdas
 // it cannot prove that the arrays do not overlap).
@@ -278,12 +288,7 @@ std::vector<at::Tensor> elman_backward_impl(const at::Tensor& states, const at::
         }
       });
       back.into(next, grad_pre[t]);  // dL/dh_{t-1} through the product
-      if (valid != nullptr) {
-        scalar_t* n = next.data_ptr<scalar_t>();
-        for (int64_t b = 0; b < B; ++b) {
-          if (!valid[b]) std::memcpy(n + b * H, gh + b * H, H * sizeof(scalar_t));
-        }
-      }
+      pass_ended_rows(next.data_ptr<scalar_t>(), gh, valid, B, H);
       std::swap(grad_h, next);
     }
   });
@@ -465,12 +470,7 @@ std::vector<at::Tensor> lstm_backward_impl(const at::Tensor& gates, const at::Te
         }
       });
       back.into(next, grad_gates[t]);  // dL/dh_{t-1}
-      if (valid != nullptr) {
-        scalar_t* nx = next.data_ptr<scalar_t>();
-        for (int64_t b = 0; b < B; ++b) {
-          if (!valid[b]) std::memcpy(nx + b * H, gh + b * H, H * sizeof(scalar_t));
-        }
-      }
+      pass_ended_rows(next.data_ptr<scalar_t>(), gh, valid, B, H);
       std::swap(grad_h, next);
     }
   });
