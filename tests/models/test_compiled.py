@@ -54,6 +54,61 @@ def test_compiled_loops_equal_the_python_loops_in_float64(cell, bias, with_h0, w
 
 
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("with_h0", [True, False])
+@pytest.mark.parametrize("with_lengths", [True, False])
+def test_inference_projects_in_chunks_and_equals_the_python_loops(cell, bias, with_h0, with_lengths, time_loops,
+                                                                   monkeypatch):
+    """Under no_grad the GRU and LSTM layers run one compiled call that projects the input
+    CHUNK_STEPS steps at a time (T = 37: two full chunks and a partial one), and it equals
+    the Python loops in float64."""
+    if time_loops != "compiled" or compiled.extension() is None:
+        pytest.skip("compares the compiled loops with the Python ones")
+    calls = []
+
+    class Spy:
+        def __getattr__(self, name):
+            calls.append(name)
+            return getattr(real, name)
+
+    real = compiled.extension()
+    monkeypatch.setattr(compiled, "_extension", Spy())
+    torch.manual_seed(0)
+    rnn = RNN(5, 7, num_layers=2, cell=cell, bias=bias, batch_first=True).double()
+    x = torch.randn(4, 37, 5, dtype=torch.float64)
+    h0 = tuple(torch.randn(2, 4, 7, dtype=torch.float64) for _ in range(2 if cell == "lstm" else 1)) if with_h0 else None
+    h0 = h0[0] if h0 is not None and len(h0) == 1 else h0
+    lengths = torch.tensor([37, 1, 17, 30]) if with_lengths else None
+    with torch.no_grad():
+        out, h_n = rnn(x, h0, lengths=lengths)
+    assert calls == [f"{cell}_inference"] * 2  # one call per layer, nothing else
+    with compiled_loops(False), torch.no_grad():
+        ref_out, ref_h_n = rnn(x, h0, lengths=lengths)
+    torch.testing.assert_close(out, ref_out, atol=1e-10, rtol=0)
+    for a, b in zip(flat_state(h_n), flat_state(ref_h_n), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=0)
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+@pytest.mark.parametrize("packed", [True, False])
+def test_inference_equals_torch_nn_in_float32_with_and_without_packed_products(cell, packed):
+    """The float32 inference call, its chunk projections and step products through oneDNN's
+    packed weights or through addmm, equals torch.nn at its float32 tolerance."""
+    from rnnlab.models import packed_matmul
+
+    torch.manual_seed(2)
+    ref = TORCH_RNNS[cell](16, 64, num_layers=2, batch_first=True)
+    rnn = RNN.from_torch(ref)
+    x = torch.randn(64, 40, 16)
+    with torch.no_grad(), packed_matmul(packed):
+        out, h_n = rnn(x)
+        ref_out, ref_h_n = ref(x)
+    torch.testing.assert_close(out, ref_out, atol=1e-5, rtol=1e-4)
+    for a, b in zip(flat_state(h_n), flat_state(ref_h_n), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
 def test_without_a_gradient_to_come_only_the_states_are_kept(cell):
     """Under no_grad the GRU and LSTM loops keep no gates or cells for a backward, and give
     the same results."""

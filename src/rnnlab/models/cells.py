@@ -140,10 +140,13 @@ class GRUCell(CellBase):
 
     def forward_sequence(self, x: torch.Tensor, state: tuple[torch.Tensor], mask: torch.Tensor | None = None):
         """As :meth:`RNNCell.forward_sequence`."""
+        b_hn = self.Whh.bias[2 * self.hidden_size:] if self.bias else None
+        if recurrences.projects_in_loop(x, *self.parameters()):  # inference: one call, no (T, B, 3H) temporary
+            return recurrences.gru_inference(x, self.Wxh.weight, self.input_bias(), state[0], self.Whh.weight, b_hn,
+                                             mask)
         projected = self.project(x.reshape(-1, x.shape[-1]))  # (T*B, 3H)
         if mask is not None and not recurrences.takes_masks(projected):
             return recur_masked(self, projected.view(*x.shape[:2], -1), state, mask)
-        b_hn = self.Whh.bias[2 * self.hidden_size:] if self.bias else None
         return recurrences.gru(projected, state[0], self.Whh.weight, b_hn, mask)  # fast path: kernels/recurrences.py
 
 
@@ -201,6 +204,8 @@ class LSTMCell(CellBase):
     def forward_sequence(self, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor],
                          mask: torch.Tensor | None = None):
         """As :meth:`RNNCell.forward_sequence`, with state (h, c)."""
+        if recurrences.projects_in_loop(x, *self.parameters()):  # inference: one call, no (T, B, 4H) temporary
+            return recurrences.lstm_inference(x, self.Wxh.weight, self.input_bias(), *state, self.Whh.weight, mask)
         projected = self.project(x.reshape(-1, x.shape[-1]))  # (T*B, 4H)
         if mask is not None and not recurrences.takes_masks(projected):
             return recur_masked(self, projected.view(*x.shape[:2], -1), state, mask)

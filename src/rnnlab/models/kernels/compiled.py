@@ -45,6 +45,7 @@ from .matmul import packed_weight
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("csrc") / "recurrences.cpp"
+CHUNK_STEPS = 16  # steps projected at a time by the *_inference loops (StepInputs::kChunk)
 
 _enabled = True
 _extension = None

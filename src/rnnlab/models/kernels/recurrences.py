@@ -20,7 +20,11 @@ a cell: the projected input (T*B, G*H) with rows in time-major order (a temporar
 caller gives up: the Elman and the compiled LSTM recurrences write into it), the initial
 state and W_hh, and, where :func:`takes_masks`, a mask of the valid steps. They return
 the outputs (T, B, H) and the final state, a tuple. Under autocast (mixed precision) the
-whole recurrence runs in autocast's dtype.
+whole recurrence runs in autocast's dtype. Without a gradient to come (evaluation,
+prediction) :func:`gru_inference` and :func:`lstm_inference` take the layer's input x and
+W_xh instead of the projected input: one compiled call projects a few steps at a time, so
+no (T, B, G*H) temporary is made (at the char shape that saves a 33 MB allocation whose
+fresh pages cost about as much as the projection's product).
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from . import compiled
-from .matmul import StepWeight
+from .matmul import MIN_PACKED_LINEAR_MACS, StepWeight, packed_weight
 
 
 def _tanh_(x: torch.Tensor) -> torch.Tensor:
@@ -295,6 +299,50 @@ def _run_compiled(function, projected: torch.Tensor, B: int, inputs: tuple, mask
     if mask is not None:
         outputs = outputs.masked_fill(~mask, 0)
     return outputs, tuple(final)
+
+
+def projects_in_loop(x: torch.Tensor, *weights: torch.Tensor) -> bool:
+    """Whether :func:`gru_inference` and :func:`lstm_inference` run this layer: the compiled
+    loops are usable and no gradient will be asked for (torch.no_grad, inference)."""
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (x, *weights)):
+        return False
+    return compiled.usable(x) is not None and all(w.dtype == x.dtype for w in weights)
+
+
+def _run_inference(name: str, x: torch.Tensor, w_ih: torch.Tensor, bias: torch.Tensor | None, state: tuple,
+                   w_hh: torch.Tensor, extra: tuple, mask: torch.Tensor | None):
+    """A GRU or LSTM layer's forward without a backward, in one compiled call that projects x a
+    few steps at a time (csrc/recurrences.cpp, StepInputs): no (T, B, G*H) temporary."""
+    T, B = x.shape[:2]
+    step_mask = None if mask is None else mask.reshape(T, B).contiguous()  # (T, B)
+    # W_xh is packed once per call and used T / CHUNK_STEPS times: worth it from the size at
+    # which the one-product projection packs (MIN_PACKED_LINEAR_MACS), if the chunk's product
+    # is timed faster packed.
+    packed_ih = (packed_weight(w_ih, compiled.CHUNK_STEPS * B) if T * B * w_ih.numel() >= MIN_PACKED_LINEAR_MACS
+                 else None)
+    state = tuple(s.contiguous() for s in state)
+    results = getattr(compiled.extension(), f"{name}_inference")(
+        x.contiguous(), w_ih.contiguous(), packed_ih, bias, *state, w_hh.contiguous(),
+        packed_weight(w_hh, B), *extra, step_mask)
+    outputs = results[0]  # (T, B, H)
+    final = (outputs[-1].clone(), *results[1:len(state)])  # h_T [, c_T]
+    if mask is not None:
+        outputs = outputs.masked_fill_(~mask, 0)
+    return outputs, final
+
+
+def gru_inference(x: torch.Tensor, w_ih: torch.Tensor, bias: torch.Tensor | None, h0: torch.Tensor,
+                  w_hh: torch.Tensor, b_hn: torch.Tensor | None, mask: torch.Tensor | None = None):
+    """:func:`gru` of ``W_xh x + bias`` where :func:`projects_in_loop`. Inputs: x (T, B, D);
+    w_ih (3H, D); bias (3H,) or None; the rest as :func:`gru`. Outputs as :func:`gru`."""
+    return _run_inference("gru", x, w_ih, bias, (h0,), w_hh, (b_hn,), mask)
+
+
+def lstm_inference(x: torch.Tensor, w_ih: torch.Tensor, bias: torch.Tensor | None, h0: torch.Tensor,
+                   c0: torch.Tensor, w_hh: torch.Tensor, mask: torch.Tensor | None = None):
+    """:func:`lstm` of ``W_xh x + bias`` where :func:`projects_in_loop`. Inputs: x (T, B, D);
+    w_ih (4H, D); bias (4H,) or None; the rest as :func:`lstm`. Outputs as :func:`lstm`."""
+    return _run_inference("lstm", x, w_ih, bias, (h0, c0), w_hh, (), mask)
 
 
 def elman(projected: torch.Tensor, h0: torch.Tensor, w_hh: torch.Tensor, relu: bool = False,

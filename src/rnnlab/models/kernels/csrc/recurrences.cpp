@@ -118,6 +118,57 @@ class StepProduct {
   at::Tensor weight_t_, packed_, zeros_;
 };
 
+// Each step's projected input p_t (B, G*H), from one of two sources. Either the caller's
+// ``projected`` (T, B, G*H), all steps projected in one product (what a backward needs), or,
+// without a backward, ``x`` (T, B, D) projected here ``kChunk`` steps at a time into one small
+// buffer that every chunk reuses: a (T, B, G*H) temporary of tens of megabytes is above
+// glibc's mmap threshold, so each call would fault in fresh pages for it (at the char shape
+// that costs about as much as the product itself).
+class StepInputs {
+ public:
+  static constexpr int64_t kChunk = 16;
+
+  explicit StepInputs(const at::Tensor& projected) : all_(projected) {}
+  // ``packed_ih``: oneDNN's packed copy of w_ih for kChunk * B rows, or undefined for addmm.
+  StepInputs(const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& packed_ih, const at::Tensor& bias)
+      : x_(x), w_ih_t_(w_ih.t()), packed_ih_(packed_ih), bias_(bias),
+        chunk_(at::empty({std::min(kChunk, x.size(0)), x.size(1), w_ih.size(0)}, x.options())) {}
+
+  int64_t steps() const { return all_.defined() ? all_.size(0) : x_.size(0); }
+
+  // p_t (B, G*H), writable: the recurrences may overwrite it.
+  at::Tensor at(int64_t t) {
+    if (all_.defined()) return all_[t];
+    const int64_t k = t % kChunk;
+    if (k == 0) {
+      const int64_t n = std::min(kChunk, x_.size(0) - t), G = chunk_.size(2);
+      at::Tensor in = x_.narrow(0, t, n).reshape({-1, x_.size(2)});  // (n*B, D)
+      if (packed_ih_.defined()) {
+        static auto linear = c10::Dispatcher::singleton()
+                                 .findSchemaOrThrow("mkldnn::_linear_pointwise", "")
+                                 .typed<at::Tensor(const at::Tensor&, const at::Tensor&,
+                                                   const std::optional<at::Tensor>&, c10::string_view,
+                                                   c10::List<std::optional<at::Scalar>>,
+                                                   std::optional<c10::string_view>)>();
+        const std::optional<at::Tensor> bias = bias_.defined() ? std::optional<at::Tensor>(bias_) : std::nullopt;
+        chunk_ = linear.call(in, packed_ih_, bias, "none", c10::List<std::optional<at::Scalar>>(), "")
+                     .view({n, -1, G});  // (n, B, G*H)
+      } else {
+        at::Tensor out = chunk_.narrow(0, 0, n).view({-1, G});  // (n*B, G*H)
+        if (bias_.defined()) {
+          at::addmm_out(out, bias_, in, w_ih_t_);
+        } else {
+          at::mm_out(out, in, w_ih_t_);
+        }
+      }
+    }
+    return chunk_[k];
+  }
+
+ private:
+  at::Tensor all_, x_, w_ih_t_, packed_ih_, bias_, chunk_;
+};
+
 // In a backward, rows whose sequence had ended at this step pass dL/dh on unchanged:
 // out[b] = dh[b] where !valid[b] (``valid`` null: every row was valid).
 template <typename T>
@@ -299,10 +350,10 @@ std::vector<at::Tensor> elman_backward_impl(const at::Tensor& states, const at::
 // r, z = sigmoid(p_rz + W_hrz h + b_hrz), n = tanh(p_n + r (W_hn h + b_hn)), h' = n + z (h - n);
 // p_t holds W_x x_t + b_x + (b_hr, b_hz, 0); b_hn (H,) or undefined.
 // Returns (states, rz (T, B, 2H), hn (T, B, H), n (T, B, H)); the last three when ``save``.
-std::vector<at::Tensor> gru_forward_impl(const at::Tensor& projected, const at::Tensor& h0, const at::Tensor& w_hh,
+std::vector<at::Tensor> gru_forward_impl(StepInputs& inputs, const at::Tensor& h0, const at::Tensor& w_hh,
                                          const Opt& packed, const at::Tensor& b_hn, const at::Tensor& mask,
                                          bool save) {
-  const int64_t T = projected.size(0), B = projected.size(1), H = h0.size(1);
+  const int64_t T = inputs.steps(), B = h0.size(0), H = h0.size(1);
   const int64_t kept = save ? T : 1;  // without a backward, one step's worth, reused
   at::Tensor states = at::empty({T, B, H}, h0.options());
   at::Tensor rz = at::empty({kept, B, 2 * H}, h0.options());
@@ -312,12 +363,13 @@ std::vector<at::Tensor> gru_forward_impl(const at::Tensor& projected, const at::
   at::Tensor bias = at::zeros({B, 3 * H}, h0.options());  // (0, 0, b_hn) in every row
   if (b_hn.defined()) bias.narrow(1, 2 * H, H).copy_(b_hn.expand({B, H}));
   const StepProduct recurrent(w_hh, packed, B);
-  AT_DISPATCH_FLOATING_TYPES(projected.scalar_type(), "gru_forward", [&] {
+  AT_DISPATCH_FLOATING_TYPES(h0.scalar_type(), "gru_forward", [&] {
     for (int64_t t = 0; t < T; ++t) {
       const at::Tensor h_prev = t == 0 ? h0 : states[t - 1];
       recurrent.add_into(hh, bias, h_prev);
       const int64_t s = save ? t : 0;
-      const scalar_t* p = projected.data_ptr<scalar_t>() + t * B * 3 * H;
+      const at::Tensor p_t = inputs.at(t);
+      const scalar_t* p = p_t.data_ptr<scalar_t>();
       const scalar_t* q = hh.data_ptr<scalar_t>();
       const scalar_t* hp = h_prev.data_ptr<scalar_t>();
       scalar_t* h = states.data_ptr<scalar_t>() + t * B * H;
@@ -397,22 +449,22 @@ std::vector<at::Tensor> gru_backward_impl(const at::Tensor& rz, const at::Tensor
 // (i, f, g, o) = (sigmoid, sigmoid, tanh, sigmoid)(p_t + W_hh h_{t-1}), c' = f c + i g, h' = o tanh(c').
 // The activated gates are written over ``projected`` (T, B, 4H), a temporary the caller gives up.
 // Returns (states, c_n, cells (T, B, H), tanh_cells (T, B, H)); the last two when ``save``.
-std::vector<at::Tensor> lstm_forward_impl(at::Tensor projected, const at::Tensor& h0, const at::Tensor& c0,
+std::vector<at::Tensor> lstm_forward_impl(StepInputs& inputs, const at::Tensor& h0, const at::Tensor& c0,
                                           const at::Tensor& w_hh, const Opt& packed, const at::Tensor& mask,
                                           bool save) {
-  const int64_t T = projected.size(0), B = projected.size(1), H = h0.size(1);
+  const int64_t T = inputs.steps(), B = h0.size(0), H = h0.size(1);
   at::Tensor states = at::empty({T, B, H}, h0.options());
   at::Tensor cells = at::empty({save ? T : 2, B, H}, h0.options());  // without a backward: two, in turn
   at::Tensor tanh_cells = at::empty({save ? T : 1, B, H}, h0.options());
   const StepProduct recurrent(w_hh, packed, B);
-  std::vector<at::Tensor> steps = projected.unbind(0);
   at::Tensor c_prev = c0;
-  AT_DISPATCH_FLOATING_TYPES(projected.scalar_type(), "lstm_forward", [&] {
+  AT_DISPATCH_FLOATING_TYPES(h0.scalar_type(), "lstm_forward", [&] {
     for (int64_t t = 0; t < T; ++t) {
       const at::Tensor h_prev = t == 0 ? h0 : states[t - 1];
-      recurrent.add_into(steps[t], steps[t], h_prev);  // p_t + W_hh h_{t-1}, in place
+      at::Tensor p_t = inputs.at(t);
+      recurrent.add_into(p_t, p_t, h_prev);  // p_t + W_hh h_{t-1}, in place
       const at::Tensor c_t = cells[save ? t : t % 2];
-      scalar_t* ap = steps[t].data_ptr<scalar_t>();
+      scalar_t* ap = p_t.data_ptr<scalar_t>();
       const scalar_t* cp = c_prev.data_ptr<scalar_t>();
       const scalar_t* hp = h_prev.data_ptr<scalar_t>();
       scalar_t* c = c_t.data_ptr<scalar_t>();
@@ -492,7 +544,8 @@ std::vector<at::Tensor> elman_backward(const at::Tensor& states, const at::Tenso
 }
 std::vector<at::Tensor> gru_forward(const at::Tensor& projected, const at::Tensor& h0, const at::Tensor& w_hh,
                                     const Opt& packed, const Opt& b_hn, const Opt& mask, bool save) {
-  return gru_forward_impl(projected, h0, w_hh, packed, value(b_hn), value(mask), save);
+  StepInputs inputs(projected);
+  return gru_forward_impl(inputs, h0, w_hh, packed, value(b_hn), value(mask), save);
 }
 std::vector<at::Tensor> gru_backward(const at::Tensor& rz, const at::Tensor& hn, const at::Tensor& n,
                                      const at::Tensor& states, const at::Tensor& h0, const at::Tensor& w_hh,
@@ -502,7 +555,22 @@ std::vector<at::Tensor> gru_backward(const at::Tensor& rz, const at::Tensor& hn,
 }
 std::vector<at::Tensor> lstm_forward(at::Tensor projected, const at::Tensor& h0, const at::Tensor& c0,
                                      const at::Tensor& w_hh, const Opt& packed, const Opt& mask, bool save) {
-  return lstm_forward_impl(projected, h0, c0, w_hh, packed, value(mask), save);
+  StepInputs inputs(projected);
+  return lstm_forward_impl(inputs, h0, c0, w_hh, packed, value(mask), save);
+}
+// Without a backward: x (T, B, D) projected by w_ih (G*H, D) (``packed_ih``: its packed copy or
+// None) and bias (G*H,) or None, a few steps at a time (StepInputs). Returns what the forwards above return with save false.
+std::vector<at::Tensor> gru_inference(const at::Tensor& x, const at::Tensor& w_ih, const Opt& packed_ih,
+                                      const Opt& bias, const at::Tensor& h0, const at::Tensor& w_hh,
+                                      const Opt& packed, const Opt& b_hn, const Opt& mask) {
+  StepInputs inputs(x, w_ih, value(packed_ih), value(bias));
+  return gru_forward_impl(inputs, h0, w_hh, packed, value(b_hn), value(mask), false);
+}
+std::vector<at::Tensor> lstm_inference(const at::Tensor& x, const at::Tensor& w_ih, const Opt& packed_ih,
+                                       const Opt& bias, const at::Tensor& h0, const at::Tensor& c0,
+                                       const at::Tensor& w_hh, const Opt& packed, const Opt& mask) {
+  StepInputs inputs(x, w_ih, value(packed_ih), value(bias));
+  return lstm_forward_impl(inputs, h0, c0, w_hh, packed, value(mask), false);
 }
 std::vector<at::Tensor> lstm_backward(const at::Tensor& gates, const at::Tensor& cells, const at::Tensor& tanh_cells,
                                       const at::Tensor& states, const at::Tensor& h0, const at::Tensor& c0,
@@ -519,4 +587,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("gru_backward", &gru_backward, "GRU recurrence's backward");
   m.def("lstm_forward", &lstm_forward, "LSTM recurrence");
   m.def("lstm_backward", &lstm_backward, "LSTM recurrence's backward");
+  m.def("gru_inference", &gru_inference, "GRU layer without a backward, input projected in chunks of steps");
+  m.def("lstm_inference", &lstm_inference, "LSTM layer without a backward, input projected in chunks of steps");
 }
