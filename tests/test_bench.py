@@ -41,14 +41,17 @@ def test_benchmark_writes_csv_and_markdown(tmp_path):
     assert reader.fieldnames == bench.COLUMNS
     core = ["forward", "backward", "stepwise", "memory", "lengths"]
     gated = ["forward", "backward", "memory", "lengths"]
-    assert [r["row"] for r in rows] == core + gated * 2 + ["generate"] * 3 + ["e2e_classifier", "e2e_char"]
+    assert [r["row"] for r in rows] == core + gated * 2 + ["scan"] * 2 + ["generate"] * 3 + ["e2e_classifier",
+                                                                                              "e2e_char"]
     assert all(r["shape"] == str(TINY_SHAPE) for r in rows[:5])
     assert [r["shape"] for r in rows[5:13]] == [f"{TINY_SHAPE} gru"] * 4 + [f"{TINY_SHAPE} lstm"] * 4
     packed = "pack_padded_sequence + "
     assert [r["reference_name"] for r in rows[:13]] == (
         ["torch.nn.RNN", "torch.nn.RNN", "rnnlab RNN.forward_stepwise", "torch.nn.RNN", packed + "torch.nn.RNN"]
         + ["torch.nn.GRU"] * 3 + [packed + "torch.nn.GRU"] + ["torch.nn.LSTM"] * 3 + [packed + "torch.nn.LSTM"])
-    assert [r["reference_name"] for r in rows[13:16]] == [f"nn.Embedding + nn.{m} + nn.Linear loop"
+    assert [(r["shape"], r["reference_name"], r["target"]) for r in rows[13:15]] == [
+        (f"{TINY_SHAPE} min_gru", "rnnlab gru", "<= 0.2"), (f"{TINY_SHAPE} min_lstm", "rnnlab lstm", "<= 0.2")]
+    assert [r["reference_name"] for r in rows[15:18]] == [f"nn.Embedding + nn.{m} + nn.Linear loop"
                                                           for m in ("RNN", "GRU", "LSTM")]
     for r in rows:
         assert float(r["rnnlab"]) > 0 and float(r["reference"]) > 0 and float(r["ratio"]) > 0, r

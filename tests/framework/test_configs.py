@@ -75,6 +75,15 @@ def test_every_config_composes_and_resolves(config_name, overrides, tmp_path):
     assert launcher["_target_"].startswith(("hydra._internal", "hydra_plugins"))
 
 
+@pytest.mark.parametrize("search", sorted(p.stem for p in (CONF_DIR / "hparams_search").glob("*.yaml")))
+def test_every_search_composes_and_searches_keys_that_exist(search, tmp_path):
+    """A misspelt searched key would be added silently by Hydra's override (or refused at the
+    first trial); every one must name a key the composed config has."""
+    cfg = compose_config("train", [f"hparams_search={search}"], tmp_path)
+    for key in cfg.hydra.sweeper.params:
+        assert OmegaConf.select(cfg, key, default="__missing__") != "__missing__", f"{search}: {key}"
+
+
 def test_configs_mirror_constructors():
     """Each model/data config holds _target_ plus constructor arguments and nothing else."""
     import inspect
@@ -145,7 +154,7 @@ def test_every_callback_set_runs_for_every_model(model, callbacks, train_config,
         assert load_checkpoint(tmp_path / "checkpoints" / "last.ckpt")["epoch"] == 1  # stopped after 2 of 5
 
 
-@pytest.mark.parametrize("cell", ["rnn_tanh", "rnn_relu", "gru", "lstm"])
+@pytest.mark.parametrize("cell", ["rnn_tanh", "rnn_relu", "gru", "lstm", "min_gru", "min_lstm", "indrnn", "ln_lstm"])
 def test_mixed_precision_training_runs_for_every_cell(cell, train_config):
     cfg = train_config("trainer.precision=bf16-mixed", f"model.net.cell={cell}", "trainer.max_epochs=1")
     metrics, _ = train(cfg)

@@ -188,7 +188,8 @@ def test_lstm_state_errors_are_clear():
         lstm(torch.randn(2, 5, 3), (torch.zeros(2, 2, 4), torch.zeros(2, 2, 5)))
     with pytest.raises(TypeError, match="expected h0 as one tensor for cell='gru', got a tuple"):
         RNN(3, 4, cell="gru")(torch.randn(2, 5, 3), (torch.zeros(1, 2, 4), torch.zeros(1, 2, 4)))
-    with pytest.raises(ValueError, match=r"expected cell in \['gru', 'lstm', 'rnn_relu', 'rnn_tanh'\], got 'transformer'"):
+    with pytest.raises(ValueError, match=r"expected cell in \['gru', 'indrnn', 'ln_lstm', 'lstm', 'min_gru', "
+                                         r"'min_lstm', 'rnn_relu', 'rnn_tanh'\], got 'transformer'"):
         RNN(3, 4, cell="transformer")
 
 

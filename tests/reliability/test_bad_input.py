@@ -24,7 +24,7 @@ BAD_VALUES = {
     "dropout_one": (["model.net.dropout=1.0"], "synthetic", ["model.net.dropout: expected dropout in [0, 1), got 1.0"]),
     "negative_dropout": (["model.net.dropout=-0.1"], "synthetic", ["model.net.dropout: expected dropout in [0, 1), got -0.1"]),
     "unknown_cell": (["model.net.cell=foo"], "synthetic",
-                     ["model.net.cell: expected cell in ['gru', 'lstm', 'rnn_relu', 'rnn_tanh'], got 'foo'"]),
+                     ["model.net.cell: expected cell in ['gru', 'indrnn', 'ln_lstm', 'lstm', 'min_gru', 'min_lstm', 'rnn_relu', 'rnn_tanh'], got 'foo'"]),
     "batch_larger_than_dataset": (["data.batch_size=1000"], "synthetic",
                                   ["data.batch_size: expected batch_size <= num_train (512), got 1000"]),
     "empty_split": (["data.num_val=0"], "synthetic", ["data.num_val: expected num_val >= 1, got 0"]),

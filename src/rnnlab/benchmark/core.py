@@ -150,6 +150,26 @@ def core_rows(shape: Shape, rows: Sequence[str], reps: int, warmup: int, device:
     return results
 
 
+SCAN_PAIRS = (("min_gru", "gru"), ("min_lstm", "lstm"))  # a minimal cell and the classic cell it simplifies
+
+
+def scan_rows(shape: Shape, reps: int, warmup: int, device: torch.device) -> list[Result]:
+    """The ``scan`` rows: forward + backward of minGRU and minLSTM (one parallel scan over time
+    per layer) against rnnlab's own GRU and LSTM (a sequential loop) of the same sizes."""
+    results = []
+    for minimal, classic in SCAN_PAIRS:
+        torch.manual_seed(0)
+        ours = RNN(shape.D, shape.H, shape.L, cell=minimal).to(device)
+        reference = RNN(shape.D, shape.H, shape.L, cell=classic).to(device)
+        x = torch.randn(shape.B, shape.T, shape.D, device=device)  # (B, T, D)
+        t_ours, t_ref = time_interleaved([forward_backward(ours, ours, x), forward_backward(reference, reference, x)],
+                                         reps, warmup, device)
+        results.append(make_result("scan", f"{shape} {minimal}", device, ms(t_ours), ms(t_ref), "ms",
+                                   f"rnnlab {classic}", "forward + backward of the minimal cell's parallel scan "
+                                   "against the classic cell's sequential loop, same B, T, D, H, L", cell=""))
+    return results
+
+
 def packed(module: nn.RNNBase, lengths: torch.Tensor) -> Callable:
     """``module`` on a padded batch as torch.nn reads one: packed by ``lengths``, run, and
     padded back; returns (outputs (B, T, H), h_n)."""

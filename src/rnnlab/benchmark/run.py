@@ -15,7 +15,7 @@ from hydra.core.hydra_config import HydraConfig
 
 from .. import checks
 from ..models.kernels.matmul import packed_matmul
-from .core import SHAPES, TORCH_MODULES, Shape, core_rows
+from .core import SHAPES, TORCH_MODULES, Shape, core_rows, scan_rows
 from .e2e import e2e_char_row, e2e_classifier_row, generate_row
 from .report import markdown_table, notes, ratio_text, write_results
 from .timing import CORE_ROWS, ROWS, Result, load_average
@@ -113,6 +113,9 @@ def run(*, shapes: str | Sequence, rows: str | Sequence[str], cells: str | Seque
                 for shape in shapes:
                     for result in core_rows(shape, rows, reps, warmup, dev, cell):
                         add(result)
+            for shape in shapes if "scan" in rows else []:
+                for result in scan_rows(shape, reps, warmup, dev):
+                    add(result)
             for cell in cells if "generate" in rows else []:
                 add(generate_row(max_new_tokens, reps, warmup, dev, cell))
             if "e2e_classifier" in rows:

@@ -31,7 +31,10 @@ class BidirectionalRNN(nn.Module):
         dropout: dropout between the layers of each stack, in [0, 1). Default: 0.0.
         bias: if ``False`` the cells have no biases. Default: ``True``.
         batch_first: if ``True`` inputs and outputs are (B, T, ·), else (T, B, ·). Default: ``True``.
-        cell: ``"rnn_tanh"``, ``"rnn_relu"``, ``"gru"`` or ``"lstm"``. Default: ``"rnn_tanh"``.
+        cell: ``"rnn_tanh"``, ``"rnn_relu"``, ``"gru"``, ``"lstm"``, ``"min_gru"``, ``"min_lstm"``,
+            ``"indrnn"`` or ``"ln_lstm"`` (:class:`RNN`). Default: ``"rnn_tanh"``.
+        cell_options: further arguments of the cells (:class:`RNN`). Default: none.
+        locked_dropout, weight_drop, zoneout: the regularisers of :class:`RNN`, in both stacks. Defaults: off.
 
     Inputs: x, h0, lengths
         - **x**: (B, T, D) if ``batch_first`` else (T, B, D); or unbatched (T, D).
@@ -60,10 +63,17 @@ class BidirectionalRNN(nn.Module):
         bias: bool = True,
         batch_first: bool = True,
         cell: str = "rnn_tanh",
+        cell_options: dict | None = None,
+        locked_dropout: bool = False,
+        weight_drop: float = 0.0,
+        zoneout: float = 0.0,
     ):
         super().__init__()
-        self.forward_rnn = RNN(input_size, hidden_size, num_layers, dropout, bias, batch_first, cell)
-        self.backward_rnn = RNN(input_size, hidden_size, num_layers, dropout, bias, batch_first, cell)
+        regularisers = {"locked_dropout": locked_dropout, "weight_drop": weight_drop, "zoneout": zoneout}
+        self.forward_rnn = RNN(input_size, hidden_size, num_layers, dropout, bias, batch_first, cell, cell_options,
+                               **regularisers)
+        self.backward_rnn = RNN(input_size, hidden_size, num_layers, dropout, bias, batch_first, cell, cell_options,
+                                **regularisers)
         self.input_size, self.hidden_size, self.num_layers = input_size, hidden_size, num_layers
         self.batch_first, self.cell = bool(batch_first), cell
 

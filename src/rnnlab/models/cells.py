@@ -16,8 +16,9 @@ import torch
 from torch import nn
 
 from .. import checks
-from .cell_base import CellBase
+from .cell_base import CellBase, recur_masked
 from .kernels import recurrences
+from .modern_cells import IndRNNCell, LayerNormLSTMCell, MinGRUCell, MinLSTMCell
 
 
 class RNNCell(CellBase):
@@ -213,30 +214,22 @@ class LSTMCell(CellBase):
 
 
 CELLS = {"rnn_tanh": (RNNCell, {"nonlinearity": "tanh"}), "rnn_relu": (RNNCell, {"nonlinearity": "relu"}),
-         "gru": (GRUCell, {}), "lstm": (LSTMCell, {})}
+         "gru": (GRUCell, {}), "lstm": (LSTMCell, {}),
+         "min_gru": (MinGRUCell, {}), "min_lstm": (MinLSTMCell, {}), "indrnn": (IndRNNCell, {}),
+         "ln_lstm": (LayerNormLSTMCell, {})}
+TORCH_CELLS = ("rnn_tanh", "rnn_relu", "gru", "lstm")  # the cells torch.nn.RNN / GRU / LSTM also have
 
 
-def make_cell(cell: str, input_size: int, hidden_size: int, bias: bool = True) -> CellBase:
-    """Build the cell named ``cell`` (one of :data:`CELLS`)."""
+def make_cell(cell: str, input_size: int, hidden_size: int, bias: bool = True,
+              options: dict | None = None) -> CellBase:
+    """Build the cell named ``cell`` (one of :data:`CELLS`); ``options``: the cell's own
+    further arguments (IndRNN's ``max_steps`` and ``magnitude``)."""
     checks.one_of("cell", cell, CELLS)
     cls, kwargs = CELLS[cell]
-    return cls(input_size, hidden_size, bias=bias, **kwargs)
-
-
-def recur_masked(cell: CellBase, projected: torch.Tensor, state: tuple[torch.Tensor, ...],
-                 mask: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
-    """Variable lengths: ``cell.recur`` step by step under autograd; a sequence that has ended
-    keeps its state.
-
-    Inputs: projected (T, B, G*H); state, each (B, H); mask (T, B, 1), True at valid steps.
-    Outputs: outputs (T, B, H), zero past each length; the state at each sequence's last
-    valid step.
-    """
-    outputs = []
-    # unbind + one stack at the end, not projected[t] indexing: the backward of a strided
-    # slice writes a full-size zero gradient per step (O(T^2) memory traffic).
-    for p_t, valid in zip(projected.unbind(0), mask.unbind(0)):  # (B, G*H), (B, 1)
-        new = cell.recur(p_t, state)
-        state = tuple(torch.where(valid, n, s) for n, s in zip(new, state))
-        outputs.append(new[0] * valid)
-    return torch.stack(outputs), state  # (T, B, H)
+    options = dict(options or {})
+    try:
+        return cls(input_size, hidden_size, bias=bias, **kwargs, **options)
+    except TypeError as err:
+        if options and "unexpected keyword argument" in str(err):
+            raise ValueError(f"cell_options: cell={cell!r} takes no option(s) {sorted(options)}") from None
+        raise

@@ -3,14 +3,13 @@ and temperature / top-k sampling that carries the hidden state from token to tok
 
 from __future__ import annotations
 
-from functools import partial
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .. import checks
 from .dropout import Dropout
+from .regularisers import LockedDropout, embedding_dropout
 from .rnn import RNN
 
 
@@ -28,7 +27,17 @@ class CharRNN(nn.Module):
         num_layers: stacked layers L. Default: 3.
         dropout: dropout between RNN layers and before the output projection, in [0, 1).
             Default: 0.2.
-        cell: ``"rnn_tanh"``, ``"rnn_relu"``, ``"gru"`` or ``"lstm"``. Default: ``"rnn_tanh"``.
+        cell: ``"rnn_tanh"``, ``"rnn_relu"``, ``"gru"``, ``"lstm"``, ``"min_gru"``, ``"min_lstm"``,
+            ``"indrnn"`` or ``"ln_lstm"`` (:class:`RNN`). Default: ``"rnn_tanh"``.
+        cell_options: further arguments of the cells (:class:`RNN`). Default: none.
+        locked_dropout, weight_drop, zoneout: the regularisers of :class:`RNN`; with
+            ``locked_dropout`` the input and output dropout is locked over time too. Defaults: off.
+        embedding_dropout: probability of dropping a whole character's embedding (every
+            occurrence in the batch) in training, AWD-LSTM's ``dropoute``. Default: 0.0.
+        input_dropout: dropout on the embeddings fed to the RNN, in [0, 1). Default: 0.0.
+        tie_weights: share one (V, D) tensor between the embedding and the output
+            projection (Press & Wolf, 2017; Inan et al., 2017); needs ``embed_dim ==
+            hidden_size``. Default: ``False``.
 
     Inputs: idx, h0
         - **idx**: (B, T) int64 character ids in [0, V).
@@ -41,15 +50,29 @@ class CharRNN(nn.Module):
     """
 
     def __init__(self, vocab_size: int, embed_dim: int, hidden_size: int,
-                 num_layers: int = 3, dropout: float = 0.2, cell: str = "rnn_tanh"):
+                 num_layers: int = 3, dropout: float = 0.2, cell: str = "rnn_tanh",
+                 cell_options: dict | None = None, locked_dropout: bool = False, weight_drop: float = 0.0,
+                 zoneout: float = 0.0, embedding_dropout: float = 0.0, input_dropout: float = 0.0,
+                 tie_weights: bool = False):
         super().__init__()
         self.vocab_size = checks.positive_int("vocab_size", vocab_size)
         self.embedding = nn.Embedding(vocab_size, checks.positive_int("embed_dim", embed_dim))
         dropout = checks.dropout_prob("dropout", dropout)
+        self.embedding_dropout = checks.dropout_prob("embedding_dropout", embedding_dropout)
         between_layers = dropout if num_layers != 1 else 0.0  # one layer: only the output's dropout
-        self.rnn = RNN(embed_dim, hidden_size, num_layers, dropout=between_layers, cell=cell)
-        self.output_dropout = Dropout(dropout)
+        self.rnn = RNN(embed_dim, hidden_size, num_layers, dropout=between_layers, cell=cell,
+                       cell_options=cell_options, locked_dropout=locked_dropout, weight_drop=weight_drop,
+                       zoneout=zoneout)
+        drop = LockedDropout if locked_dropout else Dropout  # on (B, T, ·): locked, one mask per sequence
+        self.input_dropout = drop(checks.dropout_prob("input_dropout", input_dropout))
+        self.output_dropout = drop(dropout)
         self.fc = nn.Linear(hidden_size, vocab_size)
+        self.tie_weights = bool(tie_weights)
+        if self.tie_weights:
+            if embed_dim != hidden_size:
+                raise ValueError(f"tie_weights: expected embed_dim == hidden_size (one (V, D) tensor for the embedding "
+                                 f"and the output projection), got embed_dim={embed_dim}, hidden_size={hidden_size}")
+            self.fc.weight = self.embedding.weight  # one Parameter, two uses
 
     def forward(self, idx: torch.Tensor, h0: torch.Tensor | None = None):
         """Inputs: idx (B, T) int64; h0 (L, B, H) or None. Outputs: logits (B, T, V); h_n (L, B, H)."""
@@ -57,7 +80,8 @@ class CharRNN(nn.Module):
         return self._logits(idx, h0)
 
     def _logits(self, idx: torch.Tensor, h: torch.Tensor | None):
-        outputs, h_n = self.rnn(self.embedding(idx), h)  # (B, T, H), (L, B, H)
+        embedded = embedding_dropout(self.embedding, idx, self.embedding_dropout, self.training)  # (B, T, D)
+        outputs, h_n = self.rnn(self.input_dropout(embedded), h)  # (B, T, H), (L, B, H)
         return self.fc(self.output_dropout(outputs)), h_n  # (B, T, V)
 
     @torch.no_grad()
@@ -117,9 +141,7 @@ class CharRNN(nn.Module):
         """
         cells = self.rnn.cells
         table = cells[0].project(self.embedding.weight)  # (V, G*H): W_xh E[v] + biases for every v
-        projections = [table.__getitem__] + [
-            partial(F.linear, weight=layer_cell.Wxh.weight, bias=layer_cell.input_bias())
-            for layer_cell in cells[1:]]  # each (B, ·) -> (B, G*H)
+        projections = [table.__getitem__] + [layer_cell.step_projection() for layer_cell in cells[1:]]  # (B, ·) -> (B, G*H)
         # Bound once: at batch 1 each attribute lookup on a module is a visible share of a step.
         step_layers, head, output_dropout = self.rnn.step_layers, self.fc, self.output_dropout
         head_weight, head_bias = head.weight, head.bias

@@ -27,7 +27,11 @@ class SequenceClassifier(nn.Module):
         num_layers: stacked layers L. Default: 2.
         dropout: dropout between RNN layers and before the classifier head, in [0, 1).
             Default: 0.2.
-        cell: ``"rnn_tanh"``, ``"rnn_relu"``, ``"gru"`` or ``"lstm"``. Default: ``"rnn_tanh"``.
+        cell: ``"rnn_tanh"``, ``"rnn_relu"``, ``"gru"``, ``"lstm"``, ``"min_gru"``, ``"min_lstm"``,
+            ``"indrnn"`` or ``"ln_lstm"`` (:class:`RNN`). Default: ``"rnn_tanh"``.
+        cell_options: further arguments of the cells (:class:`RNN`). Default: none.
+        locked_dropout, weight_drop, zoneout: the regularisers of :class:`RNN` (the head's
+            dropout acts on one vector per sequence, so it is the same either way). Defaults: off.
 
     Inputs: x, lengths
         - **x**: (B, T, D), padded past each sequence's length.
@@ -38,12 +42,16 @@ class SequenceClassifier(nn.Module):
     """
 
     def __init__(self, input_size: int, hidden_size: int, num_classes: int,
-                 num_layers: int = 2, dropout: float = 0.2, cell: str = "rnn_tanh"):
+                 num_layers: int = 2, dropout: float = 0.2, cell: str = "rnn_tanh",
+                 cell_options: dict | None = None, locked_dropout: bool = False, weight_drop: float = 0.0,
+                 zoneout: float = 0.0):
         super().__init__()
         self.num_classes = checks.positive_int("num_classes", num_classes)
         dropout = checks.dropout_prob("dropout", dropout)
         between_layers = dropout if num_layers != 1 else 0.0  # one layer: only the head's dropout
-        self.rnn = RNN(input_size, hidden_size, num_layers, dropout=between_layers, cell=cell)
+        self.rnn = RNN(input_size, hidden_size, num_layers, dropout=between_layers, cell=cell,
+                       cell_options=cell_options, locked_dropout=locked_dropout, weight_drop=weight_drop,
+                       zoneout=zoneout)
         self.fc = nn.Linear(hidden_size, num_classes)
         self.head_dropout = Dropout(dropout)
 

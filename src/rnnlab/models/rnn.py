@@ -15,14 +15,17 @@ Both give the same numbers (the tests check it, and check both against ``torch.n
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from .. import checks
-from .cells import CELLS, make_cell
+from .cells import CELLS, TORCH_CELLS, make_cell
 from .dropout import Dropout
+from .regularisers import LockedDropout, WeightDrop, zoneout
 
 State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]  # h (L, B, H), or (h, c) for the LSTM
 Layers = list[tuple[torch.Tensor, ...]]  # per layer its state as a tuple, (h,) or (h, c), each (B, H)
@@ -58,13 +61,23 @@ class RNN(nn.Module):
         bias: if ``False`` the cells have no biases. Default: ``True``.
         batch_first: if ``True`` inputs and outputs are (B, T, ·), else (T, B, ·).
             States are (L, B, H) either way. Default: ``True``.
-        cell: ``"rnn_tanh"`` (the seed's Elman cell), ``"rnn_relu"``, ``"gru"`` or
-            ``"lstm"``. Default: ``"rnn_tanh"``.
+        cell: ``"rnn_tanh"`` (the seed's Elman cell), ``"rnn_relu"``, ``"gru"``, ``"lstm"``,
+            or one of the cells of :mod:`rnnlab.models.modern_cells`: ``"min_gru"``,
+            ``"min_lstm"``, ``"indrnn"``, ``"ln_lstm"``. Default: ``"rnn_tanh"``.
+        cell_options: further arguments of every layer's cell, for cells that have them
+            (``indrnn``: ``max_steps``, ``magnitude``). Default: none.
+        locked_dropout: if ``True`` the dropout between layers draws one mask per sequence,
+            the same at every step (variational dropout, :class:`LockedDropout`). Default: ``False``.
+        weight_drop: probability of dropping each recurrent weight (W_hh, or IndRNN's u) in
+            training, one mask per forward pass (DropConnect, :class:`WeightDrop`). Default: 0.0.
+        zoneout: probability that a unit keeps its previous value at a training step; in
+            evaluation the expectation (:func:`zoneout`). The layers then run their
+            readable step loop. Default: 0.0.
 
     Inputs: x, h0, lengths
         - **x**: (B, T, D) if ``batch_first`` else (T, B, D); or unbatched (T, D).
-        - **h0**: (L, B, H) initial states, or (L, H) for unbatched input; for the LSTM a
-          tuple (h0, c0) of such tensors. Default: zeros.
+        - **h0**: (L, B, H) initial states, or (L, H) for unbatched input; for the LSTM
+          cells (``lstm``, ``ln_lstm``) a tuple (h0, c0) of such tensors. Default: zeros.
         - **lengths**: (B,) int64, the number of valid steps of each sequence of a padded
           batch, each in [1, T]. Default: every sequence has T steps.
 
@@ -96,6 +109,10 @@ class RNN(nn.Module):
         bias: bool = True,
         batch_first: bool = True,
         cell: str = "rnn_tanh",
+        cell_options: dict | None = None,
+        locked_dropout: bool = False,
+        weight_drop: float = 0.0,
+        zoneout: float = 0.0,
     ):
         super().__init__()
         self.input_size = checks.positive_int("input_size", input_size)
@@ -104,18 +121,28 @@ class RNN(nn.Module):
         self.dropout = checks.dropout_prob("dropout", dropout)
         checks.one_of("cell", cell, CELLS)
         self.bias, self.batch_first, self.cell = bool(bias), bool(batch_first), cell
+        self.cell_options = dict(cell_options or {})
         self.cells = nn.ModuleList(
-            make_cell(cell, input_size if layer == 0 else hidden_size, hidden_size, bias=bias)
+            make_cell(cell, input_size if layer == 0 else hidden_size, hidden_size, bias=bias,
+                      options=self.cell_options)
             for layer in range(num_layers)
         )
         if dropout > 0 and num_layers == 1:  # as torch.nn.RNN warns
             warnings.warn(f"dropout acts between stacked layers, so it needs num_layers > 1, got dropout={dropout} "
                           "and num_layers=1: no dropout is applied", UserWarning, stacklevel=2)
-        self.layer_dropout = Dropout(dropout) if dropout > 0 and num_layers > 1 else None
+        self.locked_dropout = bool(locked_dropout)
+        self.weight_drop = checks.dropout_prob("weight_drop", weight_drop)
+        self.zoneout = checks.dropout_prob("zoneout", zoneout)
+        between = LockedDropout(dropout, time_dim=0) if self.locked_dropout else Dropout(dropout)
+        self.layer_dropout = between if dropout > 0 and num_layers > 1 else None
+        if self.weight_drop > 0:
+            for layer_cell in self.cells:
+                parametrize.register_parametrization(*_recurrent_weight(layer_cell, cell), WeightDrop(self.weight_drop))
 
     @property
     def is_lstm(self) -> bool:
-        return self.cell == "lstm"
+        """Whether the state is a pair (h, c) (``lstm``, ``ln_lstm``) rather than one tensor h."""
+        return self.cells[0].state_size == 2
 
     # ------------------------------------------------------------------ states
     def check_state(self, name: str, state, shape: tuple) -> tuple[torch.Tensor, ...]:
@@ -123,7 +150,7 @@ class RNN(nn.Module):
         w = self.cells[0].Wxh.weight
         if self.is_lstm:
             if not isinstance(state, (tuple, list)) or len(state) != 2:
-                raise TypeError(f"expected {name} as a tuple (h, c) for cell='lstm', got {type(state).__name__}")
+                raise TypeError(f"expected {name} as a tuple (h, c) for cell={self.cell!r}, got {type(state).__name__}")
             names = (f"{name}[0] (h)", f"{name}[1] (c)")
         else:
             if isinstance(state, (tuple, list)):
@@ -180,16 +207,42 @@ class RNN(nn.Module):
         # Time-major inside: every step reads a contiguous (B, H) slice of a (T, B, H) tensor.
         layer_input = x.transpose(0, 1) if self.batch_first else x  # (T, B, D)
         finals = []
-        for layer, layer_cell in enumerate(self.cells):
-            if layer > 0 and self.layer_dropout is not None:
-                layer_input = self.layer_dropout(layer_input)
-            layer_input, final = layer_cell.forward_sequence(layer_input, tuple(s[layer] for s in state), mask)
-            finals.append(final)
+        with self._one_weight_mask():
+            for layer, layer_cell in enumerate(self.cells):
+                if layer > 0 and self.layer_dropout is not None:
+                    layer_input = self.layer_dropout(layer_input)
+                layer_state = tuple(s[layer] for s in state)
+                if self.zoneout > 0:
+                    layer_input, final = self._zoneout_sequence(layer_cell, layer_input, layer_state, mask)
+                else:
+                    layer_input, final = layer_cell.forward_sequence(layer_input, layer_state, mask)
+                finals.append(final)
         outputs = layer_input.transpose(0, 1) if self.batch_first else layer_input  # (B, T, H) or (T, B, H)
         return self._finish(outputs, tuple(torch.stack(parts) for parts in zip(*finals)), unbatched)  # (L, B, H)
 
+    def _one_weight_mask(self):
+        """With weight drop: W_hh (its parametrization) is evaluated once for the whole
+        forward pass, so every step of the sequence sees one dropped weight."""
+        return parametrize.cached() if self.weight_drop > 0 else contextlib.nullcontext()
+
+    def _zoneout_sequence(self, cell, x: torch.Tensor, state: tuple[torch.Tensor, ...], mask: torch.Tensor | None):
+        """One layer over the sequence with zoneout: ``cell.recur`` step by step, each new
+        state mixed with the previous one (:func:`zoneout`); ended sequences keep their state.
+
+        Inputs: x (T, B, D); state, each (B, H); mask (T, B, 1) or None.
+        Outputs: outputs (T, B, H), zero past each length; the final state.
+        """
+        outputs = []
+        valid = (None,) * x.shape[0] if mask is None else mask.unbind(0)
+        for p_t, valid_t in zip(cell.project(x).unbind(0), valid):  # (B, G*H), (B, 1) or None
+            new = zoneout(state, cell.recur(p_t, state), self.zoneout, self.training)
+            state = new if valid_t is None else tuple(torch.where(valid_t, n, s) for n, s in zip(new, state))
+            outputs.append(state[0] if valid_t is None else state[0] * valid_t)
+        return torch.stack(outputs), state  # (T, B, H)
+
     # ------------------------------------------------ seed's step-by-step loop
-    def step_layers(self, x_t: torch.Tensor, layers: Layers, projections: list | None = None) -> Layers:
+    def step_layers(self, x_t: torch.Tensor, layers: Layers, projections: list | None = None,
+                    drop_masks: list | None = None) -> Layers:
         """The seed article's loop body: one time step of the input through every layer.
 
         Each layer takes one step, ``cell.recur(cell.project(x_t), state)`` (its ``forward``,
@@ -199,17 +252,20 @@ class RNN(nn.Module):
         Inputs: x_t (B, D); layers: per layer its state, (h,) or (h, c), each (B, H);
         projections: optionally, per layer a function that does ``cell.project`` with its
         costs paid in advance (generation folds the embedding into layer 0's and sums the
-        biases once); x_t is then what the first of them takes. No checks: :meth:`step`
-        checks what it is given.
+        biases once); x_t is then what the first of them takes; drop_masks: with locked
+        dropout, per layer > 0 the (B, H) mask (scaled) a whole sequence uses
+        (:meth:`forward_stepwise` draws them), else a new mask per call. No checks:
+        :meth:`step` checks what it is given.
         Outputs: the new per-layer states, in the same form; ``[-1][0]`` is the output h_t.
         """
         new_layers = []
         drop = self.layer_dropout is not None and self.training  # no module call per layer and token in eval
         for layer, (layer_cell, state) in enumerate(zip(self.cells, layers)):
             if layer > 0 and drop:
-                x_t = self.layer_dropout(x_t)
+                x_t = self.layer_dropout(x_t) if drop_masks is None else x_t * drop_masks[layer]
             p_t = layer_cell.project(x_t) if projections is None else projections[layer](x_t)  # (B, G*H)
-            state = layer_cell.recur(p_t, state)
+            new = layer_cell.recur(p_t, state)
+            state = new if self.zoneout == 0 else zoneout(state, new, self.zoneout, self.training)
             new_layers.append(state)
             x_t = state[0]  # (B, H)
         return new_layers
@@ -232,7 +288,8 @@ class RNN(nn.Module):
             state = (zeros, zeros) if self.is_lstm else (zeros,)
         else:
             state = self.check_state("h", h, shape)
-        layers = self.step_layers(x_t, [tuple(s[layer] for s in state) for layer in range(self.num_layers)])
+        with self._one_weight_mask():
+            layers = self.step_layers(x_t, [tuple(s[layer] for s in state) for layer in range(self.num_layers)])
         return self.public_state(tuple(torch.stack(parts) for parts in zip(*layers)))  # each (L, B, H)
 
     def forward_stepwise(self, x: torch.Tensor, h0: State | None = None, return_states: bool = False):
@@ -248,10 +305,15 @@ class RNN(nn.Module):
         time_dim = 1 if self.batch_first else 0
         layers = [tuple(s[layer] for s in state) for layer in range(self.num_layers)]
         outputs, states = [], []
-        for x_t in x.unbind(time_dim):  # each (B, D)
-            layers = self.step_layers(x_t, layers)
-            outputs.append(layers[-1][0])
-            states.append(layers)
+        masks = None
+        if self.locked_dropout and self.layer_dropout is not None and self.training:  # one per sequence
+            masks = [None] + [self.layer_dropout(x.new_ones(x.shape[1 - time_dim], self.hidden_size))
+                              for _ in range(1, self.num_layers)]  # each (B, H): 0 or 1 / (1 - p)
+        with self._one_weight_mask():
+            for x_t in x.unbind(time_dim):  # each (B, D)
+                layers = self.step_layers(x_t, layers, drop_masks=masks)
+                outputs.append(layers[-1][0])
+                states.append(layers)
         outputs = torch.stack(outputs, dim=time_dim)  # (B, T, H) or (T, B, H)
         result = self._finish(outputs, tuple(torch.stack(parts) for parts in zip(*layers)), unbatched)
         return (*result, states) if return_states else result
@@ -296,6 +358,8 @@ class RNN(nn.Module):
 
     def to_torch(self) -> nn.RNNBase:
         """Return the matching ``torch.nn.RNN``/``GRU``/``LSTM`` with a copy of these weights, dtype and device."""
+        if self.cell not in TORCH_CELLS:
+            raise ValueError(f"expected one of the cells torch.nn has ({', '.join(TORCH_CELLS)}), got cell={self.cell!r}")
         ref = self.cells[0].Wxh.weight
         kwargs = {"nonlinearity": self.cell[4:]} if self.cell.startswith("rnn_") else {}
         module = self._TORCH[self.cell](self.input_size, self.hidden_size, self.num_layers, bias=self.bias,
@@ -307,10 +371,13 @@ class RNN(nn.Module):
         return module
 
     def weight_pairs(self, module: nn.RNNBase):
-        """(our parameter, torch's parameter) for every weight and bias, layer by layer."""
+        """(our parameter, torch's parameter) for every weight and bias, layer by layer (W_hh
+        itself, not a weight-dropped copy)."""
         for layer, layer_cell in enumerate(self.cells):
             yield layer_cell.Wxh.weight, getattr(module, f"weight_ih_l{layer}")
-            yield layer_cell.Whh.weight, getattr(module, f"weight_hh_l{layer}")
+            whh = layer_cell.Whh
+            yield (whh.parametrizations.weight.original if parametrize.is_parametrized(whh, "weight") else whh.weight,
+                   getattr(module, f"weight_hh_l{layer}"))
             if self.bias:
                 yield layer_cell.Wxh.bias, getattr(module, f"bias_ih_l{layer}")
                 yield layer_cell.Whh.bias, getattr(module, f"bias_hh_l{layer}")
@@ -327,6 +394,13 @@ class RNN(nn.Module):
             s += ", batch_first=False"
         if self.cell != "rnn_tanh":
             s += f", cell={self.cell!r}"
+        if self.cell_options:
+            s += f", cell_options={self.cell_options!r}"
+        if self.locked_dropout:
+            s += ", locked_dropout=True"
+        for name in ("weight_drop", "zoneout"):
+            if getattr(self, name):
+                s += f", {name}={getattr(self, name)}"
         return s
 
 
@@ -342,3 +416,14 @@ def _length_mask(lengths, batch: int, time: int, device: torch.device) -> torch.
         raise ValueError(f"expected lengths in [1, {time}] (T), got values from {int(low)} to {int(high)}")
     lengths = lengths.to(device)
     return (torch.arange(time, device=device)[:, None] < lengths[None, :]).unsqueeze(-1)  # (T, B, 1)
+
+
+def _recurrent_weight(cell: nn.Module, name: str) -> tuple[nn.Module, str]:
+    """(module, attribute) of a cell's recurrent weight, which weight drop acts on: W_hh, or
+    IndRNN's element-wise u."""
+    if hasattr(cell, "Whh"):
+        return cell.Whh, "weight"
+    if isinstance(getattr(cell, "u", None), nn.Parameter):
+        return cell, "u"
+    raise ValueError(f"weight_drop: cell={name!r} has no recurrent weights to drop (its gates read x_t only); "
+                     "expected weight_drop=0 with it")

@@ -7,6 +7,7 @@ from torch import nn
 
 from .. import checks
 from .dropout import Dropout
+from .regularisers import LockedDropout
 from .bidirectional import BidirectionalRNN
 from .rnn import RNN
 
@@ -30,7 +31,11 @@ class SequenceTagger(nn.Module):
         num_layers: stacked layers L (per direction). Default: 2.
         dropout: dropout between RNN layers and before the head, in [0, 1). Default: 0.2.
         bidirectional: use :class:`BidirectionalRNN` instead of :class:`RNN`. Default: ``False``.
-        cell: ``"rnn_tanh"``, ``"rnn_relu"``, ``"gru"`` or ``"lstm"``. Default: ``"rnn_tanh"``.
+        cell: ``"rnn_tanh"``, ``"rnn_relu"``, ``"gru"``, ``"lstm"``, ``"min_gru"``, ``"min_lstm"``,
+            ``"indrnn"`` or ``"ln_lstm"`` (:class:`RNN`). Default: ``"rnn_tanh"``.
+        cell_options: further arguments of the cells (:class:`RNN`). Default: none.
+        locked_dropout, weight_drop, zoneout: the regularisers of :class:`RNN`; with
+            ``locked_dropout`` the head's dropout is locked over time too. Defaults: off.
         vocab_size: token vocabulary size V, for token-id inputs; None for feature inputs.
         embed_dim: the token embedding's size D (the RNN's input size), with ``vocab_size``.
             Default: 100.
@@ -47,7 +52,9 @@ class SequenceTagger(nn.Module):
 
     def __init__(self, input_size: int | None, hidden_size: int, num_tags: int,
                  num_layers: int = 2, dropout: float = 0.2, bidirectional: bool = False,
-                 cell: str = "rnn_tanh", vocab_size: int | None = None, embed_dim: int = 100):
+                 cell: str = "rnn_tanh", vocab_size: int | None = None, embed_dim: int = 100,
+                 cell_options: dict | None = None, locked_dropout: bool = False, weight_drop: float = 0.0,
+                 zoneout: float = 0.0):
         super().__init__()
         self.num_tags = checks.positive_int("num_tags", num_tags)
         dropout = checks.dropout_prob("dropout", dropout)
@@ -62,8 +69,10 @@ class SequenceTagger(nn.Module):
             input_size = embed_dim
         between_layers = dropout if num_layers != 1 else 0.0  # one layer: only the head's dropout
         rnn_cls = BidirectionalRNN if bidirectional else RNN
-        self.rnn = rnn_cls(input_size, hidden_size, num_layers, dropout=between_layers, cell=cell)
-        self.head_dropout = Dropout(dropout)
+        self.rnn = rnn_cls(input_size, hidden_size, num_layers, dropout=between_layers, cell=cell,
+                            cell_options=cell_options, locked_dropout=locked_dropout, weight_drop=weight_drop,
+                            zoneout=zoneout)
+        self.head_dropout = LockedDropout(dropout) if locked_dropout else Dropout(dropout)  # on (B, T, ·)
         self.fc = nn.Linear(hidden_size * (2 if bidirectional else 1), num_tags)
         self.bidirectional = bool(bidirectional)
 

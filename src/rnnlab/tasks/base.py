@@ -21,6 +21,7 @@ from torchmetrics import MaxMetric, MeanMetric, MetricCollection, MinMetric
 from ..checks import tuple_str
 from ..config import class_path, instantiate_node
 from ..errors import ConfigError
+from ..models.cell_base import CellBase
 
 STAGES = ("train", "val", "test")
 
@@ -238,6 +239,19 @@ class RNNTask(L.LightningModule):
             raise ConfigError("model.scheduler", str(err)) from None
         return {"optimizer": optimizer,
                 "lr_scheduler": {"scheduler": scheduler, "monitor": self.monitor, "interval": "epoch"}}
+
+    def optimizer_step(self, *args, **kwargs) -> None:
+        """Lightning's optimiser step, then every cell's :meth:`~rnnlab.models.cell_base.CellBase.constrain_`
+        (IndRNN's bound on its recurrent weights: the paper clips them after each update)."""
+        super().optimizer_step(*args, **kwargs)
+        for cell in self._constrained_cells():
+            cell.constrain_()
+
+    def _constrained_cells(self) -> list[nn.Module]:
+        if not hasattr(self, "_constrained"):
+            self._constrained = [m for m in self.net.modules()
+                                 if isinstance(m, CellBase) and type(m).constrain_ is not CellBase.constrain_]
+        return self._constrained
 
     def best_so_far(self) -> float | None:
         """The best validation value so far (None before the first validation epoch)."""

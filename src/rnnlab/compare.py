@@ -1,0 +1,179 @@
+"""Cells and regularisers compared at equal budget: every configuration trains on the same
+data for the same wall-clock time (Lightning's ``trainer.max_time``) with about the same
+number of parameters (its hidden size chosen to match the reference configuration's count),
+and the table reports the best validation value reached, the optimiser steps done and the
+wall time. ``scripts/compare_cells.py`` wraps :func:`run`; ``conf/compare.yaml`` holds the
+settings and the configurations.
+
+For the seed task it also draws the gradient flow (∂loss/∂h_t over 60 steps) of every
+trained classifier in one figure (:func:`rnnlab.analyze.gradient_flow_figure`).
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from . import checks
+from .benchmark.e2e import compose_train_config
+from .errors import ConfigError
+from .train import fill_model_from_data, train
+
+log = logging.getLogger(__name__)
+
+# What each task trains: the overrides of conf/train.yaml, the metric compared and its direction.
+TASKS = {
+    "seed": {"overrides": ["model=classifier"], "metric": "val/acc", "mode": "max"},
+    "shakespeare": {"overrides": ["model=char_rnn"], "metric": "val/bpc", "mode": "min"},
+}
+COLUMNS = ["config", "cell", "overrides", "hidden_size", "parameters", "metric", "best", "steps", "wall_s", "seconds"]
+
+
+@dataclass
+class Row:
+    config: str
+    cell: str
+    overrides: str
+    hidden_size: int
+    parameters: int
+    metric: str
+    best: float | None
+    steps: int
+    wall_s: float
+    seconds: int  # the budget
+
+
+def parameter_count(cfg: DictConfig) -> int:
+    net = instantiate(cfg.model.net)
+    return sum(p.numel() for p in net.parameters())
+
+
+def match_parameters(cfg: DictConfig, target: int, max_hidden: int = 4096) -> tuple[int, int]:
+    """Set ``model.net.hidden_size`` (and ``embed_dim`` too where the weights are tied) to the
+    size whose parameter count is closest to ``target``; return (hidden size, count)."""
+    def count(size: int) -> int:
+        with open_dict(cfg):
+            cfg.model.net.hidden_size = size
+            if cfg.model.net.get("tie_weights"):
+                cfg.model.net.embed_dim = size
+        return parameter_count(cfg)
+
+    low, high = 1, max_hidden
+    while low < high:  # the smallest size with at least ``target`` parameters
+        mid = (low + high) // 2
+        if count(mid) < target:
+            low = mid + 1
+        else:
+            high = mid
+    best = min({max(low - 1, 1), low}, key=lambda size: (abs(count(size) - target), size))
+    return best, count(best)
+
+
+def _sized_config(conf_dir: Path, overrides: Sequence[str], out: Path) -> DictConfig:
+    cfg = compose_train_config(conf_dir, overrides)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(out)
+    datamodule = instantiate(cfg.data)
+    datamodule.setup("fit")
+    fill_model_from_data(cfg.model, datamodule)
+    return cfg
+
+
+def run(*, task: str, configs: Mapping[str, Sequence[str]], reference: str, seconds: int, out: str | Path,
+        conf_dir: str | Path, overrides: Sequence[str] = (), gradient_flow: bool = True) -> list[Row]:
+    """Train every configuration for ``seconds`` of wall time at the reference's parameter
+    count; write compare.csv, compare.md (and gradient_flow.png for the seed task) to ``out``.
+
+    Args:
+        task: a key of :data:`TASKS`.
+        configs: name -> Hydra overrides of that configuration (``model.net.cell=lstm`` and
+            any regularisers); run in this order.
+        reference: the configuration whose parameter count, at its configured size, every
+            other configuration matches.
+        seconds: wall-clock training budget of each configuration (``trainer.max_time``).
+        out, conf_dir: the output directory; the directory holding train.yaml.
+        overrides: applied to every configuration first (the data, the batch size, ...).
+        gradient_flow: for the seed task, draw every trained classifier's gradient flow.
+    """
+    if task not in TASKS:
+        raise ConfigError("task", f"expected one of {sorted(TASKS)}, got {task!r}")
+    if reference not in configs:
+        raise ConfigError("reference", f"expected one of the configs {list(configs)}, got {reference!r}")
+    seconds = checks.int_at_least("seconds", seconds, 1)
+    out, conf_dir = Path(out), Path(conf_dir).resolve()
+    spec = TASKS[task]
+    base = [*spec["overrides"], *overrides, "trainer.max_epochs=-1", f"+trainer.max_time={_duration(seconds)}"]
+    target = parameter_count(_sized_config(conf_dir, [*base, *configs[reference]], out / "reference"))
+    rows, recordings = [], []
+    for name, extra in configs.items():
+        cfg = _sized_config(conf_dir, [*base, *extra], out / name)
+        size, params = match_parameters(cfg, target)
+        log.info(f"{name}: hidden_size {size}, {params:,} parameters (target {target:,}), {seconds} s")
+        start = time.perf_counter()
+        metrics, _ = train(cfg)
+        wall = time.perf_counter() - start
+        ckpt = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+        steps = int(torch.load(ckpt, map_location="cpu", weights_only=True)["global_step"])
+        best = metrics.get(f"{spec['metric']}_best")
+        rows.append(Row(name, cfg.model.net.cell, " ".join(extra), size, params, spec["metric"],
+                        None if best is None else float(best), steps, round(wall, 1), seconds))
+        if task == "seed" and gradient_flow:
+            recordings.append(_recording(ckpt))
+    reverse = spec["mode"] == "max"
+    rows.sort(key=lambda r: (r.best is None, -r.best if reverse and r.best is not None else r.best or 0.0))
+    write(rows, out, task, target)
+    if recordings:
+        from .analyze import gradient_flow_figure
+
+        fig = gradient_flow_figure(recordings, list(configs))
+        fig.savefig(out / "gradient_flow.png", dpi=110)
+    return rows
+
+
+def _duration(seconds: int) -> str:
+    """Lightning's max_time string, DD:HH:MM:SS."""
+    minutes, s = divmod(seconds, 60)
+    hours, m = divmod(minutes, 60)
+    return f"00:{hours:02d}:{m:02d}:{s:02d}"
+
+
+def _recording(ckpt: Path):
+    """The top layer's gradient flow of a trained classifier on 64 validation sequences of 60
+    steps, the loss reading only the final state."""
+    from .analyze import Recording, first_batch, record
+    from .checkpoints import load_task
+
+    task, data_config = load_task(ckpt)
+    data = OmegaConf.to_container(OmegaConf.create(data_config), resolve=True)
+    data = {**data, "seq_len": 60, "min_len": None, "num_val": 64}
+    rec = record(task, first_batch(data, 64, task=task))[0]
+    return Recording(rec.name, rec.states[-1:], rec.grad_norms[-1:])  # the top layer: (1, B, T, H), (1, T)
+
+
+def write(rows: list[Row], out: Path, task: str, target: int) -> tuple[Path, Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    csv_path, md_path = out / "compare.csv", out / "compare.md"
+    with csv_path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow(asdict(row))
+    metric = rows[0].metric if rows else ""
+    lines = [f"Task {task}: {rows[0].seconds if rows else 0} s of training per configuration, about {target:,} "
+             f"parameters each; best {metric} on validation, best first.", "",
+             f"| config | cell | hidden | parameters | best {metric} | steps | wall s |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        best = "-" if r.best is None else f"{r.best:.4f}"
+        lines.append(f"| {r.config} | {r.cell} | {r.hidden_size} | {r.parameters:,} | {best} | {r.steps} | {r.wall_s} |")
+    md_path.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return csv_path, md_path
