@@ -145,6 +145,29 @@ def test_log_space_scan_equals_the_recurrence_and_passes_gradcheck():
     assert torch.autograd.gradcheck(lambda a, b, h: log_space_scan(a, b, h, chunk=4), inputs)
 
 
+def test_compiled_linear_scan_equals_the_log_space_scan_and_passes_gradcheck():
+    """The CPU's scan (a C++ loop over time, units split between threads) against the
+    log-space one, float64; B*H = 4100 units, so the units are split into several ranges."""
+    from rnnlab.models.kernels import compiled
+
+    if compiled.extension() is None:
+        pytest.skip("no compiled loops on this machine")
+    torch.manual_seed(6)
+    a = torch.rand(7, 41, 100, dtype=torch.float64) * 0.98 + 0.01
+    b = torch.rand(7, 41, 100, dtype=torch.float64)
+    h0 = torch.randn(41, 100, dtype=torch.float64)
+    torch.testing.assert_close(compiled.LinearScan.apply(a, b, h0), log_space_scan(a.log(), b.log(), h0),
+                               atol=1e-12, rtol=0)
+    small = [t[:, :2, :3].clone().requires_grad_() for t in (a, b)] + [h0[:2, :3].clone().requires_grad_()]
+    assert torch.autograd.gradcheck(compiled.LinearScan.apply, small)
+    big = [t.clone().requires_grad_() for t in (a, b, h0)]
+    weights = torch.randn(7, 41, 100, dtype=torch.float64)
+    ours = torch.autograd.grad((compiled.LinearScan.apply(*big) * weights).sum(), big)
+    reference = torch.autograd.grad((log_space_scan(big[0].log(), big[1].log(), big[2]) * weights).sum(), big)
+    for x, y in zip(ours, reference, strict=True):
+        torch.testing.assert_close(x, y, atol=1e-10, rtol=1e-10)
+
+
 @pytest.mark.parametrize("name", ["min_gru", "min_lstm"])
 def test_minimal_cells_scan_passes_gradcheck_with_lengths(name):
     torch.manual_seed(2)

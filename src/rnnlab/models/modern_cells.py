@@ -15,6 +15,7 @@ from torch.nn.utils import parametrize
 
 from .. import checks
 from .cell_base import CellBase, recur_masked
+from .kernels import compiled
 
 
 # ------------------------------------------------------------------ minGRU / minLSTM
@@ -63,7 +64,7 @@ def log_space_scan(log_a: torch.Tensor, log_b: torch.Tensor, h0: torch.Tensor, c
 
 class _MinimalCell(CellBase):
     """What minGRU and minLSTM share: no recurrent weights (``Whh`` is absent), so the whole
-    sequence is :func:`log_space_scan` of per-step coefficients computed from x alone."""
+    sequence is one linear scan of per-step coefficients computed from x alone."""
 
     recurrent_matrix = False
 
@@ -72,23 +73,40 @@ class _MinimalCell(CellBase):
         self.check_step(x, (h_prev,))
         return self.recur(self.project(x), (h_prev,))[0]
 
+    def coefficients(self, projected: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(a_t, b_t), each (T, B, H), of h_t = a_t h_{t-1} + b_t, from projected (T, B, G*H)."""
+        raise NotImplementedError
+
     def log_coefficients(self, projected: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(log a_t, log b_t), each (T, B, H), of h_t = a_t h_{t-1} + b_t, from projected (T, B, G*H)."""
+        """(log a_t, log b_t), each (T, B, H): :meth:`coefficients` in log space."""
         raise NotImplementedError
 
     def forward_sequence(self, x: torch.Tensor, state: tuple[torch.Tensor], mask: torch.Tensor | None = None):
-        """Every step at once by :func:`log_space_scan`; equal to :meth:`recur` step by step.
+        """Every step of the linear recurrence h_t = a_t h_{t-1} + b_t at once; equal to
+        :meth:`recur` step by step.
+
+        Two implementations of the same scan: on the CPU (float32, float64) a compiled loop
+        over time that splits the B*H units between the threads (:class:`.kernels.compiled.LinearScan`;
+        the recurrence is element-wise, so each thread runs its units' T steps alone), and
+        elsewhere, or without a compiler, the log-space parallel scan (:func:`log_space_scan`),
+        cumulative sums over time that a GPU runs in parallel.
 
         Inputs: x (T, B, D); state (h0 (B, H),); mask (T, B, 1), True at valid steps, or None.
         Outputs: outputs (T, B, H), zero past each sequence's length; (h (B, H),) at each
         sequence's last valid step.
         """
         projected = self.project(x)  # (T, B, G*H)
-        log_a, log_b = self.log_coefficients(projected)  # each (T, B, H)
-        if mask is not None:  # an ended sequence keeps its state: a_t = 1, b_t = 0
-            log_a = log_a.masked_fill(~mask, 0.0)
-            log_b = log_b.masked_fill(~mask, float("-inf"))
-        outputs = log_space_scan(log_a, log_b, state[0])  # (T, B, H)
+        if compiled.usable(projected) is not None:
+            a, b = self.coefficients(projected)  # each (T, B, H)
+            if mask is not None:  # an ended sequence keeps its state: a_t = 1, b_t = 0
+                a, b = a.masked_fill(~mask, 1.0), b.masked_fill(~mask, 0.0)
+            outputs = compiled.LinearScan.apply(a, b, state[0])  # (T, B, H)
+        else:
+            log_a, log_b = self.log_coefficients(projected)  # each (T, B, H)
+            if mask is not None:
+                log_a = log_a.masked_fill(~mask, 0.0)
+                log_b = log_b.masked_fill(~mask, float("-inf"))
+            outputs = log_space_scan(log_a, log_b, state[0])  # (T, B, H)
         final = outputs[-1]
         if mask is not None:
             outputs = outputs.masked_fill(~mask, 0.0)
@@ -124,6 +142,11 @@ class MinGRUCell(_MinimalCell):
         z = torch.sigmoid(z)
         return ((1 - z) * state[0] + z * g(candidate),)
 
+    def coefficients(self, projected: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        k_z, k_h = projected.chunk(2, dim=-1)  # each (T, B, H)
+        z = torch.sigmoid(k_z)
+        return 1 - z, z * g(k_h)
+
     def log_coefficients(self, projected: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         k_z, k_h = projected.chunk(2, dim=-1)  # each (T, B, H)
         log_z = -F.softplus(-k_z)  # log sigmoid(k_z)
@@ -154,6 +177,12 @@ class MinLSTMCell(_MinimalCell):
         f, i = torch.sigmoid(f), torch.sigmoid(i)
         total = f + i
         return ((f / total) * state[0] + (i / total) * g(candidate),)
+
+    def coefficients(self, projected: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        f, i, k_h = projected.chunk(3, dim=-1)  # each (T, B, H)
+        f, i = torch.sigmoid(f), torch.sigmoid(i)
+        total = f + i
+        return f / total, i / total * g(k_h)
 
     def log_coefficients(self, projected: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         k_f, k_i, k_h = projected.chunk(3, dim=-1)  # each (T, B, H)

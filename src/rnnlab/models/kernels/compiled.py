@@ -226,6 +226,27 @@ class LSTM(torch.autograd.Function):
         return grad_gates.view(projected.shape), grad_h0, grad_c0, grad_w_hh, None, None
 
 
+class LinearScan(torch.autograd.Function):
+    """h_t = a_t h_{t-1} + b_t element-wise, for every t, in C++ (the minimal cells' recurrence;
+    see :func:`rnnlab.models.modern_cells.log_space_scan`, which it equals).
+
+    Inputs: a, b (T, B, H); h0 (B, H). Outputs: h (T, B, H).
+    """
+
+    @staticmethod
+    def forward(ctx, a, b, h0):
+        a, b, h0 = a.contiguous(), b.contiguous(), h0.contiguous()
+        h = extension().linear_scan(a, b, h0)
+        ctx.save_for_backward(a, h, h0)
+        return h
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_h):
+        a, h, h0 = ctx.saved_tensors
+        return tuple(extension().linear_scan_backward(a, h, h0, grad_h.contiguous()))
+
+
 def _contiguous(t: torch.Tensor | None) -> torch.Tensor | None:
     return None if t is None else t.contiguous()
 

@@ -529,6 +529,74 @@ std::vector<at::Tensor> lstm_backward_impl(const at::Tensor& gates, const at::Te
   return {grad_gates, grad_h, grad_c};
 }
 
+// ------------------------------------------------------------------ linear scan
+// h_t = a_t * h_{t-1} + b_t, element-wise over the N = B*H units, for the minimal cells
+// (minGRU, minLSTM), whose gates read x_t only. Each unit's recurrence is independent, so
+// the threads split the units and each runs all T steps over its share: no step-by-step
+// synchronisation, and every step a contiguous vector pass the compiler vectorises.
+template <typename scalar_t>
+void scan_forward_kernel(const scalar_t* a, const scalar_t* b, const scalar_t* h0, scalar_t* h, int64_t T,
+                         int64_t N) {
+  at::parallel_for(0, N, 2048, [&](int64_t n0, int64_t n1) {
+    const scalar_t* prev = h0 + n0;
+    for (int64_t t = 0; t < T; ++t) {
+      const scalar_t* __restrict__ at_ = a + t * N + n0;
+      const scalar_t* __restrict__ bt = b + t * N + n0;
+      scalar_t* __restrict__ ht = h + t * N + n0;
+      for (int64_t n = 0; n < n1 - n0; ++n) ht[n] = at_[n] * prev[n] + bt[n];
+      prev = ht;
+    }
+  });
+}
+
+// Returns h (T, B, H) for a, b (T, B, H) and h0 (B, H), all contiguous.
+at::Tensor linear_scan(const at::Tensor& a, const at::Tensor& b, const at::Tensor& h0) {
+  const int64_t T = a.size(0), N = h0.numel();
+  at::Tensor h = at::empty_like(b);
+  AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "linear_scan", [&] {
+    scan_forward_kernel<scalar_t>(a.data_ptr<scalar_t>(), b.data_ptr<scalar_t>(), h0.data_ptr<scalar_t>(),
+                                  h.data_ptr<scalar_t>(), T, N);
+  });
+  return h;
+}
+
+// The backward of linear_scan: with g_t = dL/dh_t + a_{t+1} g_{t+1} (the total derivative),
+// dL/db_t = g_t, dL/da_t = g_t h_{t-1}, dL/dh0 = a_1 g_1. Returns (grad_a, grad_b, grad_h0).
+std::vector<at::Tensor> linear_scan_backward(const at::Tensor& a, const at::Tensor& h, const at::Tensor& h0,
+                                             const at::Tensor& grad_h) {
+  const int64_t T = a.size(0), N = h0.numel();
+  at::Tensor grad_a = at::empty_like(a), grad_b = at::empty_like(a), grad_h0 = at::empty_like(h0);
+  AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "linear_scan_backward", [&] {
+    const scalar_t* ap = a.data_ptr<scalar_t>();
+    const scalar_t* hp = h.data_ptr<scalar_t>();
+    const scalar_t* h0p = h0.data_ptr<scalar_t>();
+    const scalar_t* gp = grad_h.data_ptr<scalar_t>();
+    scalar_t* gap = grad_a.data_ptr<scalar_t>();
+    scalar_t* gbp = grad_b.data_ptr<scalar_t>();
+    scalar_t* gh0 = grad_h0.data_ptr<scalar_t>();
+    at::parallel_for(0, N, 2048, [&](int64_t n0, int64_t n1) {
+      const int64_t M = n1 - n0;
+      std::vector<scalar_t> carry(M, scalar_t(0));  // g_t, then a_t g_t for the step before
+      for (int64_t t = T - 1; t >= 0; --t) {
+        const scalar_t* __restrict__ at_ = ap + t * N + n0;
+        const scalar_t* __restrict__ gt = gp + t * N + n0;
+        const scalar_t* __restrict__ prev = (t == 0 ? h0p : hp + (t - 1) * N) + n0;
+        scalar_t* __restrict__ ga = gap + t * N + n0;
+        scalar_t* __restrict__ gb = gbp + t * N + n0;
+        scalar_t* __restrict__ c = carry.data();
+        for (int64_t n = 0; n < M; ++n) {
+          const scalar_t g = c[n] + gt[n];
+          gb[n] = g;
+          ga[n] = g * prev[n];
+          c[n] = g * at_[n];
+        }
+      }
+      std::copy(carry.begin(), carry.end(), gh0 + n0);
+    });
+  });
+  return {grad_a, grad_b, grad_h0};
+}
+
 }  // namespace
 
 // The Python entry points: optional tensors (None) as undefined tensors. ``packed``: oneDNN's
@@ -587,6 +655,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("gru_backward", &gru_backward, "GRU recurrence's backward");
   m.def("lstm_forward", &lstm_forward, "LSTM recurrence");
   m.def("lstm_backward", &lstm_backward, "LSTM recurrence's backward");
+  m.def("linear_scan", &linear_scan, "h_t = a_t h_{t-1} + b_t over time, element-wise");
+  m.def("linear_scan_backward", &linear_scan_backward, "linear_scan's backward");
   m.def("gru_inference", &gru_inference, "GRU layer without a backward, input projected in chunks of steps");
   m.def("lstm_inference", &lstm_inference, "LSTM layer without a backward, input projected in chunks of steps");
 }
