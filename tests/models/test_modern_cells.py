@@ -145,27 +145,39 @@ def test_log_space_scan_equals_the_recurrence_and_passes_gradcheck():
     assert torch.autograd.gradcheck(lambda a, b, h: log_space_scan(a, b, h, chunk=4), inputs)
 
 
-def test_compiled_linear_scan_equals_the_log_space_scan_and_passes_gradcheck():
-    """The CPU's scan (a C++ loop over time, units split between threads) against the
-    log-space one, float64; B*H = 4100 units, so the units are split into several ranges."""
+@pytest.mark.parametrize("name", ["min_gru", "min_lstm"])
+def test_compiled_min_scan_equals_the_log_space_scan_and_passes_gradcheck(name):
+    """The CPU's fused layer (coefficients and recurrence in one C++ loop, rows split between
+    threads) against the log-space scan of the cells' log coefficients, float64, with ended
+    rows; 70 rows of 100 units, so the rows are split into several ranges."""
     from rnnlab.models.kernels import compiled
 
     if compiled.extension() is None:
         pytest.skip("no compiled loops on this machine")
     torch.manual_seed(6)
-    a = torch.rand(7, 41, 100, dtype=torch.float64) * 0.98 + 0.01
-    b = torch.rand(7, 41, 100, dtype=torch.float64)
-    h0 = torch.randn(41, 100, dtype=torch.float64)
-    torch.testing.assert_close(compiled.LinearScan.apply(a, b, h0), log_space_scan(a.log(), b.log(), h0),
-                               atol=1e-12, rtol=0)
-    small = [t[:, :2, :3].clone().requires_grad_() for t in (a, b)] + [h0[:2, :3].clone().requires_grad_()]
-    assert torch.autograd.gradcheck(compiled.LinearScan.apply, small)
-    big = [t.clone().requires_grad_() for t in (a, b, h0)]
-    weights = torch.randn(7, 41, 100, dtype=torch.float64)
-    ours = torch.autograd.grad((compiled.LinearScan.apply(*big) * weights).sum(), big)
-    reference = torch.autograd.grad((log_space_scan(big[0].log(), big[1].log(), big[2]) * weights).sum(), big)
-    for x, y in zip(ours, reference, strict=True):
+    cell = (MinGRUCell if name == "min_gru" else MinLSTMCell)(3, 100).double()
+    G = cell.gates
+    projected = torch.randn(7, 70, G * 100, dtype=torch.float64) * 2
+    h0 = torch.randn(70, 100, dtype=torch.float64)
+    mask = torch.arange(7)[:, None] < torch.randint(1, 8, (70,))[None, :]  # (T, B)
+
+    def reference(p, h):
+        log_a, log_b = cell.log_coefficients(p)
+        log_a = log_a.masked_fill(~mask[..., None], 0.0)
+        log_b = log_b.masked_fill(~mask[..., None], float("-inf"))
+        return log_space_scan(log_a, log_b, h)
+
+    inputs = [projected.clone().requires_grad_(), h0.clone().requires_grad_()]
+    weights = torch.randn(7, 70, 100, dtype=torch.float64)
+    ours = compiled.MinScan.apply(*inputs, mask, G)
+    expected = reference(*inputs)
+    torch.testing.assert_close(ours, expected, atol=1e-12, rtol=0)
+    for x, y in zip(torch.autograd.grad((ours * weights).sum(), inputs),
+                    torch.autograd.grad((expected * weights).sum(), inputs), strict=True):
         torch.testing.assert_close(x, y, atol=1e-10, rtol=1e-10)
+    small = [projected[:, :2, :].reshape(7, 2, G, 100)[..., :3].reshape(7, 2, G * 3).clone().requires_grad_(),
+             h0[:2, :3].clone().requires_grad_()]
+    assert torch.autograd.gradcheck(lambda p, h: compiled.MinScan.apply(p, h, mask[:, :2].contiguous(), G), small)
 
 
 @pytest.mark.parametrize("name", ["min_gru", "min_lstm"])

@@ -73,10 +73,6 @@ class _MinimalCell(CellBase):
         self.check_step(x, (h_prev,))
         return self.recur(self.project(x), (h_prev,))[0]
 
-    def coefficients(self, projected: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(a_t, b_t), each (T, B, H), of h_t = a_t h_{t-1} + b_t, from projected (T, B, G*H)."""
-        raise NotImplementedError
-
     def log_coefficients(self, projected: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(log a_t, log b_t), each (T, B, H): :meth:`coefficients` in log space."""
         raise NotImplementedError
@@ -86,10 +82,11 @@ class _MinimalCell(CellBase):
         :meth:`recur` step by step.
 
         Two implementations of the same scan: on the CPU (float32, float64) a compiled loop
-        over time that splits the B*H units between the threads (:class:`.kernels.compiled.LinearScan`;
-        the recurrence is element-wise, so each thread runs its units' T steps alone), and
-        elsewhere, or without a compiler, the log-space parallel scan (:func:`log_space_scan`),
-        cumulative sums over time that a GPU runs in parallel.
+        over time that splits the batch rows between the threads and computes the
+        coefficients on the fly (:class:`.kernels.compiled.MinScan`; the recurrence is
+        element-wise, so each thread runs its rows' T steps alone), and elsewhere, or
+        without a compiler, the log-space parallel scan (:func:`log_space_scan`), cumulative
+        sums over time that a GPU runs in parallel.
 
         Inputs: x (T, B, D); state (h0 (B, H),); mask (T, B, 1), True at valid steps, or None.
         Outputs: outputs (T, B, H), zero past each sequence's length; (h (B, H),) at each
@@ -97,13 +94,11 @@ class _MinimalCell(CellBase):
         """
         projected = self.project(x)  # (T, B, G*H)
         if compiled.usable(projected) is not None:
-            a, b = self.coefficients(projected)  # each (T, B, H)
-            if mask is not None:  # an ended sequence keeps its state: a_t = 1, b_t = 0
-                a, b = a.masked_fill(~mask, 1.0), b.masked_fill(~mask, 0.0)
-            outputs = compiled.LinearScan.apply(a, b, state[0])  # (T, B, H)
+            step_mask = None if mask is None else mask.reshape(mask.shape[:2]).contiguous()  # (T, B)
+            outputs = compiled.MinScan.apply(projected, state[0], step_mask, self.gates)  # (T, B, H)
         else:
             log_a, log_b = self.log_coefficients(projected)  # each (T, B, H)
-            if mask is not None:
+            if mask is not None:  # an ended sequence keeps its state: a_t = 1, b_t = 0
                 log_a = log_a.masked_fill(~mask, 0.0)
                 log_b = log_b.masked_fill(~mask, float("-inf"))
             outputs = log_space_scan(log_a, log_b, state[0])  # (T, B, H)

@@ -226,25 +226,33 @@ class LSTM(torch.autograd.Function):
         return grad_gates.view(projected.shape), grad_h0, grad_c0, grad_w_hh, None, None
 
 
-class LinearScan(torch.autograd.Function):
-    """h_t = a_t h_{t-1} + b_t element-wise, for every t, in C++ (the minimal cells' recurrence;
-    see :func:`rnnlab.models.modern_cells.log_space_scan`, which it equals).
+class MinScan(torch.autograd.Function):
+    """A minGRU (``gates`` 2) or minLSTM (``gates`` 3) layer after its input projection, in
+    C++: the coefficients of h_t = a_t h_{t-1} + b_t computed from the projected input on the
+    fly and the recurrence run over time, the batch rows split between the threads (each
+    row's units are independent of the others'); the backward recomputes the coefficients.
+    It equals :func:`rnnlab.models.modern_cells.log_space_scan` of the cells' log coefficients.
 
-    Inputs: a, b (T, B, H); h0 (B, H). Outputs: h (T, B, H).
+    Inputs: projected (T, B, G*H); h0 (B, H); mask (T, B) bool or None (an ended row keeps
+    its state); gates. Outputs: h (T, B, H).
     """
 
     @staticmethod
-    def forward(ctx, a, b, h0):
-        a, b, h0 = a.contiguous(), b.contiguous(), h0.contiguous()
-        h = extension().linear_scan(a, b, h0)
-        ctx.save_for_backward(a, h, h0)
+    def forward(ctx, projected, h0, mask, gates):
+        name = "min_gru" if gates == 2 else "min_lstm"
+        projected, h0 = projected.contiguous(), h0.contiguous()
+        h = getattr(extension(), f"{name}_scan")(projected, h0, mask)
+        ctx.save_for_backward(projected, h, h0)
+        ctx.name, ctx.mask = name, mask
         return h
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_h):
-        a, h, h0 = ctx.saved_tensors
-        return tuple(extension().linear_scan_backward(a, h, h0, grad_h.contiguous()))
+        projected, h, h0 = ctx.saved_tensors
+        grad_projected, grad_h0 = getattr(extension(), f"{ctx.name}_scan_backward")(
+            projected, h, h0, ctx.mask, grad_h.contiguous())
+        return grad_projected, grad_h0, None, None
 
 
 def _contiguous(t: torch.Tensor | None) -> torch.Tensor | None:

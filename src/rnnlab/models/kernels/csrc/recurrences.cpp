@@ -529,72 +529,137 @@ std::vector<at::Tensor> lstm_backward_impl(const at::Tensor& gates, const at::Te
   return {grad_gates, grad_h, grad_c};
 }
 
-// ------------------------------------------------------------------ linear scan
-// h_t = a_t * h_{t-1} + b_t, element-wise over the N = B*H units, for the minimal cells
-// (minGRU, minLSTM), whose gates read x_t only. Each unit's recurrence is independent, so
-// the threads split the units and each runs all T steps over its share: no step-by-step
-// synchronisation, and every step a contiguous vector pass the compiler vectorises.
-template <typename scalar_t>
-void scan_forward_kernel(const scalar_t* a, const scalar_t* b, const scalar_t* h0, scalar_t* h, int64_t T,
-                         int64_t N) {
-  at::parallel_for(0, N, 2048, [&](int64_t n0, int64_t n1) {
-    const scalar_t* prev = h0 + n0;
-    for (int64_t t = 0; t < T; ++t) {
-      const scalar_t* __restrict__ at_ = a + t * N + n0;
-      const scalar_t* __restrict__ bt = b + t * N + n0;
-      scalar_t* __restrict__ ht = h + t * N + n0;
-      for (int64_t n = 0; n < n1 - n0; ++n) ht[n] = at_[n] * prev[n] + bt[n];
-      prev = ht;
-    }
-  });
+// The minimal cells' whole layer after the input projection, fused: the coefficients a_t, b_t
+// of h_t = a_t h_{t-1} + b_t are computed from the projected input on the fly (nothing but the
+// states is written), and the backward recomputes them. g(v) = v + 1/2 (v >= 0), sigmoid(v)
+// (v < 0), the candidate's activation (Feng et al., 2024).
+//   minGRU  (G = 2, projected [k_z | k_h]):      a = 1 - z, b = z g(k_h), z = sigmoid(k_z)
+//   minLSTM (G = 3, projected [k_f | k_i | k_h]): a = f / (f + i), b = i g(k_h) / (f + i)
+// Both branches computed and blended by a 0/1 factor, not selected by a condition: the
+// loops that call these then vectorise (GCC leaves a loop with a selection in it scalar).
+template <typename T>
+inline T candidate(T v) {
+  const T s = Act<T>::sigmoid(v), m = static_cast<T>(v >= T(0));
+  return m * (v + T(0.5)) + (T(1) - m) * s;
+}
+// g(v) and g'(v) together.
+template <typename T>
+inline void candidate_and_slope(T v, T& value, T& slope) {
+  const T s = Act<T>::sigmoid(v), m = static_cast<T>(v >= T(0));
+  value = m * (v + T(0.5)) + (T(1) - m) * s;
+  slope = m + (T(1) - m) * s * (T(1) - s);
 }
 
-// Returns h (T, B, H) for a, b (T, B, H) and h0 (B, H), all contiguous.
-at::Tensor linear_scan(const at::Tensor& a, const at::Tensor& b, const at::Tensor& h0) {
-  const int64_t T = a.size(0), N = h0.numel();
-  at::Tensor h = at::empty_like(b);
-  AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "linear_scan", [&] {
-    scan_forward_kernel<scalar_t>(a.data_ptr<scalar_t>(), b.data_ptr<scalar_t>(), h0.data_ptr<scalar_t>(),
-                                  h.data_ptr<scalar_t>(), T, N);
+template <int G, typename T>
+inline void min_coefficients(const T* p, int64_t H, int64_t j, T& a, T& b) {
+  if constexpr (G == 2) {
+    const T z = Act<T>::sigmoid(p[j]);
+    a = T(1) - z;
+    b = z * candidate(p[H + j]);
+  } else {
+    const T f = Act<T>::sigmoid(p[j]), i = Act<T>::sigmoid(p[H + j]), inv = T(1) / (f + i);
+    a = f * inv;
+    b = i * inv * candidate(p[2 * H + j]);
+  }
+}
+
+// One row of one step of the backward: from the projected input p (G*H), the previous
+// state, dL/dh_t from the outputs (gt) and from later steps (c, updated in place to
+// dL/dh_{t-1}), write dL/dp (gq, G*H).
+template <int G, typename T>
+void min_back_row(const T* __restrict__ p, const T* __restrict__ prev, const T* __restrict__ gt, T* __restrict__ c,
+                  T* __restrict__ gq, int64_t H) {
+  for (int64_t j = 0; j < H; ++j) {
+    const T g = c[j] + gt[j];  // dL/dh_t in total
+    const T da = g * prev[j], db = g;
+    T cand, slope;
+    if constexpr (G == 2) {
+      const T z = Act<T>::sigmoid(p[j]);
+      candidate_and_slope(p[H + j], cand, slope);
+      gq[j] = (db * cand - da) * z * (T(1) - z);
+      gq[H + j] = db * z * slope;
+      c[j] = g * (T(1) - z);
+    } else {
+      const T f = Act<T>::sigmoid(p[j]), i = Act<T>::sigmoid(p[H + j]);
+      candidate_and_slope(p[2 * H + j], cand, slope);
+      const T inv = T(1) / (f + i), inv2 = inv * inv;
+      const T df = (da - db * cand) * i * inv2;  // a = f/s, b = i cand/s, s = f + i
+      const T di = (db * cand - da) * f * inv2;
+      gq[j] = df * f * (T(1) - f);
+      gq[H + j] = di * i * (T(1) - i);
+      gq[2 * H + j] = db * i * inv * slope;
+      c[j] = g * f * inv;
+    }
+  }
+}
+
+// h (T, B, H) from projected (T, B, G*H) and h0 (B, H); mask (T, B) or undefined.
+template <int G>
+at::Tensor min_scan(const at::Tensor& projected, const at::Tensor& h0, const at::Tensor& mask) {
+  const int64_t T = projected.size(0), B = projected.size(1), H = h0.size(1);
+  at::Tensor h = at::empty({T, B, H}, h0.options());
+  AT_DISPATCH_FLOATING_TYPES(h0.scalar_type(), "min_scan", [&] {
+    const scalar_t* pp = projected.data_ptr<scalar_t>();
+    const scalar_t* h0p = h0.data_ptr<scalar_t>();
+    scalar_t* hp = h.data_ptr<scalar_t>();
+    at::parallel_for(0, B, std::max<int64_t>(1, 2048 / H), [&](int64_t b0, int64_t b1) {
+      for (int64_t t = 0; t < T; ++t) {
+        const bool* valid = mask_row(mask, t, B);
+        for (int64_t r = b0; r < b1; ++r) {
+          const scalar_t* prev = (t == 0 ? h0p : hp + (t - 1) * B * H) + r * H;
+          scalar_t* __restrict__ out = hp + (t * B + r) * H;
+          if (valid != nullptr && !valid[r]) {
+            std::memcpy(out, prev, H * sizeof(scalar_t));
+            continue;
+          }
+          const scalar_t* __restrict__ p = pp + (t * B + r) * G * H;
+          for (int64_t j = 0; j < H; ++j) {
+            scalar_t a, b;
+            min_coefficients<G>(p, H, j, a, b);
+            out[j] = a * prev[j] + b;
+          }
+        }
+      }
+    });
   });
   return h;
 }
 
-// The backward of linear_scan: with g_t = dL/dh_t + a_{t+1} g_{t+1} (the total derivative),
-// dL/db_t = g_t, dL/da_t = g_t h_{t-1}, dL/dh0 = a_1 g_1. Returns (grad_a, grad_b, grad_h0).
-std::vector<at::Tensor> linear_scan_backward(const at::Tensor& a, const at::Tensor& h, const at::Tensor& h0,
-                                             const at::Tensor& grad_h) {
-  const int64_t T = a.size(0), N = h0.numel();
-  at::Tensor grad_a = at::empty_like(a), grad_b = at::empty_like(a), grad_h0 = at::empty_like(h0);
-  AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "linear_scan_backward", [&] {
-    const scalar_t* ap = a.data_ptr<scalar_t>();
+// Returns (dL/d projected (T, B, G*H), dL/dh0 (B, H)) from the forward's h and dL/dh.
+template <int G>
+std::vector<at::Tensor> min_scan_backward(const at::Tensor& projected, const at::Tensor& h, const at::Tensor& h0,
+                                          const at::Tensor& mask, const at::Tensor& grad_h) {
+  const int64_t T = projected.size(0), B = projected.size(1), H = h0.size(1);
+  at::Tensor grad_p = at::empty_like(projected), grad_h0 = at::empty_like(h0);
+  AT_DISPATCH_FLOATING_TYPES(h0.scalar_type(), "min_scan_backward", [&] {
+    const scalar_t* pp = projected.data_ptr<scalar_t>();
     const scalar_t* hp = h.data_ptr<scalar_t>();
     const scalar_t* h0p = h0.data_ptr<scalar_t>();
     const scalar_t* gp = grad_h.data_ptr<scalar_t>();
-    scalar_t* gap = grad_a.data_ptr<scalar_t>();
-    scalar_t* gbp = grad_b.data_ptr<scalar_t>();
+    scalar_t* gpp = grad_p.data_ptr<scalar_t>();
     scalar_t* gh0 = grad_h0.data_ptr<scalar_t>();
-    at::parallel_for(0, N, 2048, [&](int64_t n0, int64_t n1) {
-      const int64_t M = n1 - n0;
-      std::vector<scalar_t> carry(M, scalar_t(0));  // g_t, then a_t g_t for the step before
+    at::parallel_for(0, B, std::max<int64_t>(1, 2048 / H), [&](int64_t b0, int64_t b1) {
+      std::vector<scalar_t> carry((b1 - b0) * H, scalar_t(0));  // dL/dh_t through later steps
       for (int64_t t = T - 1; t >= 0; --t) {
-        const scalar_t* __restrict__ at_ = ap + t * N + n0;
-        const scalar_t* __restrict__ gt = gp + t * N + n0;
-        const scalar_t* __restrict__ prev = (t == 0 ? h0p : hp + (t - 1) * N) + n0;
-        scalar_t* __restrict__ ga = gap + t * N + n0;
-        scalar_t* __restrict__ gb = gbp + t * N + n0;
-        scalar_t* __restrict__ c = carry.data();
-        for (int64_t n = 0; n < M; ++n) {
-          const scalar_t g = c[n] + gt[n];
-          gb[n] = g;
-          ga[n] = g * prev[n];
-          c[n] = g * at_[n];
+        const bool* valid = mask_row(mask, t, B);
+        for (int64_t r = b0; r < b1; ++r) {
+          scalar_t* __restrict__ c = carry.data() + (r - b0) * H;
+          const scalar_t* __restrict__ gt = gp + (t * B + r) * H;
+          scalar_t* __restrict__ gq = gpp + (t * B + r) * G * H;
+          if (valid != nullptr && !valid[r]) {  // ended: h_t = h_{t-1}, the gradient passes on
+            for (int64_t j = 0; j < H; ++j) c[j] += gt[j];
+            std::fill(gq, gq + G * H, scalar_t(0));
+            continue;
+          }
+          const scalar_t* p = pp + (t * B + r) * G * H;
+          const scalar_t* prev = (t == 0 ? h0p : hp + (t - 1) * B * H) + r * H;
+          min_back_row<G>(p, prev, gt, c, gq, H);
         }
       }
-      std::copy(carry.begin(), carry.end(), gh0 + n0);
+      std::copy(carry.begin(), carry.end(), gh0 + b0 * H);
     });
   });
-  return {grad_a, grad_b, grad_h0};
+  return {grad_p, grad_h0};
 }
 
 }  // namespace
@@ -655,8 +720,20 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("gru_backward", &gru_backward, "GRU recurrence's backward");
   m.def("lstm_forward", &lstm_forward, "LSTM recurrence");
   m.def("lstm_backward", &lstm_backward, "LSTM recurrence's backward");
-  m.def("linear_scan", &linear_scan, "h_t = a_t h_{t-1} + b_t over time, element-wise");
-  m.def("linear_scan_backward", &linear_scan_backward, "linear_scan's backward");
+  m.def("min_gru_scan", [](const at::Tensor& p, const at::Tensor& h0, const Opt& mask) {
+    return min_scan<2>(p, h0, value(mask));
+  }, "minGRU layer after the input projection");
+  m.def("min_gru_scan_backward", [](const at::Tensor& p, const at::Tensor& h, const at::Tensor& h0, const Opt& mask,
+                                    const at::Tensor& grad_h) {
+    return min_scan_backward<2>(p, h, h0, value(mask), grad_h);
+  }, "min_gru_scan's backward");
+  m.def("min_lstm_scan", [](const at::Tensor& p, const at::Tensor& h0, const Opt& mask) {
+    return min_scan<3>(p, h0, value(mask));
+  }, "minLSTM layer after the input projection");
+  m.def("min_lstm_scan_backward", [](const at::Tensor& p, const at::Tensor& h, const at::Tensor& h0,
+                                     const Opt& mask, const at::Tensor& grad_h) {
+    return min_scan_backward<3>(p, h, h0, value(mask), grad_h);
+  }, "min_lstm_scan's backward");
   m.def("gru_inference", &gru_inference, "GRU layer without a backward, input projected in chunks of steps");
   m.def("lstm_inference", &lstm_inference, "LSTM layer without a backward, input projected in chunks of steps");
 }
