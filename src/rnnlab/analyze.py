@@ -130,14 +130,16 @@ def heatmap_figure(rec: Recording, example: int = 0):
     return fig
 
 
-def gradient_flow_figure(recordings: list[Recording], labels: list[str] | None = None):
-    """||∂loss/∂h_t|| against t, one line per layer (and per recording), log scale."""
+def gradient_flow_figure(recordings: list[Recording], labels: list[str] | None = None, name_layers: bool = True):
+    """||∂loss/∂h_t|| against t, one line per layer (and per recording), log scale; each
+    line labelled "<label> layer <l>", or "<label>" alone without ``name_layers``."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4), layout="constrained")
     for i, rec in enumerate(recordings):
         label = labels[i] if labels else rec.name
         for layer, norms in enumerate(rec.grad_norms):
-            ax.plot(range(len(norms)), norms.clamp_min(1e-30).numpy(), marker=".", label=f"{label} layer {layer}")
+            ax.plot(range(len(norms)), norms.clamp_min(1e-30).numpy(), marker=".",
+                    label=f"{label} layer {layer}" if name_layers else label)
     ax.set_yscale("log")
     ax.set_xlabel("time step t")
     ax.set_ylabel("mean ||∂loss/∂h_t||")

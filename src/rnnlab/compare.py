@@ -133,7 +133,7 @@ def run(*, task: str, configs: Mapping[str, Sequence[str]], reference: str, seco
     if recordings:
         from .analyze import gradient_flow_figure
 
-        fig = gradient_flow_figure(recordings, list(configs))
+        fig = gradient_flow_figure(recordings, [f"{name} (top layer)" for name in configs], name_layers=False)
         fig.savefig(out / "gradient_flow.png", dpi=110)
     return rows
 

@@ -108,6 +108,37 @@ def test_inference_equals_torch_nn_in_float32_with_and_without_packed_products(c
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
 
 
+def test_gru_generation_steps_run_one_compiled_call_per_layer_and_equal_the_forward(time_loops, monkeypatch):
+    """CharRNN's decoder advances each GRU layer with one compiled call per token (the
+    compiled loop over one step), and its logits equal the whole-sequence forward's."""
+    from rnnlab.models import CharRNN
+
+    if time_loops != "compiled" or compiled.extension() is None:
+        pytest.skip("the compiled step needs the compiled loops")
+    calls = []
+
+    class Spy:
+        def __getattr__(self, name):
+            calls.append(name)
+            return getattr(real, name)
+
+    real = compiled.extension()
+    monkeypatch.setattr(compiled, "_extension", Spy())
+    torch.manual_seed(3)
+    lm = CharRNN(12, 8, 16, num_layers=2, cell="gru").eval()
+    idx = torch.randint(0, 12, (3, 6))
+    with torch.no_grad():
+        full, _ = lm(idx)
+        _, h = lm(idx[:, :1])
+        step = lm.decoder()
+        calls.clear()
+        layers = [(h[layer],) for layer in range(2)]
+        for t in range(1, 6):
+            logits, layers = step(idx[:, t], layers)
+            torch.testing.assert_close(logits, full[:, t], atol=1e-5, rtol=1e-5)
+    assert calls == ["gru_forward"] * 2 * 5
+
+
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
 def test_without_a_gradient_to_come_only_the_states_are_kept(cell):
     """Under no_grad the GRU and LSTM loops keep no gates or cells for a backward, and give

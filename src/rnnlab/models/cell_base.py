@@ -72,6 +72,11 @@ class CellBase(nn.Module):
         once: a function (B, D) -> (B, G*H)."""
         return partial(F.linear, weight=self.Wxh.weight, bias=self.input_bias())
 
+    def step_recurrence(self):
+        """:meth:`recur` for one step of generation, with what can be paid once paid: a
+        function (p_t, state) -> state. :meth:`recur` itself for most cells."""
+        return self.recur
+
     def constrain_(self) -> None:
         """Put the parameters back into the set the cell's equations allow (called after
         every optimiser step by the training tasks). Nothing for most cells."""

@@ -142,12 +142,13 @@ class CharRNN(nn.Module):
         cells = self.rnn.cells
         table = cells[0].project(self.embedding.weight)  # (V, G*H): W_xh E[v] + biases for every v
         projections = [table.__getitem__] + [layer_cell.step_projection() for layer_cell in cells[1:]]  # (B, ·) -> (B, G*H)
+        recurrences = [layer_cell.step_recurrence() for layer_cell in cells]
         # Bound once: at batch 1 each attribute lookup on a module is a visible share of a step.
         step_layers, head, output_dropout = self.rnn.step_layers, self.fc, self.output_dropout
         head_weight, head_bias = head.weight, head.bias
 
         def step(token: torch.Tensor, layers: list):
-            layers = step_layers(token, layers, projections)
+            layers = step_layers(token, layers, projections, recurrences=recurrences)
             h = output_dropout(layers[-1][0]) if self.training else layers[-1][0]  # (B, H)
             return F.linear(h, head_weight, head_bias), layers  # (B, V)
 

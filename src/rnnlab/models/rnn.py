@@ -242,7 +242,7 @@ class RNN(nn.Module):
 
     # ------------------------------------------------ seed's step-by-step loop
     def step_layers(self, x_t: torch.Tensor, layers: Layers, projections: list | None = None,
-                    drop_masks: list | None = None) -> Layers:
+                    drop_masks: list | None = None, recurrences: list | None = None) -> Layers:
         """The seed article's loop body: one time step of the input through every layer.
 
         Each layer takes one step, ``cell.recur(cell.project(x_t), state)`` (its ``forward``,
@@ -255,7 +255,9 @@ class RNN(nn.Module):
         biases once); x_t is then what the first of them takes; drop_masks: with locked
         dropout, per layer > 0 the (B, H) mask (scaled) a whole sequence uses
         (:meth:`forward_stepwise` draws them), else a new mask per call. No checks:
-        :meth:`step` checks what it is given.
+        recurrences: optionally, per layer a function that does ``cell.recur``
+        (:meth:`~rnnlab.models.cell_base.CellBase.step_recurrence`). No checks: :meth:`step`
+        checks what it is given.
         Outputs: the new per-layer states, in the same form; ``[-1][0]`` is the output h_t.
         """
         new_layers = []
@@ -264,7 +266,7 @@ class RNN(nn.Module):
             if layer > 0 and drop:
                 x_t = self.layer_dropout(x_t) if drop_masks is None else x_t * drop_masks[layer]
             p_t = layer_cell.project(x_t) if projections is None else projections[layer](x_t)  # (B, G*H)
-            new = layer_cell.recur(p_t, state)
+            new = layer_cell.recur(p_t, state) if recurrences is None else recurrences[layer](p_t, state)
             state = new if self.zoneout == 0 else zoneout(state, new, self.zoneout, self.training)
             new_layers.append(state)
             x_t = state[0]  # (B, H)
