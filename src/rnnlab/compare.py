@@ -11,11 +11,10 @@ trained classifier in one figure (:func:`rnnlab.analyze.gradient_flow_figure`).
 
 from __future__ import annotations
 
-import csv
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -24,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from . import checks
 from .benchmark.e2e import compose_train_config
+from .benchmark.report import write_csv
 from .errors import ConfigError
 from .train import fill_model_from_data, train
 
@@ -161,11 +161,7 @@ def _recording(ckpt: Path):
 def write(rows: list[Row], out: Path, task: str, target: int) -> tuple[Path, Path]:
     out.mkdir(parents=True, exist_ok=True)
     csv_path, md_path = out / "compare.csv", out / "compare.md"
-    with csv_path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow(asdict(row))
+    write_csv(csv_path, COLUMNS, rows)
     metric = rows[0].metric if rows else ""
     lines = [f"Task {task}: {rows[0].seconds if rows else 0} s of training per configuration, about {target:,} "
              f"parameters each; best {metric} on validation, best first.", "",

@@ -28,6 +28,23 @@ def _forward_backward(rnn, x, h0, lengths):
     return [out, *flat_state(h_n), *torch.autograd.grad(loss, inputs)]
 
 
+@pytest.fixture
+def extension_calls(monkeypatch):
+    """The names of the compiled extension's functions looked up while the test runs (the
+    extension replaced by a spy that records each lookup and hands on the real function)."""
+    calls = []
+    real = compiled.extension()
+
+    class Spy:
+        def __getattr__(self, name):
+            calls.append(name)
+            return getattr(real, name)
+
+    if real is not None:
+        monkeypatch.setattr(compiled, "_extension", Spy())
+    return calls
+
+
 @needs_build
 def test_the_compiled_loops_are_built_where_a_compiler_is():
     with compiled_loops(True):
@@ -58,21 +75,12 @@ def test_compiled_loops_equal_the_python_loops_in_float64(cell, bias, with_h0, w
 @pytest.mark.parametrize("with_h0", [True, False])
 @pytest.mark.parametrize("with_lengths", [True, False])
 def test_inference_projects_in_chunks_and_equals_the_python_loops(cell, bias, with_h0, with_lengths, time_loops,
-                                                                   monkeypatch):
+                                                                   extension_calls):
     """Under no_grad the GRU and LSTM layers run one compiled call that projects the input
     CHUNK_STEPS steps at a time (T = 37: two full chunks and a partial one), and it equals
     the Python loops in float64."""
     if time_loops != "compiled" or compiled.extension() is None:
         pytest.skip("compares the compiled loops with the Python ones")
-    calls = []
-
-    class Spy:
-        def __getattr__(self, name):
-            calls.append(name)
-            return getattr(real, name)
-
-    real = compiled.extension()
-    monkeypatch.setattr(compiled, "_extension", Spy())
     torch.manual_seed(0)
     rnn = RNN(5, 7, num_layers=2, cell=cell, bias=bias, batch_first=True).double()
     x = torch.randn(4, 37, 5, dtype=torch.float64)
@@ -81,7 +89,7 @@ def test_inference_projects_in_chunks_and_equals_the_python_loops(cell, bias, wi
     lengths = torch.tensor([37, 1, 17, 30]) if with_lengths else None
     with torch.no_grad():
         out, h_n = rnn(x, h0, lengths=lengths)
-    assert calls == [f"{cell}_inference"] * 2  # one call per layer, nothing else
+    assert extension_calls == [f"{cell}_inference"] * 2  # one call per layer, nothing else
     with compiled_loops(False), torch.no_grad():
         ref_out, ref_h_n = rnn(x, h0, lengths=lengths)
     torch.testing.assert_close(out, ref_out, atol=1e-10, rtol=0)
@@ -108,22 +116,13 @@ def test_inference_equals_torch_nn_in_float32_with_and_without_packed_products(c
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
 
 
-def test_gru_generation_steps_run_one_compiled_call_per_layer_and_equal_the_forward(time_loops, monkeypatch):
+def test_gru_generation_steps_run_one_compiled_call_per_layer_and_equal_the_forward(time_loops, extension_calls):
     """CharRNN's decoder advances each GRU layer with one compiled call per token (the
     compiled loop over one step), and its logits equal the whole-sequence forward's."""
     from rnnlab.models import CharRNN
 
     if time_loops != "compiled" or compiled.extension() is None:
         pytest.skip("the compiled step needs the compiled loops")
-    calls = []
-
-    class Spy:
-        def __getattr__(self, name):
-            calls.append(name)
-            return getattr(real, name)
-
-    real = compiled.extension()
-    monkeypatch.setattr(compiled, "_extension", Spy())
     torch.manual_seed(3)
     lm = CharRNN(12, 8, 16, num_layers=2, cell="gru").eval()
     idx = torch.randint(0, 12, (3, 6))
@@ -131,12 +130,12 @@ def test_gru_generation_steps_run_one_compiled_call_per_layer_and_equal_the_forw
         full, _ = lm(idx)
         _, h = lm(idx[:, :1])
         step = lm.decoder()
-        calls.clear()
+        extension_calls.clear()
         layers = [(h[layer],) for layer in range(2)]
         for t in range(1, 6):
             logits, layers = step(idx[:, t], layers)
             torch.testing.assert_close(logits, full[:, t], atol=1e-5, rtol=1e-5)
-    assert calls == ["gru_forward"] * 2 * 5
+    assert extension_calls == ["gru_forward"] * 2 * 5
 
 
 @pytest.mark.parametrize("cell", ["gru", "lstm"])

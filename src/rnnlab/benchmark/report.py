@@ -44,13 +44,18 @@ def notes(results: Sequence[Result]) -> str:
     return "\n".join(f"- **{row}**: {note}" for row, note in seen.items() if note)
 
 
+def write_csv(path: Path, columns: Sequence[str], rows: Sequence) -> None:
+    """Dataclass rows as a CSV file with the given columns; None as an empty field."""
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(columns))
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({k: "" if v is None else v for k, v in asdict(r).items()})
+
+
 def write_results(results: Sequence[Result], out: Path, header: str) -> tuple[Path, Path]:
     out.mkdir(parents=True, exist_ok=True)
     csv_path, md_path = out / "benchmark.csv", out / "benchmark.md"
-    with csv_path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        writer.writeheader()
-        for r in results:
-            writer.writerow({k: "" if v is None else v for k, v in asdict(r).items()})
+    write_csv(csv_path, COLUMNS, results)
     md_path.write_text(f"# rnnlab benchmark\n\n{header}\n\n{markdown_table(results)}\n\n{notes(results)}\n")
     return csv_path, md_path
