@@ -21,6 +21,7 @@ from .kernels import compiled
 # ------------------------------------------------------------------ minGRU / minLSTM
 SCAN_CHUNK = 256  # steps per log-space scan (the float32 precision of log A_t; see log_space_scan)
 
+
 def g(x: torch.Tensor) -> torch.Tensor:
     """The minimal cells' candidate activation, positive and continuous: x + 1/2 for x >= 0,
     sigmoid(x) below (Feng et al., 2024, appendix B.3). Positive candidates keep every state
@@ -74,7 +75,7 @@ class _MinimalCell(CellBase):
         return self.recur(self.project(x), (h_prev,))[0]
 
     def log_coefficients(self, projected: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(log a_t, log b_t), each (T, B, H): :meth:`coefficients` in log space."""
+        """(log a_t, log b_t), each (T, B, H), of h_t = a_t h_{t-1} + b_t, from projected (T, B, G*H)."""
         raise NotImplementedError
 
     def forward_sequence(self, x: torch.Tensor, state: tuple[torch.Tensor], mask: torch.Tensor | None = None):
@@ -117,8 +118,9 @@ class MinGRUCell(_MinimalCell):
         h' &= (1 - z) \odot h + z \odot \tilde h
 
     The update gate and the candidate read x only, not h: the recurrence is linear in h, so
-    a sequence runs as one parallel scan in log space (:func:`log_space_scan`, the paper's
-    appendix B), and generation step by step with an O(1) state.
+    a sequence runs as one scan over time (:meth:`forward_sequence`: the paper's log-space
+    parallel scan of appendix B, or on the CPU one fused compiled pass), and generation
+    step by step with an O(1) state.
 
     Args:
         input_size: D. hidden_size: H. bias: if ``False`` no biases. Default: ``True``.
@@ -136,11 +138,6 @@ class MinGRUCell(_MinimalCell):
         z, candidate = p_t.chunk(2, dim=-1)  # each (B, H)
         z = torch.sigmoid(z)
         return ((1 - z) * state[0] + z * g(candidate),)
-
-    def coefficients(self, projected: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        k_z, k_h = projected.chunk(2, dim=-1)  # each (T, B, H)
-        z = torch.sigmoid(k_z)
-        return 1 - z, z * g(k_h)
 
     def log_coefficients(self, projected: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         k_z, k_h = projected.chunk(2, dim=-1)  # each (T, B, H)
@@ -172,12 +169,6 @@ class MinLSTMCell(_MinimalCell):
         f, i = torch.sigmoid(f), torch.sigmoid(i)
         total = f + i
         return ((f / total) * state[0] + (i / total) * g(candidate),)
-
-    def coefficients(self, projected: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        f, i, k_h = projected.chunk(3, dim=-1)  # each (T, B, H)
-        f, i = torch.sigmoid(f), torch.sigmoid(i)
-        total = f + i
-        return f / total, i / total * g(k_h)
 
     def log_coefficients(self, projected: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         k_f, k_i, k_h = projected.chunk(3, dim=-1)  # each (T, B, H)
