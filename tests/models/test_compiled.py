@@ -101,13 +101,17 @@ def test_inference_projects_in_chunks_and_equals_the_python_loops(cell, bias, wi
 @pytest.mark.parametrize("packed", [True, False])
 def test_inference_equals_torch_nn_in_float32_with_and_without_packed_products(cell, packed):
     """The float32 inference call, its chunk projections and step products through oneDNN's
-    packed weights or through addmm, equals torch.nn at its float32 tolerance."""
+    packed weights or through addmm, equals torch.nn at its float32 tolerance. The sizes
+    make every layer's T*B*numel(W_xh) reach MIN_PACKED_LINEAR_MACS, so with packing on the
+    chunk projections do take the packed product."""
     from rnnlab.models import packed_matmul
+    from rnnlab.models.kernels.matmul import MIN_PACKED_LINEAR_MACS
 
     torch.manual_seed(2)
-    ref = TORCH_RNNS[cell](16, 64, num_layers=2, batch_first=True)
+    ref = TORCH_RNNS[cell](64, 64, num_layers=2, batch_first=True)
     rnn = RNN.from_torch(ref)
-    x = torch.randn(64, 40, 16)
+    x = torch.randn(64, 48, 64)
+    assert 48 * 64 * rnn.cells[0].Wxh.weight.numel() >= MIN_PACKED_LINEAR_MACS
     with torch.no_grad(), packed_matmul(packed):
         out, h_n = rnn(x)
         ref_out, ref_h_n = ref(x)
