@@ -95,8 +95,7 @@ class _MinimalCell(CellBase):
         """
         projected = self.project(x)  # (T, B, G*H)
         if compiled.usable(projected) is not None:
-            step_mask = None if mask is None else mask.reshape(mask.shape[:2]).contiguous()  # (T, B)
-            outputs = compiled.MinScan.apply(projected, state[0], step_mask, self.gates)  # (T, B, H)
+            outputs = compiled.MinScan.apply(projected, state[0], compiled.step_mask(mask), self.gates)  # (T, B, H)
         else:
             log_a, log_b = self.log_coefficients(projected)  # each (T, B, H)
             if mask is not None:  # an ended sequence keeps its state: a_t = 1, b_t = 0

@@ -119,8 +119,9 @@ def usable(projected: torch.Tensor):
     return extension()
 
 
-def _mask(mask: torch.Tensor | None) -> torch.Tensor | None:
-    return None if mask is None else mask.reshape(mask.shape[0], mask.shape[1]).contiguous()  # (T, B) bool
+def step_mask(mask: torch.Tensor | None) -> torch.Tensor | None:
+    """The compiled loops' mask: (T, B, 1) bool (True at valid steps) as (T, B), or None."""
+    return None if mask is None else mask.reshape(mask.shape[0], mask.shape[1]).contiguous()  # (T, B)
 
 
 class Elman(torch.autograd.Function):

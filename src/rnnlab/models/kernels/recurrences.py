@@ -288,9 +288,9 @@ def _run_compiled(function, projected: torch.Tensor, B: int, inputs: tuple, mask
     """Apply a compiled Function to ``projected`` (T*B, G*H); mask (T, B, 1) zeroes the outputs
     past each sequence's length (the Function carries ended sequences' states)."""
     T = projected.shape[0] // B
-    step_mask = None if mask is None else mask.reshape(T, B).contiguous()  # (T, B)
+    step_mask = compiled.step_mask(mask)  # (T, B) or None
     # Without a gradient to come (torch.no_grad, inference) only the states are kept.
-    save = torch.is_grad_enabled() and any(t.requires_grad for t in (projected, *inputs) if isinstance(t, torch.Tensor))
+    save = _wants_grad(projected, *inputs)
     results = function.apply(projected, *inputs, step_mask, save)
     # The LSTM also returns the gates it wrote over projected (a Function must return what it
     # overwrites); nothing reads them.
@@ -301,10 +301,16 @@ def _run_compiled(function, projected: torch.Tensor, B: int, inputs: tuple, mask
     return outputs, tuple(final)
 
 
+def _wants_grad(*inputs) -> bool:
+    """Whether a gradient may be asked for of a result computed from ``inputs`` (tensors and
+    other arguments): grad mode is on and one of the tensors requires one."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in inputs if isinstance(t, torch.Tensor))
+
+
 def projects_in_loop(x: torch.Tensor, *weights: torch.Tensor) -> bool:
     """Whether :func:`gru_inference` and :func:`lstm_inference` run this layer: the compiled
     loops are usable and no gradient will be asked for (torch.no_grad, inference)."""
-    if torch.is_grad_enabled() and any(t.requires_grad for t in (x, *weights)):
+    if _wants_grad(x, *weights):
         return False
     return compiled.usable(x) is not None and all(w.dtype == x.dtype for w in weights)
 
@@ -314,7 +320,7 @@ def _run_inference(name: str, x: torch.Tensor, w_ih: torch.Tensor, bias: torch.T
     """A GRU or LSTM layer's forward without a backward, in one compiled call that projects x a
     few steps at a time (csrc/recurrences.cpp, StepInputs): no (T, B, G*H) temporary."""
     T, B = x.shape[:2]
-    step_mask = None if mask is None else mask.reshape(T, B).contiguous()  # (T, B)
+    step_mask = compiled.step_mask(mask)  # (T, B) or None
     # W_xh is packed once per call and used T / CHUNK_STEPS times: worth it from the size at
     # which the one-product projection packs (MIN_PACKED_LINEAR_MACS), if the chunk's product
     # is timed faster packed.

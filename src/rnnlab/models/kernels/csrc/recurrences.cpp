@@ -129,10 +129,12 @@ class StepInputs {
   static constexpr int64_t kChunk = 16;
 
   explicit StepInputs(const at::Tensor& projected) : all_(projected) {}
-  // ``packed_ih``: oneDNN's packed copy of w_ih for kChunk * B rows, or undefined for addmm.
+  // ``packed_ih``: oneDNN's packed copy of w_ih for kChunk * B rows, or undefined for addmm
+  // (which writes into one buffer, allocated here; the packed product returns its own).
   StepInputs(const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& packed_ih, const at::Tensor& bias)
       : x_(x), w_ih_t_(w_ih.t()), packed_ih_(packed_ih), bias_(bias),
-        chunk_(at::empty({std::min(kChunk, x.size(0)), x.size(1), w_ih.size(0)}, x.options())) {}
+        chunk_(packed_ih.defined() ? at::Tensor()
+                                   : at::empty({std::min(kChunk, x.size(0)), x.size(1), w_ih.size(0)}, x.options())) {}
 
   int64_t steps() const { return all_.defined() ? all_.size(0) : x_.size(0); }
 
@@ -141,7 +143,7 @@ class StepInputs {
     if (all_.defined()) return all_[t];
     const int64_t k = t % kChunk;
     if (k == 0) {
-      const int64_t n = std::min(kChunk, x_.size(0) - t), G = chunk_.size(2);
+      const int64_t n = std::min(kChunk, x_.size(0) - t), G = w_ih_t_.size(1);
       at::Tensor in = x_.narrow(0, t, n).reshape({-1, x_.size(2)});  // (n*B, D)
       if (packed_ih_.defined()) {
         static auto linear = c10::Dispatcher::singleton()
