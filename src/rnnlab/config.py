@@ -9,7 +9,8 @@ Resolvers:
 - ``${rnnlab.cwd:}``: the absolute working directory. Unlike ``${hydra:runtime.cwd}`` it
   also resolves where Hydra's runtime config is not set yet, as in ``hydra.sweep.dir``.
 - ``${rnnlab.required:<key>,<what>}``: a key the user must set; resolving it is an error saying so.
-- ``${rnnlab.config_subdir:${ckpt_path}}``: ``hydra.output_subdir`` of a training run.
+- ``${rnnlab.config_subdir:${ckpt_path},${resume_sweep}}``: ``hydra.output_subdir`` of a training run.
+- ``${rnnlab.sweep_dir:${resume_sweep},<new dir>}``: ``hydra.sweep.dir``, the resumed sweep's own when set.
 """
 
 from __future__ import annotations
@@ -125,6 +126,13 @@ CONFIG_SUBDIR = ".hydra"
 RESUME_CONFIG_SUBDIR = ".hydra/resume"
 
 
+def _config_subdir(ckpt_path, resume_sweep=None) -> str:
+    """Where Hydra writes a run's config: ``.hydra/``, or ``.hydra/resume/`` for a run that may
+    resume (``ckpt_path`` set, or a job of a resumed sweep), moved over ``.hydra/`` by
+    :func:`rnnlab.train.run` once the resume is accepted."""
+    return CONFIG_SUBDIR if ckpt_path is None and resume_sweep is None else RESUME_CONFIG_SUBDIR
+
+
 def register_resolvers() -> None:
     resolvers = {
         "rnnlab.monitor": lambda target: _task_attr(target, "monitor"),
@@ -132,7 +140,8 @@ def register_resolvers() -> None:
         "rnnlab.mul": lambda a, b: a * b,
         "rnnlab.cwd": os.getcwd,
         "rnnlab.required": _required,
-        "rnnlab.config_subdir": lambda ckpt_path: CONFIG_SUBDIR if ckpt_path is None else RESUME_CONFIG_SUBDIR,
+        "rnnlab.config_subdir": _config_subdir,
+        "rnnlab.sweep_dir": lambda resume_sweep, new_dir: new_dir if resume_sweep is None else str(resume_sweep),
     }
     for name, fn in resolvers.items():
         if not OmegaConf.has_resolver(name):

@@ -43,6 +43,7 @@ from .checkpoints import AtomicCheckpointIO, check_resumable, check_same_task, c
 from .checkpoints import load_checkpoint
 from .config import RESUME_CONFIG_SUBDIR, class_path, flatten, instantiate_node, target_class
 from .errors import ConfigError, first_line
+from .sweeps import JobAlreadyDone, mark_continued, prepare_resumed_job, sweep_overrides
 from .run_checks import (RESULT_FILE, JobSkipped, RunAlreadyFinished, check_arguments, check_finished, check_launch,
                          check_batches, check_seed, check_trainer, cpu_processes, resume_path)
 from .tasks.base import RNNTask, plain
@@ -302,20 +303,29 @@ def run(cfg: DictConfig) -> float | None:
     # Unresolved: an override such as model.net.hidden_size=${data.x} is text here, not an interpolation.
     overrides = (OmegaConf.to_container(HydraConfig.get().overrides.task, resolve=False)
                  if HydraConfig.initialized() else [])
-    result: dict[str, Any] = {"overrides": overrides, "optimized_metric": cfg.get("optimized_metric"),
+    result: dict[str, Any] = {"overrides": sweep_overrides(overrides), "optimized_metric": cfg.get("optimized_metric"),
                               "mode": cfg.get("optimized_mode"), "status": "ok", "error": "", "value": None,
                               "metrics": {}}
     start = time.perf_counter()
     resumed = _ResumedConfig()
     started = nothing_to_do = False
 
+    continued_from = None
+
     def before_fit() -> None:
         nonlocal started
         started = True
         resumed.accept()
+        if continued_from is not None:
+            mark_continued(continued_from, Path(cfg.paths.output_dir), result["overrides"])
 
     set_threads(cfg)
     try:
+        if multirun and (cfg.get("resume_sweep") is not None or _requeued()):
+            continued_from = prepare_resumed_job(cfg, overrides)
+            if continued_from is not None:
+                result["resumed_from"] = str(continued_from)
+                log.info(f"Resuming the sweep's job from {continued_from}")
         if multirun and cfg.get("fail_fast", False):
             _stop_if_a_job_failed()
         metrics, value = train(cfg, before_fit=before_fit)
@@ -323,7 +333,7 @@ def run(cfg: DictConfig) -> float | None:
                       value=value)
         if value is not None and not math.isfinite(value):
             raise FloatingPointError(f"optimized metric {result['optimized_metric']} is {value}")
-    except RunAlreadyFinished as done:
+    except (RunAlreadyFinished, JobAlreadyDone) as done:
         nothing_to_do = True
         print(f"Nothing to do: {done}", flush=True)
         recorded = done.result.get("metrics", {})
@@ -354,6 +364,12 @@ def run(cfg: DictConfig) -> float | None:
             result["wall_time_s"] = round(time.perf_counter() - start, 2)
             _write_result(cfg, result)
     return result["value"]
+
+
+def _requeued() -> bool:
+    """Whether SLURM requeued this job (after a time limit or pre-emption, through submitit's
+    checkpointing): it then continues like a job of a resumed sweep."""
+    return int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) > 0
 
 
 def _stop_if_a_job_failed() -> None:

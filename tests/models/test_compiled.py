@@ -186,3 +186,33 @@ def test_without_a_compiler_one_line_says_so_and_the_python_loops_run(monkeypatc
                      "attempt."]
     with compiled_loops(False):
         torch.testing.assert_close(rnn(x)[0], out, atol=0, rtol=0)
+
+
+def test_a_lock_file_left_by_a_killed_build_is_cleared_under_a_lock_the_kernel_releases(tmp_path, monkeypatch):
+    # torch's build lock is a plain file: a process killed while building or loading (kill -9
+    # of a run that had just started) leaves it, and every later build waits for it forever.
+    import subprocess
+    import sys
+
+    from torch.utils import cpp_extension
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    name, _ = compiled._flags()
+    (tmp_path / name).mkdir()
+    (tmp_path / name / "lock").touch()
+    seen = {}
+
+    def fake_load(name, sources, build_directory, **kwargs):
+        seen["stale lock"] = (tmp_path / name / "lock").exists()
+        seen["directory"] = build_directory
+        probe = ("import fcntl, sys; f = open(sys.argv[1], 'w'); fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)")
+        held = subprocess.run([sys.executable, "-c", probe, str(tmp_path / name / "rnnlab.lock")], capture_output=True)
+        seen["held by this process"] = held.returncode != 0
+        return "the module"
+
+    monkeypatch.setattr(cpp_extension, "load", fake_load)
+    assert compiled._build() == "the module"
+    assert seen == {"stale lock": False, "directory": str(tmp_path / name), "held by this process": True}
+    free = subprocess.run([sys.executable, "-c", "import fcntl, sys; f = open(sys.argv[1], 'w'); "
+                           "fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)", str(tmp_path / name / "rnnlab.lock")])
+    assert free.returncode == 0  # released after the build

@@ -80,6 +80,36 @@ def _flags() -> tuple[str, list[str]]:
     return "rnnlab_recurrences", flags
 
 
+@contextlib.contextmanager
+def _build_lock(cpp_extension, name: str):
+    """Hold an exclusive lock on the extension's build directory while it is built or loaded;
+    yield the directory.
+
+    torch's own lock there is a file that exists while a process builds: a process killed
+    at that moment (``kill -9`` of a training run that had just started) leaves it behind,
+    and every later process waits for it forever. The ``flock`` taken here is released by
+    the kernel when its process dies, and whoever holds it is the only rnnlab process
+    building, so a leftover torch lock file under it is stale and removed.
+    """
+    root = os.environ.get("TORCH_EXTENSIONS_DIR")
+    if root:
+        directory = Path(root) / name
+    elif hasattr(cpp_extension, "_get_build_directory"):  # torch's default place, e.g. ~/.cache/.../py311_cpu/<name>
+        directory = Path(cpp_extension._get_build_directory(name, False))
+    else:
+        directory = Path(cpp_extension.get_default_build_root()) / name
+    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: torch's lock alone
+        yield str(directory)
+        return
+    with open(directory / "rnnlab.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        (directory / "lock").unlink(missing_ok=True)
+        yield str(directory)
+
+
 def _build():
     """Compile (or load the cached build of) the extension; None, with one log line, if it cannot be."""
     from torch.utils import cpp_extension
@@ -90,7 +120,9 @@ def _build():
         os.environ["PATH"] = scripts + os.pathsep + os.environ.get("PATH", "")
     name, flags = _flags()
     try:
-        return cpp_extension.load(name, [str(SOURCE)], extra_cflags=flags, verbose=False)
+        with _build_lock(cpp_extension, name) as build_directory:
+            return cpp_extension.load(name, [str(SOURCE)], extra_cflags=flags, build_directory=build_directory,
+                                      verbose=False)
     except Exception as err:  # noqa: BLE001 (a missing compiler, ninja or header fails in many ways)
         reason = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
         log.warning(f"rnnlab: the compiled recurrences could not be built ({reason[:200]}); the Python loops "

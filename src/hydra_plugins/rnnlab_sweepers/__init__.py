@@ -1,0 +1,1 @@
+"""rnnlab's Hydra sweeper plugins (Hydra finds plugins in the ``hydra_plugins`` package)."""
