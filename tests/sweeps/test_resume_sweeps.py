@@ -3,6 +3,7 @@ what ran again, what resumed from where, and whether the results equal an uninte
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -159,3 +160,33 @@ def test_failed_jobs_keep_their_result_unless_rerun_failed(tmp_path):
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert (sweep_dir / "0" / "result.json").read_bytes() == first["0"]
     assert result(sweep_dir / "1")["status"] == "ok"
+
+
+@pytest.mark.parametrize("launcher", ["joblib", "submitit_local", "slurm requeue"])
+def test_every_launcher_resumes_the_job_a_kill_left_at_an_epoch_end(tmp_path, launcher):
+    # The state a SIGKILL after job 1's first epoch leaves: job 0 finished, job 1 with
+    # last.ckpt at epoch 0 and no result. Made from a finished sweep, so the resumed job 1
+    # must end exactly where it ended then.
+    grid = ["model=classifier", *COMMON, "trainer.max_epochs=2", "model.net.hidden_size=8,16"]
+    sweep_dir = tmp_path / "sweep"
+    assert train_m(*grid, f"hydra.sweep.dir={sweep_dir}").returncode == 0
+    job0, job1 = (sweep_dir / "0" / "result.json").read_bytes(), result(sweep_dir / "1")
+    checkpoints = sweep_dir / "1" / "checkpoints"
+    shutil.copy(checkpoints / "epoch_000.ckpt", checkpoints / "last.ckpt")
+    for path in [*checkpoints.glob("epoch_00[1-9].ckpt"), sweep_dir / "1" / "result.json", sweep_dir / "summary.csv"]:
+        path.unlink()
+
+    if launcher == "slurm requeue":
+        # SLURM requeued the job (time limit, pre-emption): the same job, with SLURM_RESTART_COUNT set.
+        proc = subprocess.run([sys.executable, "scripts/train.py", "-m", *grid, f"hydra.sweep.dir={sweep_dir}"],
+                              cwd=ROOT, capture_output=True, text=True, timeout=400,
+                              env={**ENV, "SLURM_RESTART_COUNT": "1"})
+    else:
+        extra = ["hydra.launcher.timeout_min=10"] if launcher == "submitit_local" else []
+        proc = train_m(*grid, f"hydra/launcher={launcher}", *extra, f"resume_sweep={sweep_dir}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (sweep_dir / "0" / "result.json").read_bytes() == job0
+    resumed = result(sweep_dir / "1")
+    assert resumed["resumed_from"] == str(checkpoints / "last.ckpt")
+    assert resumed["metrics"] == job1["metrics"] and resumed["value"] == job1["value"]
+    assert len((sweep_dir / "summary.csv").read_text().splitlines()) == 3
