@@ -1,6 +1,11 @@
 """Sweep summaries: ``summary.csv``, ``summary.md`` and ``summary.png`` for a sweep directory,
 from the ``result.json`` each job wrote (:func:`rnnlab.train.run`).
 
+Jobs that differ only in ``seed`` or ``data.fold`` (:data:`REPLICATE_KEYS`) are replicates
+of one configuration: the summary then also gives, per configuration, the mean, sample
+standard deviation and count of each metric over its finished replicates, best mean first,
+and the figure draws them as error bars.
+
 When a multirun ends, Hydra calls :class:`SweepSummary` (registered in
 ``conf/hydra/default.yaml``), which writes the summary into the sweep directory and ends
 the command with exit status 1 when no job finished or ``fail_fast`` stopped the sweep.
@@ -13,6 +18,7 @@ import csv
 import json
 import logging
 import math
+import statistics
 import sys
 from pathlib import Path
 from typing import Any
@@ -24,6 +30,9 @@ from .config import target_class
 from .run_checks import RESULT_FILE
 
 log = logging.getLogger(__name__)
+
+# Overrides whose jobs are replicates of one configuration: seeds, cross-validation folds.
+REPLICATE_KEYS = ("seed", "data.fold")
 
 
 def _swept_parameters(rows: list[dict], searched: list[str]) -> list[str]:
@@ -51,7 +60,7 @@ def load_results(sweep_dir: str | Path) -> list[dict]:
         raise ValueError(f"expected a sweep directory (one sub-directory with {RESULT_FILE} per job), "
                          f"got {str(sweep_dir)!r}, which {reason}")
     rows = []
-    for path in sorted(sweep_dir.glob(f"*/{RESULT_FILE}"), key=lambda p: (len(p.parent.name), p.parent.name)):
+    for path in sorted(sweep_dir.glob(f"*/{RESULT_FILE}"), key=lambda p: _job_order(p.parent.name)):
         try:
             result = json.loads(path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -68,6 +77,43 @@ def _sort_key(row: dict, maximize: bool):
     if value is None:
         return (status_rank, math.inf)
     return (status_rank, -value if maximize else value)
+
+
+def configurations(rows: list[dict], swept: list[str], maximize: bool) -> list[dict]:
+    """One entry per configuration (the swept values other than :data:`REPLICATE_KEYS`) when
+    some configuration has more than one job, else []: its ``params``, ``jobs``, ``runs``
+    (jobs), and for the optimized metric (``value``) and every other metric the ``mean``,
+    sample standard deviation ``std`` (None under two values) and count ``n`` over its
+    finished jobs. Best mean first; configurations with no finished job last."""
+    keys = [p for p in swept if p not in REPLICATE_KEYS]
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(tuple(row["params"].get(k, "") for k in keys), []).append(row)
+    if all(len(members) == 1 for members in groups.values()):
+        return []
+    names = sorted({k for r in rows for k in r["metrics"] if k.startswith(("val/", "test/"))})
+    configs = []
+    for values, members in groups.items():
+        done = [m for m in members if m["status"] == "ok" and m["value"] is not None]
+        stats = {"value": _stats([m["value"] for m in done])}
+        for name in names:
+            stats[name] = _stats([m["metrics"][name] for m in done if name in m["metrics"]])
+        configs.append({"params": dict(zip(keys, values)), "jobs": sorted((m["job"] for m in members), key=_job_order),
+                        "runs": len(members), **stats})
+    worst = -math.inf if maximize else math.inf
+    configs.sort(key=lambda c: (c["value"]["mean"] is None,
+                                -(c["value"]["mean"] if c["value"]["mean"] is not None else worst) if maximize
+                                else (c["value"]["mean"] if c["value"]["mean"] is not None else worst)))
+    return configs
+
+
+def _job_order(job: str) -> tuple:
+    return len(job), job
+
+
+def _stats(values: list[float]) -> dict:
+    return {"mean": statistics.fmean(values) if values else None,
+            "std": statistics.stdev(values) if len(values) > 1 else None, "n": len(values)}
 
 
 def _maximize(sweep_dir: Path, rows: list[dict]) -> bool:
@@ -105,6 +151,18 @@ def summarize(sweep_dir: str | Path) -> list[dict]:
         table.append([r["job"], *[r["params"].get(p, "") for p in swept], r["status"], value,
                       *[r["metrics"].get(m, "") for m in metric_names if m != metric], r["wall_time_s"], r["error"]])
 
+    configs = configurations(rows, swept, maximize)
+    others = [m for m in metric_names if m != metric]
+    if configs:  # one more row per configuration, after the jobs' rows, and two more columns
+        header += [f"{metric or 'value'} std", "replicates"]
+        table = [[*line, "", ""] for line in table]
+        for c in configs:
+            table.append([f"mean of {' '.join(c['jobs'])}",
+                          *[c["params"].get(p, "(replicates)") for p in swept],
+                          f"{c['value']['n']} of {c['runs']} ok", _blank(c["value"]["mean"]),
+                          *[_blank(c[m]["mean"]) for m in others], "", "",
+                          _blank(c["value"]["std"]), c["value"]["n"]])
+
     with open(sweep_dir / "summary.csv", "w", newline="") as f:
         csv.writer(f).writerows([header, *table])
 
@@ -116,13 +174,37 @@ def summarize(sweep_dir: str | Path) -> list[dict]:
     if best:
         lines += [f"Optuna best value: {best['best_value']:.4f} with {best['best_params']}", ""]
     fmt = lambda v: f"{v:.4f}" if isinstance(v, float) else str(v).replace("|", "\\|")  # noqa: E731
-    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in table]
+    if configs:
+        keys = [p for p in swept if p not in REPLICATE_KEYS]
+        replicated = [k for k in REPLICATE_KEYS if k in swept]
+        lines += [f"## Configurations: mean ± sample standard deviation over replicates ({', '.join(replicated)})",
+                  "", "| " + " | ".join([*keys, "n", metric or "value", *others, "jobs"]) + " |",
+                  "|" + "---|" * (len(keys) + 3 + len(others))]
+        for c in configs:
+            cells = [*[c["params"][k] for k in keys], f"{c['value']['n']} of {c['runs']}",
+                     _plus_minus(c["value"]), *[_plus_minus(c[m]) for m in others], " ".join(c["jobs"])]
+            lines.append("| " + " | ".join(fmt(v) for v in cells) + " |")
+        lines += ["", "## Jobs", ""]
+        job_header, job_table = header[:-2], [line[:-2] for line in table[:len(rows)]]
+    else:
+        job_header, job_table = header, table
+    lines += ["| " + " | ".join(job_header) + " |", "|" + "---|" * len(job_header)]
+    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in job_table]
     (sweep_dir / "summary.md").write_text("\n".join(lines) + "\n")
 
-    _plot(rows, swept, metric, sweep_dir / "summary.png")
+    _plot(rows, swept, metric, sweep_dir / "summary.png", configs)
     log.info(f"Sweep summary: {sweep_dir / 'summary.md'}\n" + "\n".join(lines[4:]))
     return rows
+
+
+def _blank(value):
+    return "" if value is None else value
+
+
+def _plus_minus(stats: dict) -> str:
+    if stats["mean"] is None:
+        return ""
+    return f"{stats['mean']:.4f}" + (f" ± {stats['std']:.4f}" if stats["std"] is not None else "")
 
 
 def _optuna_best(sweep_dir: Path) -> dict | None:
@@ -140,15 +222,17 @@ def _as_number(value: str) -> float | None:
         return None
 
 
-def _plot(rows: list[dict], swept: list[str], metric: str | None, path: Path) -> None:
-    """One panel per swept parameter: the optimized metric of every finished job against it."""
+def _plot(rows: list[dict], swept: list[str], metric: str | None, path: Path, configs: list[dict]) -> None:
+    """One panel per swept parameter: the optimized metric of every finished job against it,
+    and, where jobs are replicates (:data:`REPLICATE_KEYS`), each configuration's mean with
+    its standard deviation as an error bar."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     done = [r for r in rows if r["value"] is not None]
-    params = swept or ["job"]
+    params = [p for p in swept if not configs or p not in REPLICATE_KEYS] or ["job"]
     fig, axes = plt.subplots(1, len(params), figsize=(4.2 * len(params), 3.6), squeeze=False)
     for ax, param in zip(axes[0], params):
         xs = [r["params"].get(param, r["job"]) if param != "job" else r["job"] for r in done]
@@ -162,6 +246,18 @@ def _plot(rows: list[dict], swept: list[str], metric: str | None, path: Path) ->
                 means.setdefault(pos, []).append(r["value"])
             keys = sorted(means)
             ax.plot(keys, [sum(means[k]) / len(means[k]) for k in keys], color="tab:orange", label="mean")
+            ax.legend(fontsize=8)
+        with_mean = [c for c in configs if c["value"]["mean"] is not None]
+        if with_mean and param != "job":
+            xs_c = [c["params"][param] for c in with_mean]
+            pos_c = [_as_number(x) if numeric else categories.index(x) for x in xs_c]
+            ax.errorbar(pos_c, [c["value"]["mean"] for c in with_mean], yerr=[c["value"]["std"] or 0 for c in with_mean],
+                        fmt="D", color="tab:red", capsize=4, markersize=5, label="configuration mean ± sd")
+            ax.legend(fontsize=8)
+        elif with_mean:  # replicates of a single configuration: its mean and a band of one sd
+            mean, std = with_mean[0]["value"]["mean"], with_mean[0]["value"]["std"] or 0
+            ax.axhline(mean, color="tab:red", label="mean ± sd")
+            ax.axhspan(mean - std, mean + std, color="tab:red", alpha=0.15)
             ax.legend(fontsize=8)
         if numeric:
             ax.set_xticks(sorted(set(positions)))

@@ -30,7 +30,7 @@ import torch
 from .. import checks
 from ..errors import ConfigError
 from .batching import PaddedBatchDataset
-from .files import FileSplitsDataModule, checked_files
+from .files import FileSplitsDataModule, check_folds, checked_files
 from .sequence_files import check_file
 from .tagging import PAD_TAG
 
@@ -177,7 +177,9 @@ class ConllDataModule(FileSplitsDataModule):
         min_freq: tokens seen fewer times in the training split are unknown (id 1).
         lowercase: lowercase every token before looking it up.
         batch_size: sentences per batch.
-        seed: seed of the held-out splits.
+        seed: seed of the held-out splits and folds.
+        num_folds, fold: k-fold cross-validation: the validation split is fold ``fold``
+            (0 to ``num_folds`` - 1) of the training file after the test split; None: ``val_fraction``.
         num_workers: DataLoader worker processes.
     """
 
@@ -186,10 +188,12 @@ class ConllDataModule(FileSplitsDataModule):
     def __init__(self, path: str, val_path: str | None = None, test_path: str | None = None,
                  predict_path: str | None = None, val_fraction: float = 0.1, test_fraction: float = 0.1,
                  tag_field: str = "upos", tag_column: int = -1, min_freq: int = 2, lowercase: bool = False,
-                 batch_size: int = 32, seed: int = 0, num_workers: int = 0):
+                 batch_size: int = 32, seed: int = 0, num_workers: int = 0,
+                 num_folds: int | None = None, fold: int | None = None):
         super().__init__()
         path, val_path, test_path, predict_path = checked_files(path, val_path, test_path, predict_path,
                                                                 val_fraction, test_fraction)
+        check_folds(num_folds, fold, val_path)
         checks.positive_int("min_freq", min_freq)
         checks.positive_int("batch_size", batch_size)
         if not checks.is_int(tag_column):

@@ -4,7 +4,10 @@ staged reading that lets eval and predict read only the file they are given.
 
 A split comes from its own file (``val_path``, ``test_path``) or, where none is given, is
 held out from the training file (``path``) with a seeded draw: the test split first, then
-the validation split from the rest. Whatever a module learns from the training split (class
+the validation split from the rest. With ``num_folds`` (k-fold cross-validation) the
+validation split is instead fold ``fold`` of the rest, cut into ``num_folds`` seeded folds
+(stratified by class where the module's records have labels); the test split stays the same
+for every fold. Whatever a module learns from the training split (class
 names, a vocabulary, feature statistics) is its ``state_dict()``, which Lightning saves in
 every checkpoint; eval and predict load it back (``load_state_dict``) before ``setup``, so
 new files are read exactly as training read its own, without the training file.
@@ -46,6 +49,38 @@ def checked_files(path, val_path, test_path, predict_path, val_fraction, test_fr
                                                             ("test_path", test_path), ("predict_path", predict_path)))
 
 
+def check_folds(num_folds, fold, val_path) -> None:
+    """Refuse a cross-validation setting that cannot be run: ``fold`` without ``num_folds``,
+    a fold out of range, or a validation file beside the folds."""
+    if num_folds is None:
+        if fold is not None:
+            raise ConfigError("data.fold", f"expected data.num_folds with data.fold={fold!r} (k-fold "
+                                           "cross-validation), got num_folds=null")
+        return
+    checks.positive_int("num_folds", num_folds)
+    if num_folds < 2:
+        raise ConfigError("data.num_folds", f"expected at least 2 folds, got {num_folds}")
+    if not checks.is_int(fold) or not 0 <= fold < num_folds:
+        raise ConfigError("data.fold", f"expected the validation fold, an int in [0, {num_folds - 1}], got {fold!r}")
+    if val_path is not None:
+        raise ConfigError("data.val_path", "cross-validation (data.num_folds) takes each validation fold from the "
+                                           f"training file; expected val_path=null, got {val_path!r}")
+
+
+def fold_ids(n: int, num_folds: int, seed: int, labels: np.ndarray | None = None) -> np.ndarray:
+    """Each of n items' fold in [0, num_folds): a seeded permutation dealt round-robin, class
+    by class when ``labels`` are given (stratified: every fold gets each class's share, to
+    within one item, and the folds' sizes differ by at most one)."""
+    rng = np.random.default_rng(seed)
+    if labels is None:
+        order = rng.permutation(n)
+    else:
+        order = np.concatenate([rng.permutation(np.flatnonzero(labels == c)) for c in np.unique(labels)])
+    folds = np.empty(n, dtype=np.int64)
+    folds[order] = np.arange(n) % num_folds
+    return folds
+
+
 def random_split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(kept, held out) indices, sorted: a seeded ``round(fraction * n)`` of range(n) held out."""
     held = np.sort(np.random.default_rng(seed).permutation(n)[: int(round(fraction * n))])
@@ -80,6 +115,10 @@ class FileSplitsDataModule(SplitsDataModule):
         """(kept, held out) indices of ``records`` for a held-out split."""
         return random_split(len(records), fraction, seed)
 
+    def folds(self, records, num_folds: int, seed: int) -> np.ndarray:
+        """Each record's cross-validation fold (:func:`fold_ids`); stratified where records have labels."""
+        return fold_ids(len(records), num_folds, seed, getattr(records, "labels", None))
+
     def fit(self, train) -> None:
         raise NotImplementedError
 
@@ -96,6 +135,14 @@ class FileSplitsDataModule(SplitsDataModule):
         parts, rest = {}, train
         for offset, split in enumerate(("test", "val")):
             if hp[f"{split}_path"] is not None:
+                continue
+            if split == "val" and hp.get("num_folds") is not None:
+                folds = self.folds(rest, hp.num_folds, hp.seed * 1000 + 2)
+                held, kept = np.flatnonzero(folds == hp.fold), np.flatnonzero(folds != hp.fold)
+                if len(held) == 0:
+                    raise ConfigError("data.num_folds", f"{hp.path!r} leaves {len(rest)} {self.RECORDS} after the "
+                                                        f"test split, too few for {hp.num_folds} folds")
+                parts[split], rest = rest.subset(held), rest.subset(kept)
                 continue
             fraction = hp[f"{split}_fraction"]
             kept, held = self.hold_out(rest, fraction, hp.seed * 1000 + offset)

@@ -27,7 +27,7 @@ import torch
 from .. import checks
 from ..errors import ConfigError
 from .batching import IndexedTensorDataset, PaddedBatchDataset
-from .files import FileSplitsDataModule, checked_files
+from .files import FileSplitsDataModule, check_folds, checked_files
 from .sequence_files import SequenceFile, read_sequences
 
 
@@ -64,7 +64,10 @@ class SequenceFileDataModule(FileSplitsDataModule):
         feature_columns: CSV feature columns; None takes every other column.
         time_column: CSV column that orders a sequence's rows; None keeps the file order.
         batch_size: sequences per batch.
-        seed: seed of the held-out splits.
+        seed: seed of the held-out splits and folds.
+        num_folds, fold: k-fold cross-validation: the validation split is fold ``fold``
+            (0 to ``num_folds`` - 1) of the training file after the test split, stratified by
+            class; None: ``val_fraction``.
         num_workers: DataLoader worker processes.
     """
 
@@ -72,10 +75,12 @@ class SequenceFileDataModule(FileSplitsDataModule):
                  predict_path: str | None = None, val_fraction: float = 0.1, test_fraction: float = 0.1,
                  standardize: bool = True, id_column: str = "id", label_column: str = "label",
                  feature_columns: list[str] | None = None, time_column: str | None = None,
-                 batch_size: int = 64, seed: int = 0, num_workers: int = 0):
+                 batch_size: int = 64, seed: int = 0, num_workers: int = 0,
+                 num_folds: int | None = None, fold: int | None = None):
         super().__init__()
         path, val_path, test_path, predict_path = checked_files(path, val_path, test_path, predict_path,
                                                                 val_fraction, test_fraction)
+        check_folds(num_folds, fold, val_path)
         checks.positive_int("batch_size", batch_size)
         if feature_columns is not None:
             feature_columns = [str(c) for c in feature_columns]
