@@ -10,6 +10,7 @@ Resolvers:
   also resolves where Hydra's runtime config is not set yet, as in ``hydra.sweep.dir``.
 - ``${rnnlab.required:<key>,<what>}``: a key the user must set; resolving it is an error saying so.
 - ``${rnnlab.config_subdir:${ckpt_path},${resume_sweep}}``: ``hydra.output_subdir`` of a training run.
+- ``${rnnlab.run_group:${task_name}}``, ``${rnnlab.run_name:${paths.output_dir}}``: a tracker's group of runs and run name.
 - ``${rnnlab.sweep_dir:${resume_sweep},<new dir>}``: ``hydra.sweep.dir``, the resumed sweep's own when set.
 """
 
@@ -21,7 +22,9 @@ from collections.abc import Mapping
 from contextlib import contextmanager
 
 from hydra.core.config_store import ConfigStore
+from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
+from hydra.types import RunMode
 from hydra.utils import get_class, instantiate
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from omegaconf import OmegaConf
@@ -126,6 +129,22 @@ CONFIG_SUBDIR = ".hydra"
 RESUME_CONFIG_SUBDIR = ".hydra/resume"
 
 
+def _run_group(task_name: str) -> str:
+    """A tracker's experiment (MLflow) or group (W&B): ``<task_name>/<sweep>`` for the jobs of a
+    sweep, so each sweep is one group of runs; ``<task_name>`` for a single run."""
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        return f"{task_name}/{os.path.basename(os.path.normpath(HydraConfig.get().sweep.dir))}"
+    return str(task_name)
+
+
+def _run_name(output_dir: str) -> str:
+    """A tracker's run name, from the run's directory: ``<sweep>/<job number>`` in a sweep,
+    else the run directory's name (its start time)."""
+    parts = os.path.normpath(str(output_dir)).split(os.sep)
+    multirun = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    return "/".join(parts[-2:]) if multirun else parts[-1]
+
+
 def _config_subdir(ckpt_path, resume_sweep=None) -> str:
     """Where Hydra writes a run's config: ``.hydra/``, or ``.hydra/resume/`` for a run that may
     resume (``ckpt_path`` set, or a job of a resumed sweep), moved over ``.hydra/`` by
@@ -141,6 +160,8 @@ def register_resolvers() -> None:
         "rnnlab.cwd": os.getcwd,
         "rnnlab.required": _required,
         "rnnlab.config_subdir": _config_subdir,
+        "rnnlab.run_group": _run_group,
+        "rnnlab.run_name": _run_name,
         "rnnlab.sweep_dir": lambda resume_sweep, new_dir: new_dir if resume_sweep is None else str(resume_sweep),
     }
     for name, fn in resolvers.items():

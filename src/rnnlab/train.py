@@ -47,6 +47,7 @@ from .sweeps import JobAlreadyDone, mark_continued, prepare_resumed_job, sweep_o
 from .run_checks import (RESULT_FILE, JobSkipped, RunAlreadyFinished, check_arguments, check_finished, check_launch,
                          check_batches, check_seed, check_trainer, cpu_processes, resume_path)
 from .tasks.base import RNNTask, plain
+from .trackers import check_trackers, continue_runs, finish_runs, log_params, record_checkpoints, remember_runs
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +143,7 @@ def log_hparams(loggers: list[Logger], params: dict, metric_names: list[str]) ->
             for summary in (exp, ssi, sei):
                 logger.experiment.file_writer.add_summary(summary)
         else:
-            logger.log_hyperparams(params)
+            log_params(logger, params)
 
 
 def data_record(data_cfg: DictConfig, datamodule: L.LightningDataModule) -> dict:
@@ -166,6 +167,7 @@ def train(cfg: DictConfig, before_fit: Callable[[], None] | None = None) -> tupl
     check_trainer(cfg)
     for group in ("optimizer", "scheduler"):
         check_arguments(cfg.model.get(group), f"model.{group}")
+    check_trackers(cfg.get("logger"))
     ckpt_path = resume_path(cfg)
     # Read (and refuse, if it holds code, is damaged or is another task's) before building anything.
     checkpoint = load_checkpoint(ckpt_path) if ckpt_path is not None else None
@@ -202,6 +204,9 @@ def train(cfg: DictConfig, before_fit: Callable[[], None] | None = None) -> tupl
         callbacks = [cb for cb in callbacks if not isinstance(cb, ModelSummary)]
     if seed is not None:
         callbacks.append(StepSeed(seed))
+    output_dir = cfg.paths.output_dir if "paths" in cfg else None
+    if ckpt_path is not None and output_dir is not None:
+        continue_runs(cfg.get("logger"), output_dir)  # a resumed run goes on in its own tracker runs
     loggers = instantiate_group(cfg.get("logger"), "logger")
     trainer: L.Trainer = instantiate_node(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False,
                                           plugins=[AtomicCheckpointIO()])
@@ -209,11 +214,13 @@ def train(cfg: DictConfig, before_fit: Callable[[], None] | None = None) -> tupl
         before_fit()
 
     if trainer.is_global_zero:
+        if output_dir is not None:
+            remember_runs(cfg.get("logger"), loggers, output_dir)
         stem = task.monitor.split("/", 1)[1]
         log_hparams(loggers, flat_hparams(cfg),
                     [task.monitor, f"{task.monitor}_best", "val/loss", f"test/{stem}", "test/loss"])
 
-    output_dir = cfg.paths.output_dir if "paths" in cfg else trainer.default_root_dir
+    output_dir = output_dir or trainer.default_root_dir
     if cfg.get("train", True):
         trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path and str(ckpt_path), weights_only=True)
     if interrupt.stopped_epoch is not None:
@@ -221,9 +228,14 @@ def train(cfg: DictConfig, before_fit: Callable[[], None] | None = None) -> tupl
                                   f"whose checkpoints are saved in {output_dir}/checkpoints; resume with the same "
                                   f"command plus hydra.run.dir={output_dir} ckpt_path=last")
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    best = next((cb.best_model_path for cb in trainer.checkpoint_callbacks if cb.monitor == task.monitor), "")
+    if trainer.is_global_zero:
+        # the newest checkpoint: the one-file "last" callback (monitor null) or a save_last=true one
+        last = next((cb.last_model_path or cb.best_model_path for cb in trainer.checkpoint_callbacks
+                     if cb.last_model_path or (cb.monitor is None and cb.best_model_path)), "")
+        record_checkpoints(loggers, {"best": best, "last": last})
 
     if cfg.get("test", True):
-        best = next((cb.best_model_path for cb in trainer.checkpoint_callbacks if cb.monitor == task.monitor), "")
         if not best and cfg.get("train", True) and not trainer.fast_dev_run:
             print("No best checkpoint was saved; testing the weights in memory.")
         results = trainer.test(task, datamodule=datamodule, ckpt_path=best or None, verbose=False, weights_only=True)
@@ -245,6 +257,7 @@ def train(cfg: DictConfig, before_fit: Callable[[], None] | None = None) -> tupl
     if trainer.is_global_zero:
         log.info("\n".join(lines))
     metrics["time/wall_s"] = elapsed
+    finish_runs()
     return metrics, value
 
 
@@ -358,6 +371,7 @@ def run(cfg: DictConfig) -> float | None:
         else:
             log.error(f"Job failed (the sweep goes on; fail_fast=true stops it): {first_line(err)}")
     finally:
+        finish_runs(failed=result["status"] != "ok")  # a job that failed or was interrupted
         if nothing_to_do or (resumed.staged is not None and not started):
             resumed.discard()  # a finished run, or a resume refused before training: the run directory stays as it was
         else:

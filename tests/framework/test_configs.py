@@ -60,7 +60,7 @@ REQUIRED = {"shakespeare": ["data.path=corpus.txt"]}
     ("generate", ["ckpt_path=x.ckpt"]),
     *[("train", [f"debug={d}"]) for d in ("fdr", "overfit", "limit", "profiler")],
     *[("train", [f"trainer={t}"]) for t in ("cpu", "gpu")],
-    *[("train", [f"logger={lg}"]) for lg in ("csv", "tensorboard", "many")],
+    *[("train", [f"logger={lg}"]) for lg in ("csv", "tensorboard", "mlflow", "wandb", "many")],
     *[("train", [f"callbacks={c}"]) for c in ("none", "with_early_stopping")],
     *[("train", [f"hydra/launcher={launcher}"]) for launcher in ("joblib", "slurm", "submitit_local")],
     *[("train", [f"experiment={p.stem}", *REQUIRED.get(p.stem, [])])

@@ -157,7 +157,7 @@ class CharDataModule(L.LightningDataModule):
         if len(splits) != 3 or min(splits) <= 0 or abs(sum(splits) - 1) > 1e-6:
             raise checks.ArgumentError("splits", f"expected splits of three positive fractions summing to 1, "
                                                   f"got {list(splits)}")
-        self.save_hyperparameters()
+        self.save_hyperparameters(logger=False)  # the run logs data.* itself (rnnlab.train.flat_hparams)
         self.vocab: str | None = None
         self.ids: dict[str, torch.Tensor] = {}
 

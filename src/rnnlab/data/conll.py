@@ -198,7 +198,7 @@ class ConllDataModule(FileSplitsDataModule):
         checks.positive_int("batch_size", batch_size)
         if not checks.is_int(tag_column):
             raise checks.ArgumentTypeError("tag_column", f"expected tag_column to be an int, got {tag_column!r}")
-        self.save_hyperparameters()
+        self.save_hyperparameters(logger=False)  # the run logs data.* itself (rnnlab.train.flat_hparams)
         self.vocab: list[str] | None = None
         self.tag_names: list[str] | None = None
 

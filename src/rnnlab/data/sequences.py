@@ -84,7 +84,7 @@ class SequenceFileDataModule(FileSplitsDataModule):
         checks.positive_int("batch_size", batch_size)
         if feature_columns is not None:
             feature_columns = [str(c) for c in feature_columns]
-        self.save_hyperparameters()
+        self.save_hyperparameters(logger=False)  # the run logs data.* itself (rnnlab.train.flat_hparams)
         self.class_names: list | None = None
         self.num_features: int | None = None
         self.mean: list[float] | None = None

@@ -56,7 +56,7 @@ class SyntheticSequenceDataModule(GeneratedSplitsDataModule):
             raise checks.ArgumentError("num_classes", f"expected num_classes=2 for the mean-sign task, got {num_classes}")
         if batch_size > num_train:
             raise checks.ArgumentError("batch_size", f"expected batch_size <= num_train ({num_train}), got {batch_size}")
-        self.save_hyperparameters()
+        self.save_hyperparameters(logger=False)  # the run logs data.* itself (rnnlab.train.flat_hparams)
         self.input_size, self.num_classes = input_size, num_classes
 
     def model_settings(self) -> dict:

@@ -70,7 +70,7 @@ class TaggingDataModule(GeneratedSplitsDataModule):
             raise checks.ArgumentError("num_symbols", f"expected num_symbols >= 2, got {num_symbols}")
         if batch_size > num_train:
             raise checks.ArgumentError("batch_size", f"expected batch_size <= num_train ({num_train}), got {batch_size}")
-        self.save_hyperparameters()
+        self.save_hyperparameters(logger=False)  # the run logs data.* itself (rnnlab.train.flat_hparams)
         self.input_size, self.num_tags = num_symbols, num_symbols ** 2
 
     def model_settings(self) -> dict:
