@@ -75,3 +75,39 @@ def test_impossible_fold_settings_are_refused_naming_the_key(tmp_path, kwargs, k
     with pytest.raises(ConfigError) as err:
         SequenceFileDataModule(str(path), **kwargs)
     assert err.value.key == key and message in str(err.value)
+
+
+def test_char_folds_cut_the_training_and_validation_text_into_blocks_and_keep_the_test_text(tmp_path):
+    from rnnlab.data import CharDataModule
+
+    text = "".join(chr(ord("a") + i % 26) + ("\n" if i % 50 == 49 else "") for i in range(6000))
+    path = tmp_path / "corpus.txt"
+    path.write_text(text)
+    runs = []
+    for fold in range(3):
+        data = CharDataModule(str(path), seq_len=16, splits=(0.8, 0.1, 0.1), num_folds=3, fold=fold)
+        runs.append(data._text_splits())
+    n = len(text)
+    pool, test = text[:int(n * 0.8) + int(n * 0.1)], text[int(n * 0.8) + int(n * 0.1):]
+    assert all(run["test"] == test for run in runs)
+    assert "".join(run["val"] for run in runs) == pool  # contiguous blocks, in order, covering the pool
+    for fold, run in enumerate(runs):
+        others = [r["val"] for i, r in enumerate(runs) if i != fold]
+        assert run["train"] == "\n\n".join(others)
+
+
+def test_char_folds_by_document_deal_whole_documents(tmp_path):
+    from rnnlab.data import CharDataModule
+
+    for i in range(12):
+        (tmp_path / f"doc{i:02d}.txt").write_text(f"document {i} " * 30)
+    vals, tests = [], set()
+    for fold in range(4):
+        data = CharDataModule(str(tmp_path), seq_len=8, split_by="documents", num_folds=4, fold=fold)
+        parts = data._text_splits()
+        vals.append(set(parts["val"].split("\n\n")))
+        assert not vals[-1] & set(parts["train"].split("\n\n"))
+        tests.add(test := parts["test"])
+    assert len(tests) == 1  # one test split for every fold
+    assert all(not (a & b) for i, a in enumerate(vals) for b in vals[i + 1:])
+    assert len(set().union(*vals)) + len(test.split("\n\n")) == 12

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..errors import ConfigError
 from .. import checks
 from .batching import EpochSampler, batched_loader, overfitting, shard
-from .files import absolute
+from .files import absolute, check_folds, fold_ids
 from .grammar import generate_grammar_corpus
 
 UNKNOWN = "\ufffd"
@@ -132,13 +132,19 @@ class CharDataModule(L.LightningDataModule):
             shuffles the files with ``seed`` and gives each split whole files, at least one,
             until it holds its fraction of the characters (no document is in two splits).
         document_separator: the text between two files (a blank line by default).
+        num_folds, fold: k-fold cross-validation: the training and validation text
+            together are cut into ``num_folds`` contiguous blocks (``split_by: text``) or
+            their documents dealt to ``num_folds`` folds with ``seed`` (``documents``); block
+            or fold ``fold`` is the validation text, the others joined (by
+            ``document_separator``) the training text. The test text is the same for every
+            fold. None: ``splits`` alone.
     """
 
     def __init__(self, path: str | None = None, corpus_chars: int = 300_000, seq_len: int = 128,
                  batch_size: int = 64, splits: tuple[float, float, float] = (0.9, 0.05, 0.05),
                  train_windows: str = "random", windows_per_epoch: int | None = None,
                  seed: int = 0, num_workers: int = 0, stateful: bool = False, split_by: str = "text",
-                 document_separator: str = "\n\n"):
+                 document_separator: str = "\n\n", num_folds: int | None = None, fold: int | None = None):
         super().__init__()
         for name in ("corpus_chars", "seq_len", "batch_size"):
             checks.positive_int(name, locals()[name])
@@ -157,6 +163,7 @@ class CharDataModule(L.LightningDataModule):
         if len(splits) != 3 or min(splits) <= 0 or abs(sum(splits) - 1) > 1e-6:
             raise checks.ArgumentError("splits", f"expected splits of three positive fractions summing to 1, "
                                                   f"got {list(splits)}")
+        check_folds(num_folds, fold, None)
         self.save_hyperparameters(logger=False)  # the run logs data.* itself (rnnlab.train.flat_hparams)
         self.vocab: str | None = None
         self.ids: dict[str, torch.Tensor] = {}
@@ -195,6 +202,12 @@ class CharDataModule(L.LightningDataModule):
             train_frac, val_frac, _ = hp.splits
             text = hp.document_separator.join(documents)
             n_train, n_val = int(len(text) * train_frac), int(len(text) * val_frac)
+            if hp.get("num_folds") is not None:
+                pool, k = text[:n_train + n_val], hp.num_folds
+                edges = [len(pool) * i // k for i in range(k + 1)]
+                blocks = [pool[edges[i]:edges[i + 1]] for i in range(k)]
+                return {"train": hp.document_separator.join(b for i, b in enumerate(blocks) if i != hp.fold),
+                        "val": blocks[hp.fold], "test": text[n_train + n_val:]}
             return {"train": text[:n_train], "val": text[n_train:n_train + n_val], "test": text[n_train + n_val:]}
         if len(documents) < 3:
             raise ConfigError("data.split_by", f"expected at least 3 documents to split by document, got "
@@ -210,6 +223,14 @@ class CharDataModule(L.LightningDataModule):
             split = list(parts)[n] if n < 3 else next((s for s in parts if sizes[s] < shares[s]), "test")
             parts[split].append(documents[i])
             sizes[split] += len(documents[i])
+        if hp.get("num_folds") is not None:
+            pool = parts["train"] + parts["val"]
+            if len(pool) < hp.num_folds:
+                raise ConfigError("data.num_folds", f"{hp.path!r} leaves {len(pool)} documents for training and "
+                                                    f"validation, fewer than {hp.num_folds} folds")
+            folds = fold_ids(len(pool), hp.num_folds, hp.seed * 1000 + 2)
+            parts["train"] = [doc for doc, f in zip(pool, folds) if f != hp.fold]
+            parts["val"] = [doc for doc, f in zip(pool, folds) if f == hp.fold]
         return {split: hp.document_separator.join(docs) for split, docs in parts.items()}
 
     def setup(self, stage: str | None = None) -> None:
@@ -219,10 +240,11 @@ class CharDataModule(L.LightningDataModule):
         parts = self._text_splits()
         total = sum(len(part) for part in parts.values())
         source = repr(hp.path) if hp.path is not None else f"the generated corpus (data.corpus_chars={hp.corpus_chars})"
-        for (split, part), fraction in zip(parts.items(), hp.splits):
+        for split, part in parts.items():
             if len(part) < hp.seq_len + 1:
+                share = len(part) / total
                 raise ConfigError("data.seq_len", f"{source} is too short for seq_len={hp.seq_len}: its {split} "
-                                                  f"split ({fraction:.0%} of {total} characters) has {len(part)}, "
+                                                  f"split ({share:.0%} of {total} characters) has {len(part)}, "
                                                   f"fewer than one window of seq_len + 1 = {hp.seq_len + 1}; "
                                                   "use a longer text or a smaller data.seq_len")
         vocab = sorted(set(parts["train"]))
