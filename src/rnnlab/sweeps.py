@@ -31,7 +31,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -159,6 +158,11 @@ class SweepRecord(Callback):
 
 
 # ------------------------------------------------------------- one job of a resumed sweep
+class JobMismatch(ConfigError):
+    """A resumed sweep's job whose directory holds another job (its overrides differ); the
+    directory is left as it is."""
+
+
 class JobAlreadyDone(Exception):
     """A job of a resumed sweep that has nothing to do; ``result`` is its recorded result."""
 
@@ -186,7 +190,7 @@ def prepare_resumed_job(cfg: DictConfig, overrides: list[str]) -> Path | None:
     result = json.loads(result_path.read_text()) if result_path.is_file() else None
     recorded = _job_overrides(job_dir) if result is None else sweep_overrides(result["overrides"])
     if recorded is not None and recorded != mine:
-        raise ConfigError("resume_sweep", f"job {job_dir.name} of the sweep ran {recorded}, this job is {mine}; "
+        raise JobMismatch("resume_sweep", f"job {job_dir.name} of the sweep ran {recorded}, this job is {mine}; "
                                           "resume the sweep with the overrides it was started with")
     status = (result or {}).get("status")
     if status == "ok":
@@ -231,6 +235,3 @@ def mark_continued(ckpt_path: Path, job_dir: Path, overrides: list[str]) -> None
     (other / RESULT_FILE).unlink(missing_ok=True)
     (other / "continued.json").write_text(json.dumps({"continued_in": job_dir.name, "overrides": overrides}))
 
-
-def in_resumed_sweep(cfg: DictConfig) -> bool:
-    return cfg.get("resume_sweep") is not None and HydraConfig.initialized()

@@ -43,7 +43,7 @@ from .checkpoints import AtomicCheckpointIO, check_resumable, check_same_task, c
 from .checkpoints import load_checkpoint
 from .config import RESUME_CONFIG_SUBDIR, class_path, flatten, instantiate_node, target_class
 from .errors import ConfigError, first_line
-from .sweeps import JobAlreadyDone, mark_continued, prepare_resumed_job, sweep_overrides
+from .sweeps import JobAlreadyDone, JobMismatch, mark_continued, prepare_resumed_job, sweep_overrides
 from .run_checks import (RESULT_FILE, JobSkipped, RunAlreadyFinished, check_arguments, check_finished, check_launch,
                          check_batches, check_seed, check_trainer, cpu_processes, resume_path)
 from .tasks.base import RNNTask, plain
@@ -332,9 +332,11 @@ def run(cfg: DictConfig) -> float | None:
         if continued_from is not None:
             mark_continued(continued_from, Path(cfg.paths.output_dir), result["overrides"])
 
+    # A job of a resumed (or requeued) sweep records what it did, even a failure before training.
+    sweep_job = multirun and (cfg.get("resume_sweep") is not None or _requeued())
     set_threads(cfg)
     try:
-        if multirun and (cfg.get("resume_sweep") is not None or _requeued()):
+        if sweep_job:
             continued_from = prepare_resumed_job(cfg, overrides)
             if continued_from is not None:
                 result["resumed_from"] = str(continued_from)
@@ -354,6 +356,9 @@ def run(cfg: DictConfig) -> float | None:
             print("Recorded metrics:\n" + "\n".join(f"  {k:<20} {v:.4f}" for k, v in sorted(recorded.items())),
                   flush=True)
         return done.result.get("value")
+    except JobMismatch as err:
+        nothing_to_do = True  # another job's directory: left as it is
+        log.error(f"Job not run: {err}")
     except KeyboardInterrupt as err:
         result.update(status="interrupted", error=str(err) or "KeyboardInterrupt", value=None)
         raise
@@ -372,9 +377,10 @@ def run(cfg: DictConfig) -> float | None:
             log.error(f"Job failed (the sweep goes on; fail_fast=true stops it): {first_line(err)}")
     finally:
         finish_runs(failed=result["status"] != "ok")  # a job that failed or was interrupted
-        if nothing_to_do or (resumed.staged is not None and not started):
+        if nothing_to_do or (resumed.staged is not None and not started and not sweep_job):
             resumed.discard()  # a finished run, or a resume refused before training: the run directory stays as it was
         else:
+            resumed.accept()
             result["wall_time_s"] = round(time.perf_counter() - start, 2)
             _write_result(cfg, result)
     return result["value"]

@@ -288,3 +288,22 @@ def test_an_interrupted_job_is_recorded_as_such_and_the_interrupt_goes_on(tmp_pa
         run(job_config(tmp_path, multirun=True))  # even in a sweep: Ctrl-C stops the sweep
     recorded = result(tmp_path)
     assert (recorded["status"], recorded["error"], recorded["value"]) == ("interrupted", "KeyboardInterrupt", None)
+
+
+def test_a_resumed_sweeps_job_records_a_failure_before_training_and_leaves_another_jobs_directory_alone(tmp_path):
+    # A job that never ran before and fails before its first step: its failure is recorded
+    # (a single run's refused resume would leave no trace; a sweep's job must appear in the summary).
+    job = tmp_path / "sweep" / "3"
+    cfg = job_config(job, "model.net.hidden_size=0", "resume_sweep=" + str(tmp_path / "sweep"), multirun=True,
+                     output_subdir=".hydra/resume")
+    assert run(cfg) is None
+    assert result(job)["status"] == "failed" and "resume_sweep=" not in " ".join(result(job)["overrides"])
+
+    # A directory that holds another job's record (its overrides differ) is not touched.
+    other = tmp_path / "sweep" / "4"
+    other.mkdir(parents=True)
+    record = {"overrides": ["model.net.hidden_size=64"], "status": "interrupted", "value": None, "metrics": {}}
+    (other / "result.json").write_text(json.dumps(record))
+    cfg = job_config(other, "resume_sweep=" + str(tmp_path / "sweep"), multirun=True, output_subdir=".hydra/resume")
+    assert run(cfg) is None
+    assert result(other) == record and not (other / "checkpoints").exists()

@@ -25,6 +25,7 @@ def test_training_keeps_indrnns_recurrent_weights_within_the_bound(tmp_path):
     assert (us.abs() > u_max - 1e-6).any()  # the bound was reached: the clipping acted
 
 
+@pytest.mark.slow  # four training runs, about 35 s; the cells' parity tests run by default
 @pytest.mark.parametrize("name", MODERN)
 def test_each_new_cell_learns_the_seed_task(name, tmp_path):
     """Four short epochs of the seed classification task: well above chance (0.5)."""
