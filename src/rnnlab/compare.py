@@ -88,7 +88,8 @@ def _sized_config(conf_dir: Path, overrides: Sequence[str], out: Path) -> DictCo
 
 
 def run(*, task: str, configs: Mapping[str, Sequence[str]], reference: str, seconds: int, out: str | Path,
-        conf_dir: str | Path, overrides: Sequence[str] = (), gradient_flow: bool = True) -> list[Row]:
+        conf_dir: str | Path, overrides: Sequence[str] = (), gradient_flow: bool = True,
+        only: Sequence[str] | None = None) -> list[Row]:
     """Train every configuration for ``seconds`` of wall time at the reference's parameter
     count; write compare.csv, compare.md (and gradient_flow.png for the seed task) to ``out``.
 
@@ -101,19 +102,25 @@ def run(*, task: str, configs: Mapping[str, Sequence[str]], reference: str, seco
         seconds: wall-clock training budget of each configuration (``trainer.max_time``).
         out, conf_dir: the output directory; the directory holding train.yaml.
         overrides: applied to every configuration first (the data, the batch size, ...).
+        only: the names of the configurations to train (None: all); the reference need not be
+            among them, its parameter count is the target all the same.
         gradient_flow: for the seed task, draw every trained classifier's gradient flow.
     """
     if task not in TASKS:
         raise ConfigError("task", f"expected one of {sorted(TASKS)}, got {task!r}")
     if reference not in configs:
         raise ConfigError("reference", f"expected one of the configs {list(configs)}, got {reference!r}")
+    unknown = [name for name in (only or []) if name not in configs]
+    if unknown:
+        raise ConfigError("only", f"expected names among the configs {list(configs)}, got {unknown}")
     seconds = checks.int_at_least("seconds", seconds, 1)
     out, conf_dir = Path(out), Path(conf_dir).resolve()
     spec = TASKS[task]
     base = [*spec["overrides"], *overrides, "trainer.max_epochs=-1", f"+trainer.max_time={_duration(seconds)}"]
     target = parameter_count(_sized_config(conf_dir, [*base, *configs[reference]], out / "reference"))
     rows, recordings = [], []
-    for name, extra in configs.items():
+    trained = {name: extra for name, extra in configs.items() if only is None or name in only}
+    for name, extra in trained.items():
         cfg = _sized_config(conf_dir, [*base, *extra], out / name)
         size, params = match_parameters(cfg, target)
         log.info(f"{name}: hidden_size {size}, {params:,} parameters (target {target:,}), {seconds} s")
@@ -133,7 +140,7 @@ def run(*, task: str, configs: Mapping[str, Sequence[str]], reference: str, seco
     if recordings:
         from .analyze import gradient_flow_figure
 
-        fig = gradient_flow_figure(recordings, [f"{name} (top layer)" for name in configs], name_layers=False)
+        fig = gradient_flow_figure(recordings, [f"{name} (top layer)" for name in trained], name_layers=False)
         fig.savefig(out / "gradient_flow.png", dpi=110)
     return rows
 

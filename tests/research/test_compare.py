@@ -10,6 +10,7 @@ import pytest
 
 from helpers import CONF_DIR, ROOT, TINY
 from rnnlab import compare
+from rnnlab.errors import ConfigError
 from rnnlab.benchmark.e2e import compose_train_config
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -44,6 +45,19 @@ def test_compare_trains_each_configuration_for_the_budget(tmp_path):
     assert rows[0].best >= rows[1].best  # best first
     assert (tmp_path / "gradient_flow.png").read_bytes().startswith(PNG)
     assert "| config | cell | hidden |" in (tmp_path / "compare.md").read_text()
+
+
+def test_only_trains_the_named_configurations_at_the_references_parameter_count(tmp_path):
+    configs = {"gru": ["model.net.cell=gru"], "lstm": ["model.net.cell=lstm"]}
+    rows = compare.run(task="seed", configs=configs, reference="gru", seconds=1, out=tmp_path, conf_dir=CONF_DIR,
+                       overrides=[*QUIET, *TINY["synthetic"]], only=["lstm"], gradient_flow=False)
+    (row,) = rows
+    gru = compare.parameter_count(compare._sized_config(CONF_DIR, [*QUIET, *TINY["synthetic"], "model.net.cell=gru"],
+                                                        tmp_path / "ref"))
+    assert row.config == "lstm" and row.hidden_size != 64 and abs(row.parameters - gru) <= 0.05 * gru
+    with pytest.raises(ConfigError, match=r"only: expected names among the configs \['gru', 'lstm'\], got \['rnn'\]"):
+        compare.run(task="seed", configs=configs, reference="gru", seconds=1, out=tmp_path, conf_dir=CONF_DIR,
+                    only=["rnn"])
 
 
 @pytest.mark.subprocess
