@@ -136,6 +136,9 @@ class SweepRecord(Callback):
         resume = config.get("resume_sweep")
         record_path = sweep_dir / SWEEP_RECORD
         if resume is not None:
+            if Path(str(resume)).resolve() != sweep_dir.resolve():
+                raise ConfigError("resume_sweep", f"resumes the sweep in {str(resume)!r}, but hydra.sweep.dir is "
+                                                  f"{str(sweep_dir)!r}; give resume_sweep alone")
             if not record_path.is_file():
                 what = "does not exist" if not sweep_dir.exists() else f"has no {SWEEP_RECORD}"
                 raise ConfigError("resume_sweep", f"expected the directory of a sweep (it holds {SWEEP_RECORD}, "

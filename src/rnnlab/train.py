@@ -13,7 +13,10 @@ weights-only checkpoint reader and writer (:class:`rnnlab.checkpoints.AtomicChec
 Resuming: ``ckpt_path=last`` resumes the run in ``hydra.run.dir`` from its
 ``checkpoints/last.ckpt`` (saved at every epoch end), so a crashed or interrupted run
 continues with the command that started it plus ``hydra.run.dir=<run dir> ckpt_path=last``,
-and ends with the metrics and weights an uninterrupted run would have.
+and ends with the metrics and weights an uninterrupted run would have. A killed sweep
+continues with its command plus ``resume_sweep=<sweep dir>``: each job decides what it has
+left to do (:func:`rnnlab.sweeps.prepare_resumed_job`), and so does a job SLURM requeued.
+Tracker runs (MLflow, W&B: :mod:`rnnlab.trackers`) continue with the run they belong to.
 """
 
 from __future__ import annotations
@@ -322,8 +325,7 @@ def run(cfg: DictConfig) -> float | None:
     start = time.perf_counter()
     resumed = _ResumedConfig()
     started = nothing_to_do = False
-
-    continued_from = None
+    continued_from = None  # the checkpoint a job of a resumed sweep continues from
 
     def before_fit() -> None:
         nonlocal started
