@@ -28,23 +28,6 @@ def _forward_backward(rnn, x, h0, lengths):
     return [out, *flat_state(h_n), *torch.autograd.grad(loss, inputs)]
 
 
-@pytest.fixture
-def extension_calls(monkeypatch):
-    """The names of the compiled extension's functions looked up while the test runs (the
-    extension replaced by a spy that records each lookup and hands on the real function)."""
-    calls = []
-    real = compiled.extension()
-
-    class Spy:
-        def __getattr__(self, name):
-            calls.append(name)
-            return getattr(real, name)
-
-    if real is not None:
-        monkeypatch.setattr(compiled, "_extension", Spy())
-    return calls
-
-
 @needs_build
 def test_the_compiled_loops_are_built_where_a_compiler_is():
     with compiled_loops(True):

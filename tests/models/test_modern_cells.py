@@ -180,6 +180,42 @@ def test_compiled_min_scan_equals_the_log_space_scan_and_passes_gradcheck(name):
     assert torch.autograd.gradcheck(lambda p, h: compiled.MinScan.apply(p, h, mask[:, :2].contiguous(), G), small)
 
 
+def test_compiled_indrnn_layer_equals_the_step_loop_and_passes_gradcheck(extension_calls):
+    """The CPU's compiled IndRNN layer (rows split between threads, 70 rows of 100 units)
+    against the readable masked step loop in float64, ended rows included: outputs, final
+    states and the gradients of the projected input, h0 and u."""
+    from rnnlab.models.cell_base import recur_masked
+    from rnnlab.models.kernels import compiled
+
+    if compiled.extension() is None:
+        pytest.skip("no compiled loops on this machine")
+    torch.manual_seed(7)
+    cell = IndRNNCell(3, 100).double()
+    _randomise(cell)
+    projected = torch.randn(7, 70, 100, dtype=torch.float64)
+    h0 = torch.randn(70, 100, dtype=torch.float64).abs()
+    mask = torch.arange(7)[:, None] < torch.randint(1, 8, (70,))[None, :]  # (T, B)
+    weights = torch.randn(7, 70, 100, dtype=torch.float64)
+
+    def grads(outputs, final, inputs):
+        return torch.autograd.grad((outputs * weights).sum() + (final ** 2).sum(), inputs)
+
+    inputs = [projected.clone().requires_grad_(), h0.clone().requires_grad_(), cell.u]
+    ours = compiled.IndRNNScan.apply(inputs[0], inputs[1], cell.u, mask)
+    ours_final = ours[-1]
+    ours = ours.masked_fill(~mask[..., None], 0.0)
+    expected, (expected_final,) = recur_masked(cell, inputs[0], (inputs[1],), mask[..., None])
+    torch.testing.assert_close(ours, expected, atol=1e-12, rtol=0)
+    torch.testing.assert_close(ours_final, expected_final, atol=1e-12, rtol=0)
+    for a, b in zip(grads(ours, ours_final, inputs), grads(expected, expected_final, inputs), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
+    assert extension_calls == ["indrnn_scan", "indrnn_scan_backward"]
+    small = [projected[:, :2, :3].clone().requires_grad_(), h0[:2, :3].clone().requires_grad_(),
+             cell.u[:3].detach().clone().requires_grad_()]
+    assert torch.autograd.gradcheck(lambda p, h, u: compiled.IndRNNScan.apply(p, h, u, mask[:, :2].contiguous()),
+                                    small)
+
+
 @pytest.mark.parametrize("name", ["min_gru", "min_lstm"])
 def test_minimal_cells_scan_passes_gradcheck_with_lengths(name):
     torch.manual_seed(2)

@@ -128,6 +128,10 @@ def test_resume_refuses_a_different_grid_a_non_sweep_and_a_sweep_in_progress(tmp
     assert "override 'model.net.num_layers=1' is new" in message
     assert "override 'model.net.hidden_size=8' is missing" in message
 
+    elsewhere = train_m(*grid, f"resume_sweep={sweep_dir}", f"hydra.sweep.dir={tmp_path / 'other'}")
+    assert elsewhere.returncode == 1 and "give resume_sweep alone" in elsewhere.stderr
+    assert not (tmp_path / "other").exists()
+
     not_a_sweep = train_m(*grid, f"resume_sweep={sweep_dir / '0'}")
     assert not_a_sweep.returncode == 1
     assert "expected the directory of a sweep (it holds sweep.json" in not_a_sweep.stderr

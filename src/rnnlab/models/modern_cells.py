@@ -235,8 +235,18 @@ class IndRNNCell(CellBase):
         return (torch.relu(torch.addcmul(p_t, self.u, state[0])),)
 
     def forward_sequence(self, x: torch.Tensor, state: tuple[torch.Tensor], mask: torch.Tensor | None = None):
-        """:meth:`recur` over every step of x (T, B, D); outputs and mask as :meth:`RNNCell.forward_sequence`."""
+        """:meth:`recur` over every step of x (T, B, D); outputs and mask as :meth:`RNNCell.forward_sequence`.
+
+        On the CPU (float32, float64) the time loop runs compiled, forward and backward
+        (:class:`.kernels.compiled.IndRNNScan`); elsewhere, or without a compiler, the loop below.
+        """
         projected = self.project(x)  # (T, B, H): one product for all steps
+        if compiled.usable(projected) is not None:
+            outputs = compiled.IndRNNScan.apply(projected, state[0], self.u, compiled.step_mask(mask))  # (T, B, H)
+            final = outputs[-1]  # an ended row kept its state: its last valid step's
+            if mask is not None:
+                outputs = outputs.masked_fill(~mask, 0.0)
+            return outputs, (final,)
         if mask is not None:
             return recur_masked(self, projected, state, mask)
         h, outputs = state[0], []

@@ -288,6 +288,32 @@ class MinScan(torch.autograd.Function):
         return grad_projected, grad_h0, None, None
 
 
+class IndRNNScan(torch.autograd.Function):
+    """An IndRNN layer after its input projection, in C++: h_t = relu(p_t + u * h_{t-1}) over
+    time, the batch rows split between the threads (every unit's recurrence is its own); the
+    backward runs the recurrence back in C++ and sums u's gradient on the way (no (T, B, H)
+    temporaries beyond the input's gradient).
+
+    Inputs: projected (T, B, H); h0 (B, H); u (H,); mask (T, B) bool or None (an ended row
+    keeps its state). Outputs: h (T, B, H).
+    """
+
+    @staticmethod
+    def forward(ctx, projected, h0, u, mask):
+        h0, u = h0.contiguous(), u.contiguous()
+        h = extension().indrnn_scan(projected.contiguous(), h0, u, mask)
+        ctx.save_for_backward(h, h0, u)
+        ctx.mask = mask
+        return h
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_h):
+        h, h0, u = ctx.saved_tensors
+        grad_projected, grad_h0, grad_u = extension().indrnn_scan_backward(h, h0, u, ctx.mask, grad_h.contiguous())
+        return grad_projected, grad_h0, grad_u, None
+
+
 def _contiguous(t: torch.Tensor | None) -> torch.Tensor | None:
     return None if t is None else t.contiguous()
 

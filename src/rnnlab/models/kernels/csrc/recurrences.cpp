@@ -19,6 +19,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <mutex>
 #include <optional>
 #include <vector>
 
@@ -664,6 +665,89 @@ std::vector<at::Tensor> min_scan_backward(const at::Tensor& projected, const at:
   return {grad_p, grad_h0};
 }
 
+// IndRNN (Li et al., 2018): h_t = relu(p_t + u * h_{t-1}), u (H,) element-wise. Each unit's
+// recurrence is its own, so the batch rows are split between the threads, and a step is one
+// pass over a row. An ended row (mask false) keeps its state.
+at::Tensor indrnn_scan(const at::Tensor& projected, const at::Tensor& h0, const at::Tensor& u,
+                       const at::Tensor& mask) {
+  const int64_t T = projected.size(0), B = projected.size(1), H = h0.size(1);
+  at::Tensor h = at::empty({T, B, H}, h0.options());
+  AT_DISPATCH_FLOATING_TYPES(h0.scalar_type(), "indrnn_scan", [&] {
+    const scalar_t* pp = projected.data_ptr<scalar_t>();
+    const scalar_t* h0p = h0.data_ptr<scalar_t>();
+    const scalar_t* __restrict__ up = u.data_ptr<scalar_t>();
+    scalar_t* hp = h.data_ptr<scalar_t>();
+    at::parallel_for(0, B, std::max<int64_t>(1, 2048 / H), [&](int64_t b0, int64_t b1) {
+      for (int64_t t = 0; t < T; ++t) {
+        const bool* valid = mask_row(mask, t, B);
+        for (int64_t r = b0; r < b1; ++r) {
+          const scalar_t* __restrict__ prev = (t == 0 ? h0p : hp + (t - 1) * B * H) + r * H;
+          scalar_t* __restrict__ out = hp + (t * B + r) * H;
+          if (valid != nullptr && !valid[r]) {
+            std::memcpy(out, prev, H * sizeof(scalar_t));
+            continue;
+          }
+          const scalar_t* __restrict__ p = pp + (t * B + r) * H;
+          for (int64_t j = 0; j < H; ++j) {
+            const scalar_t z = p[j] + up[j] * prev[j];
+            out[j] = z > scalar_t(0) ? z : scalar_t(0);
+          }
+        }
+      }
+    });
+  });
+  return h;
+}
+
+// Returns (dL/d projected (T, B, H), dL/dh0 (B, H), dL/du (H,)) from the forward's h and
+// dL/dh. ReLU's slope is h_t > 0. Each thread sums u's gradient over its rows, then adds it
+// to the total under a lock (H additions per thread).
+std::vector<at::Tensor> indrnn_scan_backward(const at::Tensor& h, const at::Tensor& h0, const at::Tensor& u,
+                                             const at::Tensor& mask, const at::Tensor& grad_h) {
+  const int64_t T = h.size(0), B = h.size(1), H = h0.size(1);
+  at::Tensor grad_pre = at::empty_like(h), grad_h0 = at::empty_like(h0), grad_u = at::zeros_like(u);
+  std::mutex total;
+  AT_DISPATCH_FLOATING_TYPES(h0.scalar_type(), "indrnn_scan_backward", [&] {
+    const scalar_t* hp = h.data_ptr<scalar_t>();
+    const scalar_t* h0p = h0.data_ptr<scalar_t>();
+    const scalar_t* __restrict__ up = u.data_ptr<scalar_t>();
+    const scalar_t* gp = grad_h.data_ptr<scalar_t>();
+    scalar_t* gpre = grad_pre.data_ptr<scalar_t>();
+    scalar_t* gh0 = grad_h0.data_ptr<scalar_t>();
+    scalar_t* gu = grad_u.data_ptr<scalar_t>();
+    at::parallel_for(0, B, std::max<int64_t>(1, 2048 / H), [&](int64_t b0, int64_t b1) {
+      std::vector<scalar_t> carry((b1 - b0) * H, scalar_t(0));  // dL/dh_t through later steps
+      std::vector<scalar_t> gu_part(H, scalar_t(0));
+      scalar_t* __restrict__ gup = gu_part.data();
+      for (int64_t t = T - 1; t >= 0; --t) {
+        const bool* valid = mask_row(mask, t, B);
+        for (int64_t r = b0; r < b1; ++r) {
+          scalar_t* __restrict__ c = carry.data() + (r - b0) * H;
+          const scalar_t* __restrict__ gt = gp + (t * B + r) * H;
+          scalar_t* __restrict__ gq = gpre + (t * B + r) * H;
+          if (valid != nullptr && !valid[r]) {  // ended: h_t = h_{t-1}, the gradient passes on
+            for (int64_t j = 0; j < H; ++j) c[j] += gt[j];
+            std::fill(gq, gq + H, scalar_t(0));
+            continue;
+          }
+          const scalar_t* __restrict__ out = hp + (t * B + r) * H;
+          const scalar_t* __restrict__ prev = (t == 0 ? h0p : hp + (t - 1) * B * H) + r * H;
+          for (int64_t j = 0; j < H; ++j) {
+            const scalar_t g = out[j] > scalar_t(0) ? c[j] + gt[j] : scalar_t(0);
+            gq[j] = g;
+            c[j] = g * up[j];
+          }
+          for (int64_t j = 0; j < H; ++j) gup[j] += gq[j] * prev[j];  // a loop of its own: it vectorises
+        }
+      }
+      std::copy(carry.begin(), carry.end(), gh0 + b0 * H);
+      std::lock_guard<std::mutex> lock(total);
+      for (int64_t j = 0; j < H; ++j) gu[j] += gup[j];
+    });
+  });
+  return {grad_pre, grad_h0, grad_u};
+}
+
 }  // namespace
 
 // The Python entry points: optional tensors (None) as undefined tensors. ``packed``: oneDNN's
@@ -736,6 +820,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
                                      const Opt& mask, const at::Tensor& grad_h) {
     return min_scan_backward<3>(p, h, h0, value(mask), grad_h);
   }, "min_lstm_scan's backward");
+  m.def("indrnn_scan", [](const at::Tensor& p, const at::Tensor& h0, const at::Tensor& u, const Opt& mask) {
+    return indrnn_scan(p, h0, u, value(mask));
+  }, "IndRNN layer after the input projection");
+  m.def("indrnn_scan_backward", [](const at::Tensor& h, const at::Tensor& h0, const at::Tensor& u, const Opt& mask,
+                                   const at::Tensor& grad_h) {
+    return indrnn_scan_backward(h, h0, u, value(mask), grad_h);
+  }, "indrnn_scan's backward");
   m.def("gru_inference", &gru_inference, "GRU layer without a backward, input projected in chunks of steps");
   m.def("lstm_inference", &lstm_inference, "LSTM layer without a backward, input projected in chunks of steps");
 }
