@@ -208,8 +208,8 @@ def prepare_resumed_job(cfg: DictConfig, overrides: list[str]) -> Path | None:
             checkpoints.rename(job_dir / "checkpoints.failed")
         return None
     last = checkpoints / "last.ckpt"
-    if not last.is_file():
-        last = _interrupted_sibling(job_dir, mine)
+    if not last.is_file():  # a job that never ran before may be an Optuna trial asked again
+        last = _interrupted_sibling(job_dir, mine) if recorded is None else None
     if last is None:
         return None
     with open_dict(cfg):
@@ -224,7 +224,8 @@ def _interrupted_sibling(job_dir: Path, overrides: list[str]) -> Path | None:
         last = other / "checkpoints" / "last.ckpt"
         result_path = other / RESULT_FILE
         status = json.loads(result_path.read_text()).get("status") if result_path.is_file() else None
-        if last.is_file() and status in (None, "interrupted") and _job_overrides(other) == overrides:
+        continued = (other / "continued.json").is_file()  # already taken over by another job
+        if last.is_file() and status in (None, "interrupted") and not continued and _job_overrides(other) == overrides:
             return last
     return None
 

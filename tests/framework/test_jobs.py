@@ -307,3 +307,53 @@ def test_a_resumed_sweeps_job_records_a_failure_before_training_and_leaves_anoth
     cfg = job_config(other, "resume_sweep=" + str(tmp_path / "sweep"), multirun=True, output_subdir=".hydra/resume")
     assert run(cfg) is None
     assert result(other) == record and not (other / "checkpoints").exists()
+
+
+def _job_dir(sweep, number, overrides, status=None, last=False):
+    job = sweep / str(number)
+    (job / ".hydra").mkdir(parents=True)
+    OmegaConf.save(OmegaConf.create(list(overrides)), job / ".hydra" / "overrides.yaml")
+    if status is not None:
+        (job / "result.json").write_text(json.dumps({"overrides": list(overrides), "status": status, "value": 0.5,
+                                                     "metrics": {}, "error": "boom"}))
+    if last:
+        (job / "checkpoints").mkdir()
+        (job / "checkpoints" / "last.ckpt").write_bytes(b"checkpoint")
+    return job
+
+
+def test_what_each_job_of_a_resumed_sweep_does_follows_its_record(tmp_path):
+    """rnnlab.sweeps.prepare_resumed_job on every kind of job directory a killed sweep leaves."""
+    from rnnlab.sweeps import JobAlreadyDone, JobMismatch, prepare_resumed_job
+
+    sweep, mine = tmp_path / "sweep", ["model.net.hidden_size=8"]
+
+    def decide(job, rerun=False, overrides=mine):
+        cfg = OmegaConf.create({"paths": {"output_dir": str(job)}, "ckpt_path": None, "rerun_failed": rerun})
+        return prepare_resumed_job(cfg, [*overrides, f"resume_sweep={sweep}"]), cfg
+
+    with pytest.raises(JobAlreadyDone, match="job 0 finished before"):
+        decide(_job_dir(sweep, 0, mine, "ok", last=True))
+    failed = _job_dir(sweep, 1, mine, "failed", last=True)
+    with pytest.raises(JobAlreadyDone, match="job 1 failed before .*rerun_failed=true runs it again"):
+        decide(failed)
+    path, cfg = decide(failed, rerun=True)  # runs again from the start
+    assert path is None and cfg.ckpt_path is None
+    assert not (failed / "checkpoints").exists() and (failed / "checkpoints.failed" / "last.ckpt").is_file()
+    killed = _job_dir(sweep, 2, mine, None, last=True)  # killed: no result, a checkpoint
+    path, cfg = decide(killed)
+    assert path == killed / "checkpoints" / "last.ckpt" and cfg.ckpt_path == str(path)
+    interrupted = _job_dir(sweep, 3, mine, "interrupted", last=True)  # Ctrl-C
+    assert decide(interrupted)[0] == interrupted / "checkpoints" / "last.ckpt"
+    assert decide(_job_dir(sweep, 4, mine))[0] is None  # started, no checkpoint yet: starts again
+    # A trial an Optuna search asks again under a new number: the interrupted job with its
+    # overrides (and no ok result) is continued; one with other overrides is not.
+    other = ["model.net.hidden_size=32"]
+    asked_again = sweep / "9"
+    interrupted_trial = _job_dir(sweep, 8, other, None, last=True)
+    assert decide(asked_again, overrides=other)[0] == interrupted_trial / "checkpoints" / "last.ckpt"
+    assert decide(sweep / "10", overrides=["model.net.hidden_size=64"])[0] is None
+    (interrupted_trial / "continued.json").write_text("{}")  # taken over already: not twice
+    assert decide(sweep / "11", overrides=other)[0] is None
+    with pytest.raises(JobMismatch, match="job 2 of the sweep ran"):
+        decide(killed, overrides=other)

@@ -105,6 +105,7 @@ def test_an_offline_wandb_run_holds_the_config_metrics_and_checkpoint_paths(tmp_
     assert json.loads((tmp_path / "trackers.json").read_text()) == {"wandb": run.run_id}
 
 
+@pytest.mark.slow  # a two-job sweep with every logger, about 16 s
 @pytest.mark.subprocess
 def test_a_sweep_is_one_tracker_group_with_a_run_per_job_and_its_swept_values(tmp_path):
     # logger=many: TensorBoard, CSV, MLflow and W&B together; the basic launcher runs both

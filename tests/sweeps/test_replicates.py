@@ -64,6 +64,7 @@ def test_a_sweep_without_replicates_keeps_one_row_per_job(tmp_path):
     assert "## Configurations" not in (tmp_path / "summary.md").read_text()
 
 
+@pytest.mark.slow  # five training jobs; the folds and the summary are tested in process by default
 @pytest.mark.subprocess
 def test_a_five_fold_cross_validation_is_one_sweep_with_one_configuration_row(tmp_path):
     sequences, labels = make_sequences(150)

@@ -145,6 +145,7 @@ def test_resume_refuses_a_different_grid_a_non_sweep_and_a_sweep_in_progress(tmp
     assert sorted(p.name for p in sweep_dir.rglob("*")) == before  # nothing ran, nothing written
 
 
+@pytest.mark.slow  # three sweeps, about 25 s; framework/test_jobs.py checks the same decisions in process
 def test_failed_jobs_keep_their_result_unless_rerun_failed(tmp_path):
     corpus = tmp_path / "corpus.txt"
     sweep_dir = tmp_path / "sweep"
