@@ -100,10 +100,11 @@ def configurations(rows: list[dict], swept: list[str], maximize: bool) -> list[d
             stats[name] = _stats([m["metrics"][name] for m in done if name in m["metrics"]])
         configs.append({"params": dict(zip(keys, values)), "jobs": sorted((m["job"] for m in members), key=_job_order),
                         "runs": len(members), **stats})
-    worst = -math.inf if maximize else math.inf
-    configs.sort(key=lambda c: (c["value"]["mean"] is None,
-                                -(c["value"]["mean"] if c["value"]["mean"] is not None else worst) if maximize
-                                else (c["value"]["mean"] if c["value"]["mean"] is not None else worst)))
+    def best_first(config: dict) -> tuple:
+        mean = config["value"]["mean"]
+        return (mean is None, 0.0 if mean is None else -mean if maximize else mean)
+
+    configs.sort(key=best_first)
     return configs
 
 
