@@ -80,6 +80,55 @@ def test_inference_projects_in_chunks_and_equals_the_python_loops(cell, bias, wi
         torch.testing.assert_close(a, b, atol=1e-10, rtol=0)
 
 
+@pytest.fixture
+def two_threads():
+    """Two torch threads for the test (the suite runs on one), so that parallel regions split."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("batch, hidden", [(13, 84), (7, 190)])
+@pytest.mark.parametrize("with_lengths", [True, False])
+def test_the_fused_lstm_step_equals_the_python_loop_however_the_threads_share_it(batch, hidden, with_lengths,
+                                                                                   time_loops, two_threads):
+    """The LSTM's fused step tiles the batch by up to six rows and the units by one vector's
+    width (8 in float64 with AVX-512), and shares a layer between the threads by batch rows
+    where W_hh is small (13 x 84) or by units at every step (7 x 190). Both, with a short last
+    tile of rows and a partial last panel of units, equal the Python loop in float64: the
+    training forward and backward, and inference, whose input is projected in chunks of 16
+    steps (T = 20: one chunk and part of another)."""
+    if time_loops != "compiled" or compiled.extension() is None:
+        pytest.skip("compares the compiled loops with the Python ones")
+    assert torch.get_num_threads() > 1 and batch * 4 * hidden * hidden >= 2**18  # the parallel paths run
+    torch.manual_seed(0)
+    rnn = RNN(5, hidden, cell="lstm").double()
+    x = torch.randn(batch, 20, 5, dtype=torch.float64)
+    h0 = [torch.randn(1, batch, hidden, dtype=torch.float64) for _ in range(2)]
+    lengths = torch.randint(1, 21, (batch,)) if with_lengths else None
+    ours = _forward_backward(rnn, x, h0, lengths)
+    with torch.no_grad():
+        inferred, _ = rnn(x, tuple(h0), lengths=lengths)
+    with compiled_loops(False):
+        reference = _forward_backward(rnn, x, h0, lengths)
+    for a, b in zip(ours, reference, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=0)
+    torch.testing.assert_close(inferred, reference[0], atol=1e-10, rtol=0)
+
+
+def test_the_compiled_loops_run_on_torchs_threads_and_openmp_runtime(two_threads):
+    """Built with OpenMP where PyTorch's threads are GNU OpenMP's, the loops' parallel regions
+    use as many threads as torch.get_num_threads(), and the process maps one libgomp
+    (PyTorch's), not a second runtime with threads of its own."""
+    if compiled.extension() is None or not compiled._openmp_flags():
+        pytest.skip("no compiled loops, or PyTorch's threads are not GNU OpenMP's here")
+    assert compiled.extension().threads_used() == torch.get_num_threads() > 1
+    with open("/proc/self/maps") as maps:
+        gomps = {line.split()[-1] for line in maps if "libgomp" in line}
+    assert len(gomps) == 1, gomps
+
+
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
 @pytest.mark.parametrize("packed", [True, False])
 def test_inference_equals_torch_nn_in_float32_with_and_without_packed_products(cell, packed):

@@ -63,12 +63,25 @@ def compiled_loops(enabled: bool) -> Iterator[None]:
         _enabled = previous
 
 
+def _openmp_flags() -> list[str]:
+    """``-fopenmp`` where PyTorch's own threads are GNU OpenMP's (its Linux builds): the loops'
+    ``at::parallel_for`` is a header template that runs on one thread unless the extension is
+    compiled with OpenMP. The extension then needs ``libgomp.so.1``, the library PyTorch has
+    already loaded under that name, so both share one thread pool (tests/models/test_compiled.py
+    checks that one libgomp is mapped). Elsewhere (macOS's libomp, other compilers) no flag:
+    the loops run on one thread, as before."""
+    if platform.system() != "Linux" or "parallel backend: OpenMP" not in torch.__config__.parallel_info():
+        return []
+    return ["-fopenmp"]
+
+
 def _flags() -> tuple[str, list[str]]:
     """(build name, compiler flags): the widest vectors the CPU has, as ATen's own CPU kernels
     choose them (``torch.backends.cpu.get_cpu_capability``: AVX-512, AVX2 with FMA, else the
-    architecture's baseline). ``-fno-trapping-math`` lets the compiler vectorise the
-    activation loops; it assumes no floating-point traps, which PyTorch never enables."""
-    flags = ["-O3", "-fno-trapping-math"]
+    architecture's baseline), and OpenMP (:func:`_openmp_flags`). ``-fno-trapping-math`` lets
+    the compiler vectorise the activation loops; it assumes no floating-point traps, which
+    PyTorch never enables."""
+    flags = ["-O3", "-fno-trapping-math", *_openmp_flags()]
     capability = torch.backends.cpu.get_cpu_capability() if hasattr(torch.backends, "cpu") else "DEFAULT"
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return "rnnlab_recurrences", flags
@@ -121,8 +134,8 @@ def _build():
     name, flags = _flags()
     try:
         with _build_lock(cpp_extension, name) as build_directory:
-            return cpp_extension.load(name, [str(SOURCE)], extra_cflags=flags, build_directory=build_directory,
-                                      verbose=False)
+            return cpp_extension.load(name, [str(SOURCE)], extra_cflags=flags, extra_ldflags=_openmp_flags(),
+                                      build_directory=build_directory, verbose=False)
     except Exception as err:  # noqa: BLE001 (a missing compiler, ninja or header fails in many ways)
         reason = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
         log.warning(f"rnnlab: the compiled recurrences could not be built ({reason[:200]}); the Python loops "
@@ -240,8 +253,7 @@ class LSTM(torch.autograd.Function):
         ctx.set_materialize_grads(False)
         h0, c0, w_hh = h0.contiguous(), c0.contiguous(), w_hh.contiguous()
         gates = projected.view(-1, h0.shape[0], projected.shape[1])  # (T, B, 4H)
-        states, c_n, cells, tanh_cells = extension().lstm_forward(gates, h0, c0, w_hh, packed_weight(w_hh, h0.shape[0]),
-                                                                  mask, save)
+        states, c_n, cells, tanh_cells = extension().lstm_forward(gates, h0, c0, w_hh, mask, save)
         if save:
             ctx.save_for_backward(projected, cells, tanh_cells, states, h0, c0, w_hh)
         ctx.mask = mask

@@ -327,9 +327,10 @@ def _run_inference(name: str, x: torch.Tensor, w_ih: torch.Tensor, bias: torch.T
     packed_ih = (packed_weight(w_ih, compiled.CHUNK_STEPS * B) if T * B * w_ih.numel() >= MIN_PACKED_LINEAR_MACS
                  else None)
     state = tuple(s.contiguous() for s in state)
+    # The GRU's step product may pack W_hh; the LSTM's step multiplies with its own layout of it.
+    packed_hh = (packed_weight(w_hh, B),) if name == "gru" else ()
     results = getattr(compiled.extension(), f"{name}_inference")(
-        x.contiguous(), w_ih.contiguous(), packed_ih, bias, *state, w_hh.contiguous(),
-        packed_weight(w_hh, B), *extra, step_mask)
+        x.contiguous(), w_ih.contiguous(), packed_ih, bias, *state, w_hh.contiguous(), *packed_hh, *extra, step_mask)
     outputs = results[0]  # (T, B, H)
     final = (outputs[-1].clone(), *results[1:len(state)])  # h_T [, c_T]
     if mask is not None:

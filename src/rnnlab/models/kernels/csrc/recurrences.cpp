@@ -16,6 +16,10 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 
 #include <algorithm>
+#include <type_traits>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -139,6 +143,18 @@ class StepInputs {
 
   int64_t steps() const { return all_.defined() ? all_.size(0) : x_.size(0); }
 
+  // The end of the span of steps from t that data() serves once at(t) has run: every step, or
+  // the rest of t's chunk.
+  int64_t span_end(int64_t t) const { return all_.defined() ? steps() : std::min(steps(), t - t % kChunk + kChunk); }
+
+  // p_t's first element, for a step of the span that at() last prepared; no tensor is made.
+  template <typename T>
+  T* data(int64_t t) const {
+    const at::Tensor& source = all_.defined() ? all_ : chunk_;
+    const int64_t step = all_.defined() ? t : t % kChunk;
+    return source.data_ptr<T>() + step * source.stride(0);
+  }
+
   // p_t (B, G*H), writable: the recurrences may overwrite it.
   at::Tensor at(int64_t t) {
     if (all_.defined()) return all_[t];
@@ -243,29 +259,6 @@ template <typename T>
 void gru_back_state_row(T* __restrict__ out, const T* __restrict__ through, const T* __restrict__ dh,
                         const T* __restrict__ z, int64_t H) {
   for (int64_t j = 0; j < H; ++j) out[j] = through[j] + dh[j] * z[j];
-}
-
-template <typename T>
-void lstm_row(T* __restrict__ a, const T* __restrict__ cp, T* __restrict__ c, T* __restrict__ tc, T* __restrict__ h,
-              int64_t H) {
-  T* __restrict__ af = a + H;
-  T* __restrict__ ag = a + 2 * H;
-  T* __restrict__ ao = a + 3 * H;
-  for (int64_t j = 0; j < H; ++j) {
-    const T i = Act<T>::sigmoid(a[j]);
-    const T f = Act<T>::sigmoid(af[j]);
-    const T g = Act<T>::tanh(ag[j]);
-    const T o = Act<T>::sigmoid(ao[j]);
-    a[j] = i;
-    af[j] = f;
-    ag[j] = g;
-    ao[j] = o;
-    const T cj = f * cp[j] + i * g;
-    const T tcj = Act<T>::tanh(cj);
-    c[j] = cj;
-    tc[j] = tcj;
-    h[j] = o * tcj;
-  }
 }
 
 template <typename T>
@@ -450,44 +443,289 @@ std::vector<at::Tensor> gru_backward_impl(const at::Tensor& rz, const at::Tensor
 
 // ------------------------------------------------------------------ LSTM
 // (i, f, g, o) = (sigmoid, sigmoid, tanh, sigmoid)(p_t + W_hh h_{t-1}), c' = f c + i g, h' = o tanh(c').
-// The activated gates are written over ``projected`` (T, B, 4H), a temporary the caller gives up.
+//
+// The forward's step is one fused pass instead of a product followed by an element-wise pass:
+// the output (B, 4H) is cut into tiles of kTileRows batch rows by Vec<T>::N units, each tile
+// holding the four gates of its units, so that W_hh h_{t-1} for a tile is summed in registers
+// (kTileRows x 4 vectors, on top of p_t) and the tile's gates, c_t and h_t are computed from
+// those registers before anything is written back. A product call followed by a pass over its
+// output writes and re-reads (B, 4H) per step and cannot start the activations of one tile
+// while the next is being multiplied; at the char shape (B 64, H 256) the fused step takes
+// about 0.6x the time of the packed oneDNN product alone (docs/performance.md, item 14).
+//
+// W_hh is reordered once per call into panels (Vec<T>::N units each): panel j holds, for every
+// input unit k, the 4 gates' weights of units j*N .. j*N + N - 1, contiguous ((P, H, 4, N),
+// zero past H), so a tile reads its weights as one stream. The threads split the panels (the
+// same ones at every step, so each keeps its part of W_hh in its own cache) and meet once per
+// step.
+
+// Vectors of the CPU's widest registers (as the extension is compiled: see _flags() in
+// compiled.py), written with GCC's vector extensions so that one source serves float and
+// double, AVX-512, AVX2 and SSE. Tiles are kTileRows x 4 vectors: 24 of AVX-512's 32
+// registers for the sums, 4 for the weights; AVX2 and SSE have 16.
+#if defined(__AVX512F__)
+constexpr int kVecBytes = 64;
+constexpr int kTileRows = 6;
+#elif defined(__AVX__)
+constexpr int kVecBytes = 32;
+constexpr int kTileRows = 2;
+#else
+constexpr int kVecBytes = 16;
+constexpr int kTileRows = 2;
+#endif
+
+template <typename T>
+struct Vec {
+  static constexpr int N = kVecBytes / sizeof(T);
+  typedef T type __attribute__((vector_size(kVecBytes)));
+  static inline type load(const T* p) {
+    type v;
+    std::memcpy(&v, p, sizeof(v));
+    return v;
+  }
+  static inline void store(T* p, type v) { std::memcpy(p, &v, sizeof(v)); }
+};
+
+// W_hh (4H, H) as panels (P, H, 4, N), N = Vec<T>::N units per panel, zero past H.
+at::Tensor lstm_panels(const at::Tensor& w_hh, int64_t N) {
+  const int64_t H = w_hh.size(1), P = (H + N - 1) / N;
+  at::Tensor w = w_hh.view({4, H, H});                      // (gate, unit, k)
+  if (P * N != H) w = at::constant_pad_nd(w, {0, 0, 0, P * N - H});
+  return w.view({4, P, N, H}).permute({1, 3, 0, 2}).contiguous();  // (P, k, gate, N)
+}
+
+// One step's tensors, as pointers: h_{t-1}, c_{t-1} (B, H); p_t (B, 4H), the pre-activations
+// without W_hh h_{t-1}, overwritten by the activated gates; c_t, tanh(c_t), h_t (B, H).
+template <typename T>
+struct LSTMStep {
+  const T* hp;
+  const T* cp;
+  T* p;
+  T* c;
+  T* tc;
+  T* h;
+  const bool* valid;  // (B,) or null
+  int64_t H;
+};
+
+// The element-wise part of a step for n units of one row, from their pre-activations.
+template <typename T, int N>
+inline void lstm_units(const T (&pre)[4][N], T* __restrict__ a, const T* __restrict__ cp, T* __restrict__ c,
+                       T* __restrict__ tc, T* __restrict__ h, int64_t H, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) {
+    const T i = Act<T>::sigmoid(pre[0][j]);
+    const T f = Act<T>::sigmoid(pre[1][j]);
+    const T g = Act<T>::tanh(pre[2][j]);
+    const T o = Act<T>::sigmoid(pre[3][j]);
+    a[j] = i;
+    a[H + j] = f;
+    a[2 * H + j] = g;
+    a[3 * H + j] = o;
+    const T cj = f * cp[j] + i * g;
+    const T tcj = Act<T>::tanh(cj);
+    c[j] = cj;
+    tc[j] = tcj;
+    h[j] = o * tcj;
+  }
+}
+
+#if defined(__AVX512F__)
+// lstm_units for float32 and 16 units held in AVX-512 registers. The same functions as
+// Act<float>: Cephes' expf polynomial, 2^n applied with scalef; 1 / (1 + e) as the reciprocal
+// estimate refined by one Newton step (about 1 ulp; a division costs several times more).
+inline __m512 exp16(__m512 x) {
+  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.0f)), _mm512_set1_ps(88.0f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fmadd_ps(n, _mm512_set1_ps(2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  p = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+  return _mm512_scalef_ps(p, n);
+}
+inline __m512 sigmoid16(__m512 x) {
+  const __m512 d = _mm512_add_ps(_mm512_set1_ps(1.0f), exp16(_mm512_sub_ps(_mm512_setzero_ps(), x)));
+  const __m512 r = _mm512_rcp14_ps(d);
+  return _mm512_mul_ps(r, _mm512_fnmadd_ps(d, r, _mm512_set1_ps(2.0f)));
+}
+inline __m512 tanh16(__m512 x) {
+  return _mm512_fmsub_ps(_mm512_set1_ps(2.0f), sigmoid16(_mm512_add_ps(x, x)), _mm512_set1_ps(1.0f));
+}
+template <typename V>
+inline void lstm_units16(const V (&pre)[4], float* __restrict__ a, const float* __restrict__ cp,
+                         float* __restrict__ c, float* __restrict__ tc, float* __restrict__ h, int64_t H) {
+  const __m512 i = sigmoid16(reinterpret_cast<__m512>(pre[0])), f = sigmoid16(reinterpret_cast<__m512>(pre[1]));
+  const __m512 g = tanh16(reinterpret_cast<__m512>(pre[2])), o = sigmoid16(reinterpret_cast<__m512>(pre[3]));
+  _mm512_storeu_ps(a, i);
+  _mm512_storeu_ps(a + H, f);
+  _mm512_storeu_ps(a + 2 * H, g);
+  _mm512_storeu_ps(a + 3 * H, o);
+  const __m512 cj = _mm512_fmadd_ps(f, _mm512_loadu_ps(cp), _mm512_mul_ps(i, g));
+  const __m512 tcj = tanh16(cj);
+  _mm512_storeu_ps(c, cj);
+  _mm512_storeu_ps(tc, tcj);
+  _mm512_storeu_ps(h, _mm512_mul_ps(o, tcj));
+}
+#endif
+
+// Rows m .. m + MR - 1 and units u0 .. u0 + n - 1 (n <= N; n < N only in the last panel) of one
+// step. ``next``: the p_t row of the tile this thread does next, fetched into the cache while
+// this one multiplies (p_t comes from a (T, B, 4H) tensor far larger than the caches).
+template <typename T, int MR>
+void lstm_tile(const LSTMStep<T>& s, const T* __restrict__ panel, int64_t m, int64_t u0, int64_t n,
+               const T* next) {
+  using V = Vec<T>;
+  constexpr int N = V::N;
+  const int64_t H = s.H;
+  const bool whole = n == N;
+  alignas(64) T part[MR][4][N];  // the last panel's p_t, zero past H
+  if (!whole) {
+    for (int r = 0; r < MR; ++r) {
+      for (int g = 0; g < 4; ++g) {
+        std::fill(part[r][g], part[r][g] + N, T(0));
+        std::memcpy(part[r][g], s.p + (m + r) * 4 * H + g * H + u0, n * sizeof(T));
+      }
+    }
+  }
+  typename V::type acc[MR][4];
+  for (int r = 0; r < MR; ++r) {
+    for (int g = 0; g < 4; ++g) {
+      acc[r][g] = V::load(whole ? s.p + (m + r) * 4 * H + g * H + u0 : part[r][g]);
+    }
+  }
+  const T* __restrict__ hp = s.hp + m * H;
+  for (int64_t k = 0; k < H; ++k) {
+    if (next != nullptr && k < MR * 4) __builtin_prefetch(next + (k >> 2) * 4 * H + (k & 3) * H);
+    const T* w = panel + k * 4 * N;
+    const auto w0 = V::load(w), w1 = V::load(w + N), w2 = V::load(w + 2 * N), w3 = V::load(w + 3 * N);
+    for (int r = 0; r < MR; ++r) {
+      const T a = hp[r * H + k];
+      acc[r][0] += a * w0;
+      acc[r][1] += a * w1;
+      acc[r][2] += a * w2;
+      acc[r][3] += a * w3;
+    }
+  }
+  for (int r = 0; r < MR; ++r) {
+    const int64_t row = m + r;
+    if (s.valid != nullptr && !s.valid[row]) {  // ended: c and h carry over
+      std::memcpy(s.c + row * H + u0, s.cp + row * H + u0, n * sizeof(T));
+      std::memcpy(s.h + row * H + u0, s.hp + row * H + u0, n * sizeof(T));
+      continue;
+    }
+    T* __restrict__ a = s.p + row * 4 * H + u0;
+    const T* __restrict__ cp = s.cp + row * H + u0;
+    T* __restrict__ c = s.c + row * H + u0;
+    T* __restrict__ tc = s.tc + row * H + u0;
+    T* __restrict__ h = s.h + row * H + u0;
+#if defined(__AVX512F__)
+    if constexpr (std::is_same_v<T, float>) {
+      if (whole) {
+        lstm_units16(acc[r], a, cp, c, tc, h, H);
+        continue;
+      }
+    }
+#endif
+    alignas(64) T pre[4][N];
+    for (int g = 0; g < 4; ++g) V::store(pre[g], acc[r][g]);
+    if (whole) {
+      lstm_units<T, N>(pre, a, cp, c, tc, h, H, N);
+    } else {
+      lstm_units<T, N>(pre, a, cp, c, tc, h, H, n);
+    }
+  }
+}
+
+// lstm_tile for ``rows`` (1 .. kTileRows) rows: the batch's last tile may be short.
+template <typename T, int MR = kTileRows>
+inline void lstm_tile_rows(int64_t rows, const LSTMStep<T>& s, const T* panel, int64_t m, int64_t u0, int64_t n,
+                           const T* next) {
+  if constexpr (MR > 1) {
+    if (rows < MR) return lstm_tile_rows<T, MR - 1>(rows, s, panel, m, u0, n, next);
+  }
+  lstm_tile<T, MR>(s, panel, m, u0, n, next);
+}
+
+
+// Rows b0 .. b1 - 1 and panels j0 .. j1 - 1 of one step.
+template <typename T>
+void lstm_block(const LSTMStep<T>& s, const T* panels, int64_t b0, int64_t b1, int64_t j0, int64_t j1) {
+  constexpr int N = Vec<T>::N;
+  const int64_t H = s.H;
+  for (int64_t j = j0; j < j1; ++j) {
+    const T* panel = panels + j * H * 4 * N;
+    const int64_t u0 = j * N, n = std::min<int64_t>(N, H - u0);
+    for (int64_t m = b0; m < b1; m += kTileRows) {
+      const T* next = m + kTileRows < b1 ? s.p + (m + kTileRows) * 4 * H + u0
+                      : j + 1 < j1       ? s.p + b0 * 4 * H + u0 + N
+                                         : nullptr;
+      lstm_tile_rows<T>(std::min<int64_t>(kTileRows, b1 - m), s, panel, m, u0, n, next);
+    }
+  }
+}
+
+// How the threads share a layer's steps. A sequence's batch rows are independent of each
+// other, so when W_hh fits in a core's cache next to its share of the rows (up to H = 256 in
+// float32), each thread takes a share of the rows for all the steps it can (all T, or a chunk
+// of projected input): one parallel region per layer or chunk, no meeting between steps, and
+// each core reads only the states it wrote. Past that size each thread would read all of W_hh
+// from memory at every step; then the threads split the units instead (each keeps its panels
+// of W_hh in its cache) and meet at every step, since every unit of h_t reads all of h_{t-1}.
+// Steps of few multiply-adds (generation at batch 1) run on one thread.
+constexpr int64_t kRowSplitMaxWeightBytes = int64_t(1) << 20;
+constexpr int64_t kMinParallelStepMacs = int64_t(1) << 18;
+
+// The activated gates are written over ``inputs``' steps, a temporary the caller gives up.
 // Returns (states, c_n, cells (T, B, H), tanh_cells (T, B, H)); the last two when ``save``.
 std::vector<at::Tensor> lstm_forward_impl(StepInputs& inputs, const at::Tensor& h0, const at::Tensor& c0,
-                                          const at::Tensor& w_hh, const Opt& packed, const at::Tensor& mask,
-                                          bool save) {
+                                          const at::Tensor& w_hh, const at::Tensor& mask, bool save) {
   const int64_t T = inputs.steps(), B = h0.size(0), H = h0.size(1);
   at::Tensor states = at::empty({T, B, H}, h0.options());
   at::Tensor cells = at::empty({save ? T : 2, B, H}, h0.options());  // without a backward: two, in turn
   at::Tensor tanh_cells = at::empty({save ? T : 1, B, H}, h0.options());
-  const StepProduct recurrent(w_hh, packed, B);
-  at::Tensor c_prev = c0;
   AT_DISPATCH_FLOATING_TYPES(h0.scalar_type(), "lstm_forward", [&] {
-    for (int64_t t = 0; t < T; ++t) {
-      const at::Tensor h_prev = t == 0 ? h0 : states[t - 1];
-      at::Tensor p_t = inputs.at(t);
-      recurrent.add_into(p_t, p_t, h_prev);  // p_t + W_hh h_{t-1}, in place
-      const at::Tensor c_t = cells[save ? t : t % 2];
-      scalar_t* ap = p_t.data_ptr<scalar_t>();
-      const scalar_t* cp = c_prev.data_ptr<scalar_t>();
-      const scalar_t* hp = h_prev.data_ptr<scalar_t>();
-      scalar_t* c = c_t.data_ptr<scalar_t>();
-      scalar_t* tc = tanh_cells.data_ptr<scalar_t>() + (save ? t : 0) * B * H;
-      scalar_t* h = states.data_ptr<scalar_t>() + t * B * H;
-      const bool* valid = mask_row(mask, t, B);
-      for_rows(B, 4 * H, [&](int64_t b0, int64_t b1) {
-        for (int64_t b = b0; b < b1; ++b) {
-          if (valid != nullptr && !valid[b]) {
-            std::memcpy(c + b * H, cp + b * H, H * sizeof(scalar_t));
-            std::memcpy(h + b * H, hp + b * H, H * sizeof(scalar_t));
+    using T_ = scalar_t;
+    const at::Tensor panels_t = lstm_panels(w_hh, Vec<T_>::N);
+    const T_* panels = panels_t.data_ptr<T_>();
+    const int64_t P = panels_t.size(0), BH = B * H;
+    T_* st = states.data_ptr<T_>();
+    T_* ce = cells.data_ptr<T_>();
+    T_* tce = tanh_cells.data_ptr<T_>();
+    auto step = [&](int64_t t) {
+      const T_* cp = t == 0 ? c0.data_ptr<T_>() : ce + (save ? t - 1 : (t - 1) % 2) * BH;
+      return LSTMStep<T_>{t == 0 ? h0.data_ptr<T_>() : st + (t - 1) * BH, cp, inputs.data<T_>(t),
+                          ce + (save ? t : t % 2) * BH, tce + (save ? t : 0) * BH, st + t * BH,
+                          mask_row(mask, t, B), H};
+    };
+    const bool parallel = B * 4 * H * H >= kMinParallelStepMacs && at::get_num_threads() > 1;
+    const bool split_rows = parallel && B >= 2 * kTileRows &&
+                            4 * H * H * int64_t(sizeof(T_)) <= kRowSplitMaxWeightBytes;
+    for (int64_t t0 = 0; t0 < T;) {
+      inputs.at(t0);  // projects the chunk that starts at t0 where x is projected chunk by chunk
+      const int64_t t1 = inputs.span_end(t0);
+      if (split_rows) {
+        at::parallel_for(0, B, kTileRows, [&](int64_t b0, int64_t b1) {
+          for (int64_t t = t0; t < t1; ++t) lstm_block(step(t), panels, b0, b1, 0, P);
+        });
+      } else {
+        for (int64_t t = t0; t < t1; ++t) {
+          const LSTMStep<T_> s = step(t);
+          if (parallel) {
+            at::parallel_for(0, P, 1, [&](int64_t j0, int64_t j1) { lstm_block(s, panels, 0, B, j0, j1); });
           } else {
-            lstm_row(ap + b * 4 * H, cp + b * H, c + b * H, tc + b * H, h + b * H, H);
+            lstm_block(s, panels, 0, B, 0, P);
           }
         }
-      });
-      c_prev = c_t;
+      }
+      t0 = t1;
     }
   });
-  at::Tensor c_n = c_prev.clone();
+  at::Tensor c_n = T == 0 ? c0.clone() : cells[save ? T - 1 : (T - 1) % 2].clone();
   if (!save) return {states, c_n, at::Tensor(), at::Tensor()};
   return {states, c_n, cells, tanh_cells};
 }
@@ -773,9 +1011,9 @@ std::vector<at::Tensor> gru_backward(const at::Tensor& rz, const at::Tensor& hn,
   return gru_backward_impl(rz, hn, n, states, h0, w_hh, packed_t, value(mask), value(grad_states), value(grad_h_n));
 }
 std::vector<at::Tensor> lstm_forward(at::Tensor projected, const at::Tensor& h0, const at::Tensor& c0,
-                                     const at::Tensor& w_hh, const Opt& packed, const Opt& mask, bool save) {
+                                     const at::Tensor& w_hh, const Opt& mask, bool save) {
   StepInputs inputs(projected);
-  return lstm_forward_impl(inputs, h0, c0, w_hh, packed, value(mask), save);
+  return lstm_forward_impl(inputs, h0, c0, w_hh, value(mask), save);
 }
 // Without a backward: x (T, B, D) projected by w_ih (G*H, D) (``packed_ih``: its packed copy or
 // None) and bias (G*H,) or None, a few steps at a time (StepInputs). Returns what the forwards above return with save false.
@@ -787,9 +1025,9 @@ std::vector<at::Tensor> gru_inference(const at::Tensor& x, const at::Tensor& w_i
 }
 std::vector<at::Tensor> lstm_inference(const at::Tensor& x, const at::Tensor& w_ih, const Opt& packed_ih,
                                        const Opt& bias, const at::Tensor& h0, const at::Tensor& c0,
-                                       const at::Tensor& w_hh, const Opt& packed, const Opt& mask) {
+                                       const at::Tensor& w_hh, const Opt& mask) {
   StepInputs inputs(x, w_ih, value(packed_ih), value(bias));
-  return lstm_forward_impl(inputs, h0, c0, w_hh, packed, value(mask), false);
+  return lstm_forward_impl(inputs, h0, c0, w_hh, value(mask), false);
 }
 std::vector<at::Tensor> lstm_backward(const at::Tensor& gates, const at::Tensor& cells, const at::Tensor& tanh_cells,
                                       const at::Tensor& states, const at::Tensor& h0, const at::Tensor& c0,
@@ -799,7 +1037,16 @@ std::vector<at::Tensor> lstm_backward(const at::Tensor& gates, const at::Tensor&
                             value(grad_states), value(grad_h_n), value(grad_c_n));
 }
 
+// How many threads at::parallel_for runs here (one unless this file is compiled with OpenMP).
+int64_t threads_used() {
+  const int64_t n = at::get_num_threads();
+  std::vector<int> seen(n, 0);
+  at::parallel_for(0, n, 1, [&](int64_t, int64_t) { seen[at::get_thread_num()] = 1; });
+  return std::count(seen.begin(), seen.end(), 1);
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("threads_used", &threads_used, "how many threads a parallel region of this extension runs");
   m.def("elman_forward", &elman_forward, "Elman recurrence, in place over projected");
   m.def("elman_backward", &elman_backward, "Elman recurrence's backward");
   m.def("gru_forward", &gru_forward, "GRU recurrence");
