@@ -265,7 +265,7 @@ class LSTM(torch.autograd.Function):
         projected, cells, tanh_cells, states, h0, c0, w_hh = ctx.saved_tensors
         gates = projected.view(-1, h0.shape[0], projected.shape[1])  # (T, B, 4H)
         grad_gates, grad_h0, grad_c0 = extension().lstm_backward(
-            gates, cells, tanh_cells, states, h0, c0, w_hh, packed_weight(w_hh.t(), h0.shape[0]), ctx.mask,
+            gates, cells, tanh_cells, states, h0, c0, w_hh, ctx.mask,
             _contiguous(grad_states), _contiguous(grad_h_n), _contiguous(grad_c_n))
         grad_w_hh = _weight_grad(grad_gates, states, h0)
         return grad_gates.view(projected.shape), grad_h0, grad_c0, grad_w_hh, None, None

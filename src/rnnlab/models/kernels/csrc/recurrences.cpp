@@ -263,14 +263,14 @@ void gru_back_state_row(T* __restrict__ out, const T* __restrict__ through, cons
 
 template <typename T>
 void lstm_back_row(const T* __restrict__ a, const T* __restrict__ tc, const T* __restrict__ cp,
-                   const T* __restrict__ dh, T* __restrict__ dc, T* __restrict__ g, int64_t H) {
+                   const T* __restrict__ dh, T* __restrict__ dc, T* __restrict__ g, int64_t H, int64_t n) {
   const T* __restrict__ af = a + H;
   const T* __restrict__ ag = a + 2 * H;
   const T* __restrict__ ao = a + 3 * H;
   T* __restrict__ gf = g + H;
   T* __restrict__ gg = g + 2 * H;
   T* __restrict__ go = g + 3 * H;
-  for (int64_t j = 0; j < H; ++j) {
+  for (int64_t j = 0; j < n; ++j) {
     const T i = a[j], f = af[j], gj = ag[j], o = ao[j], t = tc[j];
     const T c_grad = dc[j] + dh[j] * o * (T(1) - t * t);
     g[j] = c_grad * gj * i * (T(1) - i);
@@ -730,41 +730,167 @@ std::vector<at::Tensor> lstm_forward_impl(StepInputs& inputs, const at::Tensor& 
   return {states, c_n, cells, tanh_cells};
 }
 
-// Returns (dL/d pre-activations (T, B, 4H), dL/dh0, dL/dc0).
+// The backward fuses the same way. Its step product is dL/dh_{t-1} = dL/da_t W_hh, (B, 4H) x
+// (4H, H); a tile is kTileRows rows by 4 vectors of units of dL/dh_{t-1}, summed in registers,
+// and its epilogue is step t-1's element-wise work for those rows and units: dL/dh_{t-1} (plus
+// the outputs' gradient), and from it dL/da_{t-1} and dL/dc_{t-2}. W_hh's rows are already
+// units-contiguous, so its panels are (P, 4H, 4N): for each of the 4H inputs of the product,
+// 4N consecutive units.
+at::Tensor lstm_back_panels(const at::Tensor& w_hh, int64_t width) {
+  const int64_t H = w_hh.size(1), P = (H + width - 1) / width;
+  at::Tensor w = w_hh;  // (4H, units)
+  if (P * width != H) w = at::constant_pad_nd(w, {0, P * width - H});
+  return w.view({4 * H, P, width}).permute({1, 0, 2}).contiguous();  // (P, 4H, width)
+}
+
+// Step t -> t-1 of the backward, as pointers. ``ga``: dL/da_t (B, 4H), read; ``ga_prev``:
+// dL/da_{t-1}, written (null at t = 0: then only dL/dh_{-1}, which is dL/dh0, is made);
+// ``gh``: dL/dh_t on entry (what an ended row passes on), dL/dh_{t-1} on exit; ``gc``:
+// dL/dc_{t-1} on entry, dL/dc_{t-2} on exit; ``gs``: the outputs' gradient at t-1 or null;
+// ``a``, ``tc``, ``cp``: step t-1's activated gates, tanh(c_{t-1}) and c_{t-2};
+// ``valid`` / ``valid_prev``: the mask rows of t and t-1, or null.
+template <typename T>
+struct LSTMBackStep {
+  const T* ga;
+  T* ga_prev;
+  T* gh;
+  T* gc;
+  const T* gs;
+  const T* a;
+  const T* tc;
+  const T* cp;
+  const bool* valid;
+  const bool* valid_prev;
+  int64_t H;
+};
+
+template <typename T, int MR>
+void lstm_back_tile(const LSTMBackStep<T>& s, const T* __restrict__ panel, int64_t m, int64_t u0, int64_t n) {
+  using V = Vec<T>;
+  constexpr int N = V::N;
+  const int64_t H = s.H, K = 4 * H;
+  typename V::type acc[MR][4];
+  for (int r = 0; r < MR; ++r)
+    for (int v = 0; v < 4; ++v) acc[r][v] = typename V::type{};
+  const T* __restrict__ ga = s.ga + m * K;
+  for (int64_t k = 0; k < K; ++k) {
+    const T* w = panel + k * 4 * N;
+    const auto w0 = V::load(w), w1 = V::load(w + N), w2 = V::load(w + 2 * N), w3 = V::load(w + 3 * N);
+    for (int r = 0; r < MR; ++r) {
+      const T d = ga[r * K + k];
+      acc[r][0] += d * w0;
+      acc[r][1] += d * w1;
+      acc[r][2] += d * w2;
+      acc[r][3] += d * w3;
+    }
+  }
+  for (int r = 0; r < MR; ++r) {
+    const int64_t row = m + r;
+    alignas(64) T dh[4 * N];
+    for (int v = 0; v < 4; ++v) V::store(dh + v * N, acc[r][v]);
+    T* __restrict__ gh = s.gh + row * H + u0;
+    if (s.valid != nullptr && !s.valid[row]) std::memcpy(dh, gh, n * sizeof(T));  // ended at t: passed on
+    if (s.gs != nullptr) add_row(dh, s.gs + row * H + u0, n);
+    std::memcpy(gh, dh, n * sizeof(T));
+    if (s.ga_prev == nullptr) continue;
+    T* ga_prev = s.ga_prev + row * K + u0;
+    if (s.valid_prev != nullptr && !s.valid_prev[row]) {  // ended at t-1: no gate gradients, dL/dc passes on
+      for (int g = 0; g < 4; ++g) std::fill(ga_prev + g * H, ga_prev + g * H + n, T(0));
+      continue;
+    }
+    lstm_back_row(s.a + row * K + u0, s.tc + row * H + u0, s.cp + row * H + u0, dh, s.gc + row * H + u0, ga_prev,
+                  H, n);
+  }
+}
+
+template <typename T, int MR = kTileRows>
+inline void lstm_back_tile_rows(int64_t rows, const LSTMBackStep<T>& s, const T* panel, int64_t m, int64_t u0,
+                                int64_t n) {
+  if constexpr (MR > 1) {
+    if (rows < MR) return lstm_back_tile_rows<T, MR - 1>(rows, s, panel, m, u0, n);
+  }
+  lstm_back_tile<T, MR>(s, panel, m, u0, n);
+}
+
+template <typename T>
+void lstm_back_block(const LSTMBackStep<T>& s, const T* panels, int64_t b0, int64_t b1, int64_t j0, int64_t j1) {
+  constexpr int W = 4 * Vec<T>::N;
+  const int64_t H = s.H;
+  for (int64_t j = j0; j < j1; ++j) {
+    const T* panel = panels + j * 4 * H * W;
+    const int64_t u0 = j * W, n = std::min<int64_t>(W, H - u0);
+    for (int64_t m = b0; m < b1; m += kTileRows) {
+      lstm_back_tile_rows<T>(std::min<int64_t>(kTileRows, b1 - m), s, panel, m, u0, n);
+    }
+  }
+}
+
+// Returns (dL/d pre-activations (T, B, 4H), dL/dh0, dL/dc0). The threads share the steps as
+// the forward's do (lstm_forward_impl).
 std::vector<at::Tensor> lstm_backward_impl(const at::Tensor& gates, const at::Tensor& cells,
                                            const at::Tensor& tanh_cells, const at::Tensor& states,
                                            const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& w_hh,
-                                           const Opt& packed_t, const at::Tensor& mask, const at::Tensor& grad_states,
+                                           const at::Tensor& mask, const at::Tensor& grad_states,
                                            const at::Tensor& grad_h_n, const at::Tensor& grad_c_n) {
   const int64_t T = states.size(0), B = states.size(1), H = states.size(2);
-  const StepProduct back(w_hh.t(), packed_t, B);  // g -> g W_hh
   at::Tensor grad_gates = at::empty({T, B, 4 * H}, h0.options());
-  at::Tensor grad_h = grad_h_n.defined() ? grad_h_n.clone() : at::zeros_like(h0);
+  at::Tensor grad_h = grad_h_n.defined() ? grad_h_n.clone() : at::zeros_like(h0);  // dL/dh_t, updated in place
   at::Tensor grad_c = grad_c_n.defined() ? grad_c_n.clone() : at::zeros_like(c0);  // dL/dc_t, updated in place
-  at::Tensor next = at::empty_like(h0);
   AT_DISPATCH_FLOATING_TYPES(states.scalar_type(), "lstm_backward", [&] {
-    for (int64_t t = T - 1; t >= 0; --t) {
-      const scalar_t* cp = (t == 0 ? c0 : cells[t - 1]).data_ptr<scalar_t>();
-      const scalar_t* gs = grad_states.defined() ? grad_states.data_ptr<scalar_t>() + t * B * H : nullptr;
-      const scalar_t* a = gates.data_ptr<scalar_t>() + t * B * 4 * H;
-      const scalar_t* tc = tanh_cells.data_ptr<scalar_t>() + t * B * H;
-      scalar_t* gh = grad_h.data_ptr<scalar_t>();
-      scalar_t* gc = grad_c.data_ptr<scalar_t>();
-      scalar_t* gg = grad_gates.data_ptr<scalar_t>() + t * B * 4 * H;
-      const bool* valid = mask_row(mask, t, B);
-      for_rows(B, 4 * H, [&](int64_t b0, int64_t b1) {
-        for (int64_t b = b0; b < b1; ++b) {
-          if (gs != nullptr) add_row(gh + b * H, gs + b * H, H);
-          if (valid != nullptr && !valid[b]) {
-            std::fill(gg + b * 4 * H, gg + (b + 1) * 4 * H, scalar_t(0));  // ended: dL/dh, dL/dc pass on
-          } else {
-            lstm_back_row(a + b * 4 * H, tc + b * H, cp + b * H, gh + b * H, gc + b * H, gg + b * 4 * H, H);
-          }
-        }
+    using T_ = scalar_t;
+    const int64_t BH = B * H, K = 4 * H;
+    const at::Tensor panels_t = lstm_back_panels(w_hh, 4 * Vec<T_>::N);
+    const T_* panels = panels_t.data_ptr<T_>();
+    const int64_t P = panels_t.size(0);
+    const T_* gs = grad_states.defined() ? grad_states.data_ptr<T_>() : nullptr;
+    T_* gg = grad_gates.data_ptr<T_>();
+    T_* gh = grad_h.data_ptr<T_>();
+    T_* gc = grad_c.data_ptr<T_>();
+    // Step t -> t-1 (t-1 = -1: dL/dh0 only).
+    auto step = [&](int64_t t) {
+      const bool first = t == 0;
+      return LSTMBackStep<T_>{gg + t * B * K,
+                              first ? nullptr : gg + (t - 1) * B * K,
+                              gh,
+                              gc,
+                              first || gs == nullptr ? nullptr : gs + (t - 1) * BH,
+                              first ? nullptr : gates.data_ptr<T_>() + (t - 1) * B * K,
+                              first ? nullptr : tanh_cells.data_ptr<T_>() + (t - 1) * BH,
+                              first ? nullptr : t == 1 ? c0.data_ptr<T_>() : cells.data_ptr<T_>() + (t - 2) * BH,
+                              mask_row(mask, t, B),
+                              first ? nullptr : mask_row(mask, t - 1, B),
+                              H};
+    };
+    // Step T-1's element-wise work, which no product precedes.
+    const bool* last_valid = mask_row(mask, T - 1, B);
+    const T_* a_last = gates.data_ptr<T_>() + (T - 1) * B * K;
+    const T_* tc_last = tanh_cells.data_ptr<T_>() + (T - 1) * BH;
+    const T_* cp_last = T == 1 ? c0.data_ptr<T_>() : cells.data_ptr<T_>() + (T - 2) * BH;
+    for (int64_t b = 0; b < B; ++b) {
+      if (gs != nullptr) add_row(gh + b * H, gs + (T - 1) * BH + b * H, H);
+      T_* g = gg + (T - 1) * B * K + b * K;
+      if (last_valid != nullptr && !last_valid[b]) {
+        std::fill(g, g + K, T_(0));
+      } else {
+        lstm_back_row(a_last + b * K, tc_last + b * H, cp_last + b * H, gh + b * H, gc + b * H, g, H, H);
+      }
+    }
+    const bool parallel = B * 4 * H * H >= kMinParallelStepMacs && at::get_num_threads() > 1;
+    const bool split_rows = parallel && B >= 2 * kTileRows &&
+                            4 * H * H * int64_t(sizeof(T_)) <= kRowSplitMaxWeightBytes;
+    if (split_rows) {
+      at::parallel_for(0, B, kTileRows, [&](int64_t b0, int64_t b1) {
+        for (int64_t t = T - 1; t >= 0; --t) lstm_back_block(step(t), panels, b0, b1, 0, P);
       });
-      back.into(next, grad_gates[t]);  // dL/dh_{t-1}
-      pass_ended_rows(next.data_ptr<scalar_t>(), gh, valid, B, H);
-      std::swap(grad_h, next);
+    } else {
+      for (int64_t t = T - 1; t >= 0; --t) {
+        const LSTMBackStep<T_> s = step(t);
+        if (parallel) {
+          at::parallel_for(0, P, 1, [&](int64_t j0, int64_t j1) { lstm_back_block(s, panels, 0, B, j0, j1); });
+        } else {
+          lstm_back_block(s, panels, 0, B, 0, P);
+        }
+      }
     }
   });
   return {grad_gates, grad_h, grad_c};
@@ -1031,10 +1157,10 @@ std::vector<at::Tensor> lstm_inference(const at::Tensor& x, const at::Tensor& w_
 }
 std::vector<at::Tensor> lstm_backward(const at::Tensor& gates, const at::Tensor& cells, const at::Tensor& tanh_cells,
                                       const at::Tensor& states, const at::Tensor& h0, const at::Tensor& c0,
-                                      const at::Tensor& w_hh, const Opt& packed_t, const Opt& mask,
-                                      const Opt& grad_states, const Opt& grad_h_n, const Opt& grad_c_n) {
-  return lstm_backward_impl(gates, cells, tanh_cells, states, h0, c0, w_hh, packed_t, value(mask),
-                            value(grad_states), value(grad_h_n), value(grad_c_n));
+                                      const at::Tensor& w_hh, const Opt& mask, const Opt& grad_states,
+                                      const Opt& grad_h_n, const Opt& grad_c_n) {
+  return lstm_backward_impl(gates, cells, tanh_cells, states, h0, c0, w_hh, value(mask), value(grad_states),
+                            value(grad_h_n), value(grad_c_n));
 }
 
 // How many threads at::parallel_for runs here (one unless this file is compiled with OpenMP).
