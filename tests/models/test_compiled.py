@@ -97,15 +97,16 @@ def test_the_fused_lstm_step_equals_the_python_loop_however_the_threads_share_it
     width (8 in float64 with AVX-512), and shares a layer between the threads by batch rows
     where W_hh is small (13 x 84) or by units at every step (7 x 190). Both, with a short last
     tile of rows and a partial last panel of units, equal the Python loop in float64: the
-    training forward and backward, and inference, whose input is projected in chunks of 16
+    training forward and backward, and inference, where the first layer (D 5 <= H / 4)
+    multiplies x_t by W_xh inside the step and the second projects its input in chunks of 16
     steps (T = 20: one chunk and part of another)."""
     if time_loops != "compiled" or compiled.extension() is None:
         pytest.skip("compares the compiled loops with the Python ones")
     assert torch.get_num_threads() > 1 and batch * 4 * hidden * hidden >= 2**18  # the parallel paths run
     torch.manual_seed(0)
-    rnn = RNN(5, hidden, cell="lstm").double()
+    rnn = RNN(5, hidden, num_layers=2, cell="lstm").double()
     x = torch.randn(batch, 20, 5, dtype=torch.float64)
-    h0 = [torch.randn(1, batch, hidden, dtype=torch.float64) for _ in range(2)]
+    h0 = [torch.randn(2, batch, hidden, dtype=torch.float64) for _ in range(2)]
     lengths = torch.randint(1, 21, (batch,)) if with_lengths else None
     ours = _forward_backward(rnn, x, h0, lengths)
     with torch.no_grad():

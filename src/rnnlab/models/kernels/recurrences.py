@@ -319,18 +319,25 @@ def _run_inference(name: str, x: torch.Tensor, w_ih: torch.Tensor, bias: torch.T
                    w_hh: torch.Tensor, extra: tuple, mask: torch.Tensor | None):
     """A GRU or LSTM layer's forward without a backward, in one compiled call that projects x a
     few steps at a time (csrc/recurrences.cpp, StepInputs): no (T, B, G*H) temporary."""
-    T, B = x.shape[:2]
+    T, B, D = x.shape
     step_mask = compiled.step_mask(mask)  # (T, B) or None
+    # The LSTM's step multiplies h_{t-1} by W_hh in its own layout of it, and where the input is
+    # narrow (D <= H / 4, as a first layer on characters or features usually is) x_t by W_xh
+    # too, in the same pass: a separate projection of so few multiply-adds per output is
+    # bound by writing and re-reading its (T, B, 4H) output, not by arithmetic.
+    in_step = name == "lstm" and 4 * D <= w_hh.shape[1]
     # W_xh is packed once per call and used T / CHUNK_STEPS times: worth it from the size at
     # which the one-product projection packs (MIN_PACKED_LINEAR_MACS), if the chunk's product
     # is timed faster packed.
-    packed_ih = (packed_weight(w_ih, compiled.CHUNK_STEPS * B) if T * B * w_ih.numel() >= MIN_PACKED_LINEAR_MACS
-                 else None)
+    packed_ih = (packed_weight(w_ih, compiled.CHUNK_STEPS * B)
+                 if not in_step and T * B * w_ih.numel() >= MIN_PACKED_LINEAR_MACS else None)
     state = tuple(s.contiguous() for s in state)
-    # The GRU's step product may pack W_hh; the LSTM's step multiplies with its own layout of it.
-    packed_hh = (packed_weight(w_hh, B),) if name == "gru" else ()
-    results = getattr(compiled.extension(), f"{name}_inference")(
-        x.contiguous(), w_ih.contiguous(), packed_ih, bias, *state, w_hh.contiguous(), *packed_hh, *extra, step_mask)
+    x, w_ih, w_hh = x.contiguous(), w_ih.contiguous(), w_hh.contiguous()
+    if name == "gru":
+        results = compiled.extension().gru_inference(x, w_ih, packed_ih, bias, *state, w_hh, packed_weight(w_hh, B),
+                                                     *extra, step_mask)
+    else:
+        results = compiled.extension().lstm_inference(x, w_ih, packed_ih, bias, *state, w_hh, step_mask, in_step)
     outputs = results[0]  # (T, B, H)
     final = (outputs[-1].clone(), *results[1:len(state)])  # h_T [, c_T]
     if mask is not None:

@@ -136,20 +136,37 @@ class StepInputs {
   explicit StepInputs(const at::Tensor& projected) : all_(projected) {}
   // ``packed_ih``: oneDNN's packed copy of w_ih for kChunk * B rows, or undefined for addmm
   // (which writes into one buffer, allocated here; the packed product returns its own).
-  StepInputs(const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& packed_ih, const at::Tensor& bias)
-      : x_(x), w_ih_t_(w_ih.t()), packed_ih_(packed_ih), bias_(bias),
+  // ``add_bias``: the addmm path adds the bias to each chunk (else the caller adds it per step,
+  // see step_bias(): addmm first copies the bias into every row of the chunk, a pass over
+  // (kChunk B, G*H) that the LSTM's step can save by adding it where it loads p_t).
+  StepInputs(const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& packed_ih, const at::Tensor& bias,
+             bool add_bias = true)
+      : x_(x), w_ih_t_(w_ih.t()), packed_ih_(packed_ih), bias_(bias), add_bias_(add_bias || packed_ih.defined()),
         chunk_(packed_ih.defined() ? at::Tensor()
                                    : at::empty({std::min(kChunk, x.size(0)), x.size(1), w_ih.size(0)}, x.options())) {}
 
+  // No projection: the step itself multiplies x_t by W_xh (the LSTM's, where D is small) and
+  // adds ``bias``; data() is null.
+  struct InStep {};
+  StepInputs(const at::Tensor& x, const at::Tensor& bias, InStep) : x_(x), bias_(bias), add_bias_(false), in_step_(true) {}
+  bool projects_in_step() const { return in_step_; }
+  const at::Tensor& x() const { return x_; }
+
   int64_t steps() const { return all_.defined() ? all_.size(0) : x_.size(0); }
+
+  // The bias (G*H,) the steps' p_t lack, or undefined: where the chunks are projected without it.
+  const at::Tensor& step_bias() const { return add_bias_ ? none_ : bias_; }
 
   // The end of the span of steps from t that data() serves once at(t) has run: every step, or
   // the rest of t's chunk.
-  int64_t span_end(int64_t t) const { return all_.defined() ? steps() : std::min(steps(), t - t % kChunk + kChunk); }
+  int64_t span_end(int64_t t) const {
+    return all_.defined() || in_step_ ? steps() : std::min(steps(), t - t % kChunk + kChunk);
+  }
 
   // p_t's first element, for a step of the span that at() last prepared; no tensor is made.
   template <typename T>
   T* data(int64_t t) const {
+    if (in_step_) return nullptr;
     const at::Tensor& source = all_.defined() ? all_ : chunk_;
     const int64_t step = all_.defined() ? t : t % kChunk;
     return source.data_ptr<T>() + step * source.stride(0);
@@ -157,6 +174,7 @@ class StepInputs {
 
   // p_t (B, G*H), writable: the recurrences may overwrite it.
   at::Tensor at(int64_t t) {
+    if (in_step_) return at::Tensor();
     if (all_.defined()) return all_[t];
     const int64_t k = t % kChunk;
     if (k == 0) {
@@ -174,7 +192,7 @@ class StepInputs {
                      .view({n, -1, G});  // (n, B, G*H)
       } else {
         at::Tensor out = chunk_.narrow(0, 0, n).view({-1, G});  // (n*B, G*H)
-        if (bias_.defined()) {
+        if (bias_.defined() && add_bias_) {
           at::addmm_out(out, bias_, in, w_ih_t_);
         } else {
           at::mm_out(out, in, w_ih_t_);
@@ -185,7 +203,9 @@ class StepInputs {
   }
 
  private:
-  at::Tensor all_, x_, w_ih_t_, packed_ih_, bias_, chunk_;
+  at::Tensor all_, x_, w_ih_t_, packed_ih_, bias_;
+  bool add_bias_ = true, in_step_ = false;
+  at::Tensor chunk_, none_;
 };
 
 // In a backward, rows whose sequence had ended at this step pass dL/dh on unchanged:
@@ -486,12 +506,13 @@ struct Vec {
   static inline void store(T* p, type v) { std::memcpy(p, &v, sizeof(v)); }
 };
 
-// W_hh (4H, H) as panels (P, H, 4, N), N = Vec<T>::N units per panel, zero past H.
-at::Tensor lstm_panels(const at::Tensor& w_hh, int64_t N) {
-  const int64_t H = w_hh.size(1), P = (H + N - 1) / N;
-  at::Tensor w = w_hh.view({4, H, H});                      // (gate, unit, k)
+// W_hh (4H, H), or W_xh (4H, D), as panels (P, K, 4, N), N = Vec<T>::N units per panel, zero
+// past H.
+at::Tensor lstm_panels(const at::Tensor& weight, int64_t N) {
+  const int64_t H = weight.size(0) / 4, K = weight.size(1), P = (H + N - 1) / N;
+  at::Tensor w = weight.view({4, H, K});  // (gate, unit, k)
   if (P * N != H) w = at::constant_pad_nd(w, {0, 0, 0, P * N - H});
-  return w.view({4, P, N, H}).permute({1, 3, 0, 2}).contiguous();  // (P, k, gate, N)
+  return w.view({4, P, N, K}).permute({1, 3, 0, 2}).contiguous();  // (P, k, gate, N)
 }
 
 // One step's tensors, as pointers: h_{t-1}, c_{t-1} (B, H); p_t (B, 4H), the pre-activations
@@ -501,11 +522,15 @@ struct LSTMStep {
   const T* hp;
   const T* cp;
   T* p;
+  const T* bias;  // (4H,) that p_t lacks, or null
   T* c;
   T* tc;
   T* h;
   const bool* valid;  // (B,) or null
   int64_t H;
+  const T* x = nullptr;          // x_t (B, D) where the step projects its input (then p is null), else null
+  const T* panels_ih = nullptr;  // W_xh's panels (P, D, 4, N)
+  int64_t D = 0;
 };
 
 // The element-wise part of a step for n units of one row, from their pre-activations.
@@ -576,41 +601,59 @@ inline void lstm_units16(const V (&pre)[4], float* __restrict__ a, const float* 
 // Rows m .. m + MR - 1 and units u0 .. u0 + n - 1 (n <= N; n < N only in the last panel) of one
 // step. ``next``: the p_t row of the tile this thread does next, fetched into the cache while
 // this one multiplies (p_t comes from a (T, B, 4H) tensor far larger than the caches).
+// acc[r][g] += sum_k in[r][k] w[k][g] for k < K: ``in`` MR rows of stride ``ld``, ``w`` a
+// panel (K, 4, N). ``next``: rows of p_t (4H apart, gates H apart) to fetch into the cache.
 template <typename T, int MR>
-void lstm_tile(const LSTMStep<T>& s, const T* __restrict__ panel, int64_t m, int64_t u0, int64_t n,
-               const T* next) {
+inline void lstm_sum(typename Vec<T>::type (&acc)[MR][4], const T* __restrict__ in, int64_t ld, int64_t K,
+                     const T* __restrict__ w, const T* next, int64_t H) {
   using V = Vec<T>;
   constexpr int N = V::N;
-  const int64_t H = s.H;
-  const bool whole = n == N;
-  alignas(64) T part[MR][4][N];  // the last panel's p_t, zero past H
-  if (!whole) {
-    for (int r = 0; r < MR; ++r) {
-      for (int g = 0; g < 4; ++g) {
-        std::fill(part[r][g], part[r][g] + N, T(0));
-        std::memcpy(part[r][g], s.p + (m + r) * 4 * H + g * H + u0, n * sizeof(T));
-      }
-    }
-  }
-  typename V::type acc[MR][4];
-  for (int r = 0; r < MR; ++r) {
-    for (int g = 0; g < 4; ++g) {
-      acc[r][g] = V::load(whole ? s.p + (m + r) * 4 * H + g * H + u0 : part[r][g]);
-    }
-  }
-  const T* __restrict__ hp = s.hp + m * H;
-  for (int64_t k = 0; k < H; ++k) {
+  for (int64_t k = 0; k < K; ++k, w += 4 * N) {
     if (next != nullptr && k < MR * 4) __builtin_prefetch(next + (k >> 2) * 4 * H + (k & 3) * H);
-    const T* w = panel + k * 4 * N;
     const auto w0 = V::load(w), w1 = V::load(w + N), w2 = V::load(w + 2 * N), w3 = V::load(w + 3 * N);
     for (int r = 0; r < MR; ++r) {
-      const T a = hp[r * H + k];
+      const T a = in[r * ld + k];
       acc[r][0] += a * w0;
       acc[r][1] += a * w1;
       acc[r][2] += a * w2;
       acc[r][3] += a * w3;
     }
   }
+}
+
+// Rows m .. m + MR - 1 and units u0 .. u0 + n - 1 (n <= N; n < N only in the last panel) of one
+// step. ``panel`` / ``panel_ih``: the units' panels of W_hh and, where the step projects its
+// input (s.x), of W_xh. ``next``: the p_t row of the tile this thread does next, fetched into
+// the cache while this one multiplies (p_t comes from a (T, B, 4H) tensor far larger than the
+// caches).
+template <typename T, int MR>
+void lstm_tile(const LSTMStep<T>& s, const T* __restrict__ panel, const T* __restrict__ panel_ih, int64_t m,
+               int64_t u0, int64_t n, const T* next) {
+  using V = Vec<T>;
+  constexpr int N = V::N;
+  const int64_t H = s.H;
+  const bool whole = n == N;
+  typename V::type acc[MR][4], bias[4];
+  for (int g = 0; g < 4; ++g) {
+    alignas(64) T b[N] = {};
+    if (s.bias != nullptr) std::memcpy(b, s.bias + g * H + u0, n * sizeof(T));
+    bias[g] = V::load(b);
+  }
+  for (int r = 0; r < MR; ++r) {
+    for (int g = 0; g < 4; ++g) {
+      if (s.p == nullptr) {
+        acc[r][g] = bias[g];
+      } else if (whole) {
+        acc[r][g] = V::load(s.p + (m + r) * 4 * H + g * H + u0) + bias[g];
+      } else {  // the last panel: p_t zero past H
+        alignas(64) T part[N] = {};
+        std::memcpy(part, s.p + (m + r) * 4 * H + g * H + u0, n * sizeof(T));
+        acc[r][g] = V::load(part) + bias[g];
+      }
+    }
+  }
+  if (s.x != nullptr) lstm_sum<T, MR>(acc, s.x + m * s.D, s.D, s.D, panel_ih, nullptr, H);
+  lstm_sum<T, MR>(acc, s.hp + m * H, H, H, panel, next, H);
   for (int r = 0; r < MR; ++r) {
     const int64_t row = m + r;
     if (s.valid != nullptr && !s.valid[row]) {  // ended: c and h carry over
@@ -618,7 +661,9 @@ void lstm_tile(const LSTMStep<T>& s, const T* __restrict__ panel, int64_t m, int
       std::memcpy(s.h + row * H + u0, s.hp + row * H + u0, n * sizeof(T));
       continue;
     }
-    T* __restrict__ a = s.p + row * 4 * H + u0;
+    alignas(64) T unused[4 * N];  // the gates, where no backward reads them (s.p null)
+    T* __restrict__ a = s.p != nullptr ? s.p + row * 4 * H + u0 : unused;
+    const int64_t stride = s.p != nullptr ? H : N;
     const T* __restrict__ cp = s.cp + row * H + u0;
     T* __restrict__ c = s.c + row * H + u0;
     T* __restrict__ tc = s.tc + row * H + u0;
@@ -626,7 +671,7 @@ void lstm_tile(const LSTMStep<T>& s, const T* __restrict__ panel, int64_t m, int
 #if defined(__AVX512F__)
     if constexpr (std::is_same_v<T, float>) {
       if (whole) {
-        lstm_units16(acc[r], a, cp, c, tc, h, H);
+        lstm_units16(acc[r], a, cp, c, tc, h, stride);
         continue;
       }
     }
@@ -634,21 +679,21 @@ void lstm_tile(const LSTMStep<T>& s, const T* __restrict__ panel, int64_t m, int
     alignas(64) T pre[4][N];
     for (int g = 0; g < 4; ++g) V::store(pre[g], acc[r][g]);
     if (whole) {
-      lstm_units<T, N>(pre, a, cp, c, tc, h, H, N);
+      lstm_units<T, N>(pre, a, cp, c, tc, h, stride, N);
     } else {
-      lstm_units<T, N>(pre, a, cp, c, tc, h, H, n);
+      lstm_units<T, N>(pre, a, cp, c, tc, h, stride, n);
     }
   }
 }
 
 // lstm_tile for ``rows`` (1 .. kTileRows) rows: the batch's last tile may be short.
 template <typename T, int MR = kTileRows>
-inline void lstm_tile_rows(int64_t rows, const LSTMStep<T>& s, const T* panel, int64_t m, int64_t u0, int64_t n,
-                           const T* next) {
+inline void lstm_tile_rows(int64_t rows, const LSTMStep<T>& s, const T* panel, const T* panel_ih, int64_t m,
+                           int64_t u0, int64_t n, const T* next) {
   if constexpr (MR > 1) {
-    if (rows < MR) return lstm_tile_rows<T, MR - 1>(rows, s, panel, m, u0, n, next);
+    if (rows < MR) return lstm_tile_rows<T, MR - 1>(rows, s, panel, panel_ih, m, u0, n, next);
   }
-  lstm_tile<T, MR>(s, panel, m, u0, n, next);
+  lstm_tile<T, MR>(s, panel, panel_ih, m, u0, n, next);
 }
 
 
@@ -659,12 +704,14 @@ void lstm_block(const LSTMStep<T>& s, const T* panels, int64_t b0, int64_t b1, i
   const int64_t H = s.H;
   for (int64_t j = j0; j < j1; ++j) {
     const T* panel = panels + j * H * 4 * N;
+    const T* panel_ih = s.x != nullptr ? s.panels_ih + j * s.D * 4 * N : nullptr;
     const int64_t u0 = j * N, n = std::min<int64_t>(N, H - u0);
     for (int64_t m = b0; m < b1; m += kTileRows) {
-      const T* next = m + kTileRows < b1 ? s.p + (m + kTileRows) * 4 * H + u0
-                      : j + 1 < j1       ? s.p + b0 * 4 * H + u0 + N
-                                         : nullptr;
-      lstm_tile_rows<T>(std::min<int64_t>(kTileRows, b1 - m), s, panel, m, u0, n, next);
+      const T* next = s.p == nullptr        ? nullptr
+                      : m + kTileRows < b1 ? s.p + (m + kTileRows) * 4 * H + u0
+                      : j + 1 < j1         ? s.p + b0 * 4 * H + u0 + N
+                                           : nullptr;
+      lstm_tile_rows<T>(std::min<int64_t>(kTileRows, b1 - m), s, panel, panel_ih, m, u0, n, next);
     }
   }
 }
@@ -682,8 +729,10 @@ constexpr int64_t kMinParallelStepMacs = int64_t(1) << 18;
 
 // The activated gates are written over ``inputs``' steps, a temporary the caller gives up.
 // Returns (states, c_n, cells (T, B, H), tanh_cells (T, B, H)); the last two when ``save``.
+// ``w_ih``: W_xh (4H, D) where ``inputs`` projects in the step, else undefined.
 std::vector<at::Tensor> lstm_forward_impl(StepInputs& inputs, const at::Tensor& h0, const at::Tensor& c0,
-                                          const at::Tensor& w_hh, const at::Tensor& mask, bool save) {
+                                          const at::Tensor& w_hh, const at::Tensor& mask, bool save,
+                                          const at::Tensor& w_ih = at::Tensor()) {
   const int64_t T = inputs.steps(), B = h0.size(0), H = h0.size(1);
   at::Tensor states = at::empty({T, B, H}, h0.options());
   at::Tensor cells = at::empty({save ? T : 2, B, H}, h0.options());  // without a backward: two, in turn
@@ -696,11 +745,17 @@ std::vector<at::Tensor> lstm_forward_impl(StepInputs& inputs, const at::Tensor& 
     T_* st = states.data_ptr<T_>();
     T_* ce = cells.data_ptr<T_>();
     T_* tce = tanh_cells.data_ptr<T_>();
+    const T_* bias = inputs.step_bias().defined() ? inputs.step_bias().data_ptr<T_>() : nullptr;
+    const bool in_step = inputs.projects_in_step();
+    const at::Tensor panels_ih_t = in_step ? lstm_panels(w_ih, Vec<T_>::N) : at::Tensor();
+    const int64_t D = in_step ? inputs.x().size(2) : 0;
     auto step = [&](int64_t t) {
       const T_* cp = t == 0 ? c0.data_ptr<T_>() : ce + (save ? t - 1 : (t - 1) % 2) * BH;
-      return LSTMStep<T_>{t == 0 ? h0.data_ptr<T_>() : st + (t - 1) * BH, cp, inputs.data<T_>(t),
+      return LSTMStep<T_>{t == 0 ? h0.data_ptr<T_>() : st + (t - 1) * BH, cp, inputs.data<T_>(t), bias,
                           ce + (save ? t : t % 2) * BH, tce + (save ? t : 0) * BH, st + t * BH,
-                          mask_row(mask, t, B), H};
+                          mask_row(mask, t, B), H,
+                          in_step ? inputs.x().data_ptr<T_>() + t * B * D : nullptr,
+                          in_step ? panels_ih_t.data_ptr<T_>() : nullptr, D};
     };
     const bool parallel = B * 4 * H * H >= kMinParallelStepMacs && at::get_num_threads() > 1;
     const bool split_rows = parallel && B >= 2 * kTileRows &&
@@ -1151,8 +1206,12 @@ std::vector<at::Tensor> gru_inference(const at::Tensor& x, const at::Tensor& w_i
 }
 std::vector<at::Tensor> lstm_inference(const at::Tensor& x, const at::Tensor& w_ih, const Opt& packed_ih,
                                        const Opt& bias, const at::Tensor& h0, const at::Tensor& c0,
-                                       const at::Tensor& w_hh, const Opt& mask) {
-  StepInputs inputs(x, w_ih, value(packed_ih), value(bias));
+                                       const at::Tensor& w_hh, const Opt& mask, bool in_step) {
+  if (in_step) {
+    StepInputs inputs(x, value(bias), StepInputs::InStep{});
+    return lstm_forward_impl(inputs, h0, c0, w_hh, value(mask), false, w_ih);
+  }
+  StepInputs inputs(x, w_ih, value(packed_ih), value(bias), /*add_bias=*/false);  // the step adds it
   return lstm_forward_impl(inputs, h0, c0, w_hh, value(mask), false);
 }
 std::vector<at::Tensor> lstm_backward(const at::Tensor& gates, const at::Tensor& cells, const at::Tensor& tanh_cells,
