@@ -598,9 +598,6 @@ inline void lstm_units16(const V (&pre)[4], float* __restrict__ a, const float* 
 }
 #endif
 
-// Rows m .. m + MR - 1 and units u0 .. u0 + n - 1 (n <= N; n < N only in the last panel) of one
-// step. ``next``: the p_t row of the tile this thread does next, fetched into the cache while
-// this one multiplies (p_t comes from a (T, B, 4H) tensor far larger than the caches).
 // acc[r][g] += sum_k in[r][k] w[k][g] for k < K: ``in`` MR rows of stride ``ld``, ``w`` a
 // panel (K, 4, N). ``next``: rows of p_t (4H apart, gates H apart) to fetch into the cache.
 template <typename T, int MR>
@@ -697,6 +694,13 @@ inline void lstm_tile_rows(int64_t rows, const LSTMStep<T>& s, const T* panel, c
 }
 
 
+// The rows of the next tile when ``left`` rows are left: kTileRows, but the last two tiles
+// share what is left past a multiple of kTileRows (32 rows: 6, 6, 6, 6, 4, 4 rather than
+// ..., 6, 2), since a tile of few rows loads as many weights as a full one for fewer sums.
+inline int64_t tile_rows(int64_t left) {
+  return left > kTileRows && left < 2 * kTileRows ? (left + 1) / 2 : std::min<int64_t>(kTileRows, left);
+}
+
 // Rows b0 .. b1 - 1 and panels j0 .. j1 - 1 of one step.
 template <typename T>
 void lstm_block(const LSTMStep<T>& s, const T* panels, int64_t b0, int64_t b1, int64_t j0, int64_t j1) {
@@ -706,12 +710,13 @@ void lstm_block(const LSTMStep<T>& s, const T* panels, int64_t b0, int64_t b1, i
     const T* panel = panels + j * H * 4 * N;
     const T* panel_ih = s.x != nullptr ? s.panels_ih + j * s.D * 4 * N : nullptr;
     const int64_t u0 = j * N, n = std::min<int64_t>(N, H - u0);
-    for (int64_t m = b0; m < b1; m += kTileRows) {
-      const T* next = s.p == nullptr        ? nullptr
-                      : m + kTileRows < b1 ? s.p + (m + kTileRows) * 4 * H + u0
-                      : j + 1 < j1         ? s.p + b0 * 4 * H + u0 + N
-                                           : nullptr;
-      lstm_tile_rows<T>(std::min<int64_t>(kTileRows, b1 - m), s, panel, panel_ih, m, u0, n, next);
+    for (int64_t m = b0, rows; m < b1; m += rows) {
+      rows = tile_rows(b1 - m);
+      const T* next = s.p == nullptr ? nullptr
+                      : m + rows < b1 ? s.p + (m + rows) * 4 * H + u0
+                      : j + 1 < j1    ? s.p + b0 * 4 * H + u0 + N
+                                      : nullptr;
+      lstm_tile_rows<T>(rows, s, panel, panel_ih, m, u0, n, next);
     }
   }
 }
@@ -820,15 +825,16 @@ struct LSTMBackStep {
 };
 
 template <typename T, int MR>
-void lstm_back_tile(const LSTMBackStep<T>& s, const T* __restrict__ panel, int64_t m, int64_t u0, int64_t n) {
+void lstm_back_tile(const LSTMBackStep<T>& s, const T* __restrict__ panel, int64_t m, int64_t u0, int64_t n,
+                    int64_t k0, int64_t k1, T* __restrict__ sums) {
   using V = Vec<T>;
   constexpr int N = V::N;
   const int64_t H = s.H, K = 4 * H;
   typename V::type acc[MR][4];
   for (int r = 0; r < MR; ++r)
-    for (int v = 0; v < 4; ++v) acc[r][v] = typename V::type{};
+    for (int v = 0; v < 4; ++v) acc[r][v] = k0 == 0 ? typename V::type{} : V::load(sums + (r * 4 + v) * N);
   const T* __restrict__ ga = s.ga + m * K;
-  for (int64_t k = 0; k < K; ++k) {
+  for (int64_t k = k0; k < k1; ++k) {
     const T* w = panel + k * 4 * N;
     const auto w0 = V::load(w), w1 = V::load(w + N), w2 = V::load(w + 2 * N), w3 = V::load(w + 3 * N);
     for (int r = 0; r < MR; ++r) {
@@ -838,6 +844,11 @@ void lstm_back_tile(const LSTMBackStep<T>& s, const T* __restrict__ panel, int64
       acc[r][2] += d * w2;
       acc[r][3] += d * w3;
     }
+  }
+  if (k1 < K) {  // more of the sum to come (lstm_back_block)
+    for (int r = 0; r < MR; ++r)
+      for (int v = 0; v < 4; ++v) V::store(sums + (r * 4 + v) * N, acc[r][v]);
+    return;
   }
   for (int r = 0; r < MR; ++r) {
     const int64_t row = m + r;
@@ -860,22 +871,36 @@ void lstm_back_tile(const LSTMBackStep<T>& s, const T* __restrict__ panel, int64
 
 template <typename T, int MR = kTileRows>
 inline void lstm_back_tile_rows(int64_t rows, const LSTMBackStep<T>& s, const T* panel, int64_t m, int64_t u0,
-                                int64_t n) {
+                                int64_t n, int64_t k0, int64_t k1, T* sums) {
   if constexpr (MR > 1) {
-    if (rows < MR) return lstm_back_tile_rows<T, MR - 1>(rows, s, panel, m, u0, n);
+    if (rows < MR) return lstm_back_tile_rows<T, MR - 1>(rows, s, panel, m, u0, n, k0, k1, sums);
   }
-  lstm_back_tile<T, MR>(s, panel, m, u0, n);
+  lstm_back_tile<T, MR>(s, panel, m, u0, n, k0, k1, sums);
 }
+
+
+// The backward's product runs over K = 4H of W_hh's rows, and its panel (4H, 4N) is larger
+// than a core's first-level cache from H = 64 (float32, AVX-512): the sums run over kBlock rows
+// at a time, for every tile of batch rows in turn, so that each block of the panel (32 KiB) is
+// read from that cache by all the tiles; the partial sums wait in a buffer of the thread's.
+// (The forward's K is H, and blocking it was measured not to pay.)
+constexpr int64_t kBlock = 128;
 
 template <typename T>
 void lstm_back_block(const LSTMBackStep<T>& s, const T* panels, int64_t b0, int64_t b1, int64_t j0, int64_t j1) {
   constexpr int W = 4 * Vec<T>::N;
-  const int64_t H = s.H;
+  const int64_t H = s.H, K = 4 * H;
+  thread_local std::vector<T> buffer;
+  buffer.resize((b1 - b0) * W);
   for (int64_t j = j0; j < j1; ++j) {
-    const T* panel = panels + j * 4 * H * W;
+    const T* panel = panels + j * K * W;
     const int64_t u0 = j * W, n = std::min<int64_t>(W, H - u0);
-    for (int64_t m = b0; m < b1; m += kTileRows) {
-      lstm_back_tile_rows<T>(std::min<int64_t>(kTileRows, b1 - m), s, panel, m, u0, n);
+    for (int64_t k0 = 0; k0 < K; k0 += kBlock) {
+      const int64_t k1 = std::min(K, k0 + kBlock);
+      for (int64_t m = b0, rows; m < b1; m += rows) {
+        rows = tile_rows(b1 - m);
+        lstm_back_tile_rows<T>(rows, s, panel, m, u0, n, k0, k1, buffer.data() + (m - b0) * W);
+      }
     }
   }
 }
