@@ -118,6 +118,30 @@ def test_the_fused_lstm_step_equals_the_python_loop_however_the_threads_share_it
     torch.testing.assert_close(inferred, reference[0], atol=1e-10, rtol=0)
 
 
+def test_the_fused_lstm_step_equals_torch_nn_in_float32(two_threads):
+    """In float32 the fused LSTM step's activations are the vectorised ones (AVX-512 code where
+    the build has it): a 2-layer LSTM of 64 units, whose first layer (D 16 <= H / 4) projects
+    its input inside the step and whose second projects in chunks, equals torch.nn.LSTM at
+    its float32 tolerance in inference and in training, gradients included."""
+    torch.manual_seed(5)
+    ref = torch.nn.LSTM(16, 64, num_layers=2, batch_first=True)
+    rnn = RNN.from_torch(ref)
+    x = torch.randn(13, 40, 16)
+    with torch.no_grad():
+        out, (h_n, c_n) = rnn(x)
+        ref_out, (ref_h, ref_c) = ref(x)
+    for a, b in ((out, ref_out), (h_n, ref_h), (c_n, ref_c)):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    input_grads = []
+    for module in (rnn, ref):
+        xi = x.clone().requires_grad_()
+        (module(xi)[0] * torch.linspace(-1, 1, 64)).sum().backward()
+        input_grads.append(xi.grad)
+    torch.testing.assert_close(*input_grads, atol=1e-4, rtol=1e-4)
+    for ours, theirs in rnn.weight_pairs(ref):
+        torch.testing.assert_close(ours.grad, theirs.grad, atol=1e-4, rtol=1e-4)
+
+
 def test_the_compiled_loops_run_on_torchs_threads_and_openmp_runtime(two_threads):
     """Built with OpenMP where PyTorch's threads are GNU OpenMP's, the loops' parallel regions
     use as many threads as torch.get_num_threads(), and the process maps one libgomp

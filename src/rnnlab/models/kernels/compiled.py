@@ -2,15 +2,19 @@
 
 What it speeds up: per step the Python loops of :mod:`.recurrences` make one product and
 about ten element-wise ATen calls, each a few microseconds of Python and dispatch; at the
-seed shape (B 64, H 64) that, not arithmetic, is most of a step. The C++ loop makes the same
-product and does all of the step's element-wise work in one pass over the (B, H) units,
-vectorised by the compiler, and the backward likewise. It also runs variable-length batches
-(``mask``) without falling back to autograd through the step loop: a sequence that has
-ended keeps its state, which is what :func:`rnnlab.models.cells.recur_masked` defines.
-By how much, on 2 cores at the seed shape: the GRU's forward from 1.7x to 0.74x
-``torch.nn.GRU``'s time, the LSTM's from 3.2x to 1.4x ``torch.nn.LSTM``'s, a padded batch
-from autograd through the step loop to 0.4x ``pack_padded_sequence`` + torch.nn
-(docs/performance.md has every shape).
+seed shape (B 64, H 64) that, not arithmetic, is most of a step. The C++ loops of the Elman
+cell and the GRU make the same product and do all of the step's element-wise work in one
+pass over the (B, H) units, vectorised by the compiler, and the backwards likewise. The
+LSTM's step is one fused pass: the product W_hh h_{t-1} is summed in registers, a tile of
+batch rows by units with all four gates at a time, and the tile's activations, c_t and h_t
+are computed there (its backward the same way), which is what lets it match oneDNN's fused
+LSTM behind ``torch.nn.LSTM``. The loops also run variable-length batches (``mask``)
+without falling back to autograd through the step loop: a sequence that has ended keeps its
+state, which is what :func:`rnnlab.models.cells.recur_masked` defines. By how much, on 2
+cores at the seed shape: the GRU's forward from 1.7x to about 0.7x ``torch.nn.GRU``'s time,
+the LSTM's from 3.2x to about 0.85x ``torch.nn.LSTM``'s, a padded batch from autograd through
+the step loop to 0.4x ``pack_padded_sequence`` + torch.nn (docs/performance.md has every
+shape).
 
 What it must equal: the Python recurrences and the readable cells, and torch.nn, in float64
 to 1e-10 and in float32 to torch.nn's float32 tolerance, with and without lengths
@@ -19,7 +23,8 @@ unit in the last place (the compiler cannot vectorise a call to ``expf``); float
 ``std::exp``.
 
 Building: ``torch.utils.cpp_extension.load`` compiles the file with the machine's C++
-compiler and ninja the first time a CPU recurrence runs (about 20-25 s), and caches the build
+compiler and ninja, with OpenMP where PyTorch uses it (:func:`_openmp_flags`), the first
+time a CPU recurrence runs (about 30-40 s), and caches the build
 (in ``TORCH_EXTENSIONS_DIR``, by default ``~/.cache/torch_extensions``); later processes load
 it in well under a second. Where it cannot be built (no compiler, no ninja) one log line
 says why and the Python loops run instead: the same results, slower.

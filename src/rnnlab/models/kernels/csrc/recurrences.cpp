@@ -1,8 +1,10 @@
 // The Elman, GRU and LSTM recurrences of rnnlab/models/kernels/recurrences.py, whole time loops
-// in C++: per step one product (ATen's addmm, the BLAS PyTorch ships) and one fused pass over
-// the (B, H) units for all of the step's element-wise work, where the Python loop makes about
-// ten ATen calls of a few microseconds each. They compute exactly what the Python loops of
-// recurrences.py compute and are tested against them and against torch.nn (float64, 1e-10).
+// in C++, where the Python loop makes about ten ATen calls of a few microseconds each per
+// step. The Elman cell and the GRU: per step one product (ATen's addmm, or oneDNN's packed
+// product) and one fused pass over the (B, H) units for all of the step's element-wise work.
+// The LSTM: per step one pass that sums the product in registers and applies the gates there
+// (see "LSTM" below). They compute exactly what the Python loops of recurrences.py compute
+// and are tested against them and against torch.nn (float64, 1e-10).
 //
 // Layouts: every tensor is contiguous, time-major: projected (T, B, G*H) with the gates in
 // PyTorch's order, states (T, B, H), h0 / c0 (B, H), w_hh (G*H, H). ``mask`` (T, B) bool, or an
