@@ -600,8 +600,9 @@ inline void lstm_units16(const V (&pre)[4], float* __restrict__ a, const float* 
 }
 #endif
 
-// acc[r][g] += sum_k in[r][k] w[k][g] for k < K: ``in`` MR rows of stride ``ld``, ``w`` a
-// panel (K, 4, N). ``next``: rows of p_t (4H apart, gates H apart) to fetch into the cache.
+// acc[r][v] += sum_k in[r][k] w[k][v] for k < K: ``in`` MR rows of stride ``ld``, ``w`` a
+// panel (K, 4, N) (the forward's: four gates of N units; the backward's: 4N units). ``next``:
+// rows of p_t (4H apart, gates H apart) to fetch into the cache, or null.
 template <typename T, int MR>
 inline void lstm_sum(typename Vec<T>::type (&acc)[MR][4], const T* __restrict__ in, int64_t ld, int64_t K,
                      const T* __restrict__ w, const T* next, int64_t H) {
@@ -835,18 +836,7 @@ void lstm_back_tile(const LSTMBackStep<T>& s, const T* __restrict__ panel, int64
   typename V::type acc[MR][4];
   for (int r = 0; r < MR; ++r)
     for (int v = 0; v < 4; ++v) acc[r][v] = k0 == 0 ? typename V::type{} : V::load(sums + (r * 4 + v) * N);
-  const T* __restrict__ ga = s.ga + m * K;
-  for (int64_t k = k0; k < k1; ++k) {
-    const T* w = panel + k * 4 * N;
-    const auto w0 = V::load(w), w1 = V::load(w + N), w2 = V::load(w + 2 * N), w3 = V::load(w + 3 * N);
-    for (int r = 0; r < MR; ++r) {
-      const T d = ga[r * K + k];
-      acc[r][0] += d * w0;
-      acc[r][1] += d * w1;
-      acc[r][2] += d * w2;
-      acc[r][3] += d * w3;
-    }
-  }
+  lstm_sum<T, MR>(acc, s.ga + m * K + k0, K, k1 - k0, panel + k0 * 4 * N, nullptr, H);  // dL/da_t rows x W_hh
   if (k1 < K) {  // more of the sum to come (lstm_back_block)
     for (int r = 0; r < MR; ++r)
       for (int v = 0; v < 4; ++v) V::store(sums + (r * 4 + v) * N, acc[r][v]);
