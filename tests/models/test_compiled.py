@@ -5,6 +5,7 @@ one log line where none is."""
 
 import logging
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -144,14 +145,16 @@ def test_the_fused_lstm_step_equals_torch_nn_in_float32(two_threads):
 
 def test_the_compiled_loops_run_on_torchs_threads_and_openmp_runtime(two_threads):
     """Built with OpenMP where PyTorch's threads are GNU OpenMP's, the loops' parallel regions
-    use as many threads as torch.get_num_threads(), and the process maps one libgomp
-    (PyTorch's), not a second runtime with threads of its own."""
+    use as many threads as torch.get_num_threads(), and they call the libgomp PyTorch ships
+    and has loaded, not a second runtime with threads of its own (other packages may load
+    their own, under other names: scikit-learn does)."""
     if compiled.extension() is None or not compiled._openmp_flags():
         pytest.skip("no compiled loops, or PyTorch's threads are not GNU OpenMP's here")
     assert compiled.extension().threads_used() == torch.get_num_threads() > 1
-    with open("/proc/self/maps") as maps:
-        gomps = {line.split()[-1] for line in maps if "libgomp" in line}
-    assert len(gomps) == 1, gomps
+    shipped = {p.resolve() for p in (Path(torch.__file__).parent / "lib").glob("libgomp*.so*")}
+    if not shipped:
+        pytest.skip("this PyTorch build ships no libgomp of its own")
+    assert Path(compiled.extension().openmp_library()).resolve() in shipped
 
 
 @pytest.mark.parametrize("cell", ["gru", "lstm"])

@@ -18,7 +18,12 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 
 #include <algorithm>
+#include <string>
 #include <type_traits>
+#if defined(_OPENMP)
+#include <dlfcn.h>
+#include <omp.h>
+#endif
 #if defined(__AVX512F__)
 #include <immintrin.h>
 #endif
@@ -471,15 +476,15 @@ std::vector<at::Tensor> gru_backward_impl(const at::Tensor& rz, const at::Tensor
 // holding the four gates of its units, so that W_hh h_{t-1} for a tile is summed in registers
 // (kTileRows x 4 vectors, on top of p_t) and the tile's gates, c_t and h_t are computed from
 // those registers before anything is written back. A product call followed by a pass over its
-// output writes and re-reads (B, 4H) per step and cannot start the activations of one tile
-// while the next is being multiplied; at the char shape (B 64, H 256) the fused step takes
-// about 0.6x the time of the packed oneDNN product alone (docs/performance.md, item 14).
+// output writes and re-reads (B, 4H) per step, and each call pays its own dispatch and thread
+// start; the fused step is what oneDNN's LSTM primitive behind torch.nn.LSTM does, and what
+// brought rnnlab's LSTM from 1.2-1.7x torch.nn.LSTM's time to about parity
+// (docs/performance.md, item 14).
 //
 // W_hh is reordered once per call into panels (Vec<T>::N units each): panel j holds, for every
 // input unit k, the 4 gates' weights of units j*N .. j*N + N - 1, contiguous ((P, H, 4, N),
-// zero past H), so a tile reads its weights as one stream. The threads split the panels (the
-// same ones at every step, so each keeps its part of W_hh in its own cache) and meet once per
-// step.
+// zero past H), so a tile reads its weights as one stream. How the threads share the steps:
+// see lstm_forward_impl.
 
 // Vectors of the CPU's widest registers (as the extension is compiled: see _flags() in
 // compiled.py), written with GCC's vector extensions so that one source serves float and
@@ -1239,6 +1244,17 @@ std::vector<at::Tensor> lstm_backward(const at::Tensor& gates, const at::Tensor&
                             value(grad_h_n), value(grad_c_n));
 }
 
+// The file of the OpenMP runtime this extension's parallel regions call, or "" without OpenMP.
+std::string openmp_library() {
+#if defined(_OPENMP)
+  Dl_info info;
+  if (dladdr(reinterpret_cast<void*>(&omp_get_thread_num), &info) != 0 && info.dli_fname != nullptr) {
+    return info.dli_fname;
+  }
+#endif
+  return "";
+}
+
 // How many threads at::parallel_for runs here (one unless this file is compiled with OpenMP).
 int64_t threads_used() {
   const int64_t n = at::get_num_threads();
@@ -1249,6 +1265,7 @@ int64_t threads_used() {
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("threads_used", &threads_used, "how many threads a parallel region of this extension runs");
+  m.def("openmp_library", &openmp_library, "the file of the OpenMP runtime this extension calls");
   m.def("elman_forward", &elman_forward, "Elman recurrence, in place over projected");
   m.def("elman_backward", &elman_backward, "Elman recurrence's backward");
   m.def("gru_forward", &gru_forward, "GRU recurrence");
