@@ -24,7 +24,7 @@ unit in the last place (the compiler cannot vectorise a call to ``expf``); float
 
 Building: ``torch.utils.cpp_extension.load`` compiles the file with the machine's C++
 compiler and ninja, with OpenMP where PyTorch uses it (:func:`_openmp_flags`), the first
-time a CPU recurrence runs (about 30-40 s), and caches the build
+time a CPU recurrence runs (about 30 s), and caches the build
 (in ``TORCH_EXTENSIONS_DIR``, by default ``~/.cache/torch_extensions``); later processes load
 it in well under a second. Where it cannot be built (no compiler, no ninja) one log line
 says why and the Python loops run instead: the same results, slower.
@@ -73,7 +73,7 @@ def _openmp_flags() -> list[str]:
     ``at::parallel_for`` is a header template that runs on one thread unless the extension is
     compiled with OpenMP. The extension then needs ``libgomp.so.1``, the library PyTorch has
     already loaded under that name, so both share one thread pool (tests/models/test_compiled.py
-    checks that one libgomp is mapped). Elsewhere (macOS's libomp, other compilers) no flag:
+    checks which runtime the extension calls). Elsewhere (macOS's libomp, other compilers) no flag:
     the loops run on one thread, as before."""
     if platform.system() != "Linux" or "parallel backend: OpenMP" not in torch.__config__.parallel_info():
         return []

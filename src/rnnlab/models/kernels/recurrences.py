@@ -318,7 +318,8 @@ def projects_in_loop(x: torch.Tensor, *weights: torch.Tensor) -> bool:
 def _run_inference(name: str, x: torch.Tensor, w_ih: torch.Tensor, bias: torch.Tensor | None, state: tuple,
                    w_hh: torch.Tensor, extra: tuple, mask: torch.Tensor | None):
     """A GRU or LSTM layer's forward without a backward, in one compiled call that projects x a
-    few steps at a time (csrc/recurrences.cpp, StepInputs): no (T, B, G*H) temporary."""
+    few steps at a time (csrc/recurrences.cpp, StepInputs), or for a narrow LSTM layer inside
+    its step: no (T, B, G*H) temporary."""
     T, B, D = x.shape
     step_mask = compiled.step_mask(mask)  # (T, B) or None
     # The LSTM's step multiplies h_{t-1} by W_hh in its own layout of it, and where the input is
