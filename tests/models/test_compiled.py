@@ -120,8 +120,8 @@ def test_the_fused_lstm_step_equals_the_python_loop_however_the_threads_share_it
 
 
 def test_the_fused_lstm_step_equals_torch_nn_in_float32(two_threads):
-    """In float32 the fused LSTM step's activations are the vectorised ones (AVX-512 code where
-    the build has it): a 2-layer LSTM of 64 units, whose first layer (D 16 <= H / 4) projects
+    """In float32 the fused LSTM step's activations are the vectorised polynomial ones (float64
+    uses std::exp): a 2-layer LSTM of 64 units, whose first layer (D 16 <= H / 4) projects
     its input inside the step and whose second projects in chunks, equals torch.nn.LSTM at
     its float32 tolerance in inference and in training, gradients included."""
     torch.manual_seed(5)

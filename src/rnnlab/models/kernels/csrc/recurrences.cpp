@@ -19,13 +19,10 @@
 
 #include <algorithm>
 #include <string>
-#include <type_traits>
+#include <utility>
 #if defined(_OPENMP)
 #include <dlfcn.h>
 #include <omp.h>
-#endif
-#if defined(__AVX512F__)
-#include <immintrin.h>
 #endif
 #include <cmath>
 #include <cstdint>
@@ -561,50 +558,6 @@ inline void lstm_units(const T (&pre)[4][N], T* __restrict__ a, const T* __restr
   }
 }
 
-#if defined(__AVX512F__)
-// lstm_units for float32 and 16 units held in AVX-512 registers. The same functions as
-// Act<float>: Cephes' expf polynomial, 2^n applied with scalef; 1 / (1 + e) as the reciprocal
-// estimate refined by one Newton step (about 1 ulp; a division costs several times more).
-inline __m512 exp16(__m512 x) {
-  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.0f)), _mm512_set1_ps(88.0f));
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-  r = _mm512_fmadd_ps(n, _mm512_set1_ps(2.12194440e-4f), r);
-  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-  p = _mm512_fmadd_ps(_mm512_mul_ps(p, r), r, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
-  return _mm512_scalef_ps(p, n);
-}
-inline __m512 sigmoid16(__m512 x) {
-  const __m512 d = _mm512_add_ps(_mm512_set1_ps(1.0f), exp16(_mm512_sub_ps(_mm512_setzero_ps(), x)));
-  const __m512 r = _mm512_rcp14_ps(d);
-  return _mm512_mul_ps(r, _mm512_fnmadd_ps(d, r, _mm512_set1_ps(2.0f)));
-}
-inline __m512 tanh16(__m512 x) {
-  return _mm512_fmsub_ps(_mm512_set1_ps(2.0f), sigmoid16(_mm512_add_ps(x, x)), _mm512_set1_ps(1.0f));
-}
-template <typename V>
-inline void lstm_units16(const V (&pre)[4], float* __restrict__ a, const float* __restrict__ cp,
-                         float* __restrict__ c, float* __restrict__ tc, float* __restrict__ h, int64_t H) {
-  const __m512 i = sigmoid16(reinterpret_cast<__m512>(pre[0])), f = sigmoid16(reinterpret_cast<__m512>(pre[1]));
-  const __m512 g = tanh16(reinterpret_cast<__m512>(pre[2])), o = sigmoid16(reinterpret_cast<__m512>(pre[3]));
-  _mm512_storeu_ps(a, i);
-  _mm512_storeu_ps(a + H, f);
-  _mm512_storeu_ps(a + 2 * H, g);
-  _mm512_storeu_ps(a + 3 * H, o);
-  const __m512 cj = _mm512_fmadd_ps(f, _mm512_loadu_ps(cp), _mm512_mul_ps(i, g));
-  const __m512 tcj = tanh16(cj);
-  _mm512_storeu_ps(c, cj);
-  _mm512_storeu_ps(tc, tcj);
-  _mm512_storeu_ps(h, _mm512_mul_ps(o, tcj));
-}
-#endif
-
 // acc[r][v] += sum_k in[r][k] w[k][v] for k < K: ``in`` MR rows of stride ``ld``, ``w`` a
 // panel (K, 4, N) (the forward's: four gates of N units; the backward's: 4N units). ``next``:
 // rows of p_t (4H apart, gates H apart) to fetch into the cache, or null.
@@ -673,14 +626,6 @@ void lstm_tile(const LSTMStep<T>& s, const T* __restrict__ panel, const T* __res
     T* __restrict__ c = s.c + row * H + u0;
     T* __restrict__ tc = s.tc + row * H + u0;
     T* __restrict__ h = s.h + row * H + u0;
-#if defined(__AVX512F__)
-    if constexpr (std::is_same_v<T, float>) {
-      if (whole) {
-        lstm_units16(acc[r], a, cp, c, tc, h, stride);
-        continue;
-      }
-    }
-#endif
     alignas(64) T pre[4][N];
     for (int g = 0; g < 4; ++g) V::store(pre[g], acc[r][g]);
     if (whole) {
@@ -691,16 +636,15 @@ void lstm_tile(const LSTMStep<T>& s, const T* __restrict__ panel, const T* __res
   }
 }
 
-// lstm_tile for ``rows`` (1 .. kTileRows) rows: the batch's last tile may be short.
-template <typename T, int MR = kTileRows>
-inline void lstm_tile_rows(int64_t rows, const LSTMStep<T>& s, const T* panel, const T* panel_ih, int64_t m,
-                           int64_t u0, int64_t n, const T* next) {
+// tile(std::integral_constant<int, rows>{}) for ``rows`` (1 .. kTileRows) known at compile
+// time: the tiles' register blocks are sized by it, and the batch's last tiles may be short.
+template <int MR = kTileRows, typename F>
+inline void with_tile_rows(int64_t rows, const F& tile) {
   if constexpr (MR > 1) {
-    if (rows < MR) return lstm_tile_rows<T, MR - 1>(rows, s, panel, panel_ih, m, u0, n, next);
+    if (rows < MR) return with_tile_rows<MR - 1>(rows, tile);
   }
-  lstm_tile<T, MR>(s, panel, panel_ih, m, u0, n, next);
+  tile(std::integral_constant<int, MR>{});
 }
-
 
 // The rows of the next tile when ``left`` rows are left: kTileRows, but the last two tiles
 // share what is left past a multiple of kTileRows (32 rows: 6, 6, 6, 6, 4, 4 rather than
@@ -724,7 +668,7 @@ void lstm_block(const LSTMStep<T>& s, const T* panels, int64_t b0, int64_t b1, i
                       : m + rows < b1 ? s.p + (m + rows) * 4 * H + u0
                       : j + 1 < j1    ? s.p + b0 * 4 * H + u0 + N
                                       : nullptr;
-      lstm_tile_rows<T>(rows, s, panel, panel_ih, m, u0, n, next);
+      with_tile_rows(rows, [&](auto mr) { lstm_tile<T, mr.value>(s, panel, panel_ih, m, u0, n, next); });
     }
   }
 }
@@ -739,6 +683,35 @@ void lstm_block(const LSTMStep<T>& s, const T* panels, int64_t b0, int64_t b1, i
 // Steps of few multiply-adds (generation at batch 1) run on one thread.
 constexpr int64_t kRowSplitMaxWeightBytes = int64_t(1) << 20;
 constexpr int64_t kMinParallelStepMacs = int64_t(1) << 18;
+
+enum class StepSplit { kOneThread, kRows, kUnits };
+
+template <typename T>
+StepSplit lstm_step_split(int64_t B, int64_t H) {
+  if (B * 4 * H * H < kMinParallelStepMacs || at::get_num_threads() == 1) return StepSplit::kOneThread;
+  const bool fits = 4 * H * H * int64_t(sizeof(T)) <= kRowSplitMaxWeightBytes;
+  return B >= 2 * kTileRows && fits ? StepSplit::kRows : StepSplit::kUnits;
+}
+
+// block(t, b0, b1, j0, j1) for ``count`` steps t = first, first + dir, ..., over the rows
+// 0 .. B - 1 and panels 0 .. P - 1, shared between the threads as ``split`` says.
+template <typename F>
+void lstm_run_steps(StepSplit split, int64_t B, int64_t P, int64_t first, int64_t count, int64_t dir,
+                    const F& block) {
+  if (split == StepSplit::kRows) {
+    at::parallel_for(0, B, kTileRows, [&](int64_t b0, int64_t b1) {
+      for (int64_t i = 0, t = first; i < count; ++i, t += dir) block(t, b0, b1, 0, P);
+    });
+    return;
+  }
+  for (int64_t i = 0, t = first; i < count; ++i, t += dir) {
+    if (split == StepSplit::kUnits) {
+      at::parallel_for(0, P, 1, [&](int64_t j0, int64_t j1) { block(t, 0, B, j0, j1); });
+    } else {
+      block(t, 0, B, 0, P);
+    }
+  }
+}
 
 // The activated gates are written over ``inputs``' steps, a temporary the caller gives up.
 // Returns (states, c_n, cells (T, B, H), tanh_cells (T, B, H)); the last two when ``save``.
@@ -770,26 +743,13 @@ std::vector<at::Tensor> lstm_forward_impl(StepInputs& inputs, const at::Tensor& 
                           in_step ? inputs.x().data_ptr<T_>() + t * B * D : nullptr,
                           in_step ? panels_ih_t.data_ptr<T_>() : nullptr, D};
     };
-    const bool parallel = B * 4 * H * H >= kMinParallelStepMacs && at::get_num_threads() > 1;
-    const bool split_rows = parallel && B >= 2 * kTileRows &&
-                            4 * H * H * int64_t(sizeof(T_)) <= kRowSplitMaxWeightBytes;
+    const StepSplit split = lstm_step_split<T_>(B, H);
     for (int64_t t0 = 0; t0 < T;) {
       inputs.at(t0);  // projects the chunk that starts at t0 where x is projected chunk by chunk
       const int64_t t1 = inputs.span_end(t0);
-      if (split_rows) {
-        at::parallel_for(0, B, kTileRows, [&](int64_t b0, int64_t b1) {
-          for (int64_t t = t0; t < t1; ++t) lstm_block(step(t), panels, b0, b1, 0, P);
-        });
-      } else {
-        for (int64_t t = t0; t < t1; ++t) {
-          const LSTMStep<T_> s = step(t);
-          if (parallel) {
-            at::parallel_for(0, P, 1, [&](int64_t j0, int64_t j1) { lstm_block(s, panels, 0, B, j0, j1); });
-          } else {
-            lstm_block(s, panels, 0, B, 0, P);
-          }
-        }
-      }
+      lstm_run_steps(split, B, P, t0, t1 - t0, 1, [&](int64_t t, int64_t b0, int64_t b1, int64_t j0, int64_t j1) {
+        lstm_block(step(t), panels, b0, b1, j0, j1);
+      });
       t0 = t1;
     }
   });
@@ -866,16 +826,6 @@ void lstm_back_tile(const LSTMBackStep<T>& s, const T* __restrict__ panel, int64
   }
 }
 
-template <typename T, int MR = kTileRows>
-inline void lstm_back_tile_rows(int64_t rows, const LSTMBackStep<T>& s, const T* panel, int64_t m, int64_t u0,
-                                int64_t n, int64_t k0, int64_t k1, T* sums) {
-  if constexpr (MR > 1) {
-    if (rows < MR) return lstm_back_tile_rows<T, MR - 1>(rows, s, panel, m, u0, n, k0, k1, sums);
-  }
-  lstm_back_tile<T, MR>(s, panel, m, u0, n, k0, k1, sums);
-}
-
-
 // The backward's product runs over K = 4H of W_hh's rows, and its panel (4H, 4N) is larger
 // than a core's first-level cache from H = 64 (float32, AVX-512): the sums run over kBlock rows
 // at a time, for every tile of batch rows in turn, so that each block of the panel (32 KiB) is
@@ -896,7 +846,8 @@ void lstm_back_block(const LSTMBackStep<T>& s, const T* panels, int64_t b0, int6
       const int64_t k1 = std::min(K, k0 + kBlock);
       for (int64_t m = b0, rows; m < b1; m += rows) {
         rows = tile_rows(b1 - m);
-        lstm_back_tile_rows<T>(rows, s, panel, m, u0, n, k0, k1, buffer.data() + (m - b0) * W);
+        T* sums = buffer.data() + (m - b0) * W;
+        with_tile_rows(rows, [&](auto mr) { lstm_back_tile<T, mr.value>(s, panel, m, u0, n, k0, k1, sums); });
       }
     }
   }
@@ -952,23 +903,10 @@ std::vector<at::Tensor> lstm_backward_impl(const at::Tensor& gates, const at::Te
         lstm_back_row(a_last + b * K, tc_last + b * H, cp_last + b * H, gh + b * H, gc + b * H, g, H, H);
       }
     }
-    const bool parallel = B * 4 * H * H >= kMinParallelStepMacs && at::get_num_threads() > 1;
-    const bool split_rows = parallel && B >= 2 * kTileRows &&
-                            4 * H * H * int64_t(sizeof(T_)) <= kRowSplitMaxWeightBytes;
-    if (split_rows) {
-      at::parallel_for(0, B, kTileRows, [&](int64_t b0, int64_t b1) {
-        for (int64_t t = T - 1; t >= 0; --t) lstm_back_block(step(t), panels, b0, b1, 0, P);
-      });
-    } else {
-      for (int64_t t = T - 1; t >= 0; --t) {
-        const LSTMBackStep<T_> s = step(t);
-        if (parallel) {
-          at::parallel_for(0, P, 1, [&](int64_t j0, int64_t j1) { lstm_back_block(s, panels, 0, B, j0, j1); });
-        } else {
-          lstm_back_block(s, panels, 0, B, 0, P);
-        }
-      }
-    }
+    lstm_run_steps(lstm_step_split<T_>(B, H), B, P, T - 1, T, -1,
+                   [&](int64_t t, int64_t b0, int64_t b1, int64_t j0, int64_t j1) {
+                     lstm_back_block(step(t), panels, b0, b1, j0, j1);
+                   });
   });
   return {grad_gates, grad_h, grad_c};
 }
