@@ -119,6 +119,34 @@ def test_the_fused_lstm_step_equals_the_python_loop_however_the_threads_share_it
     torch.testing.assert_close(inferred, reference[0], atol=1e-10, rtol=0)
 
 
+@pytest.mark.parametrize("batch, hidden", [(13, 150), (7, 400)])
+@pytest.mark.parametrize("cell", ["rnn_tanh", "rnn_relu"])
+@pytest.mark.parametrize("with_lengths", [True, False])
+def test_the_fused_elman_step_equals_the_python_loop_however_the_threads_share_it(batch, hidden, cell, with_lengths,
+                                                                                    time_loops, two_threads):
+    """The Elman forward's fused step tiles the batch by up to six rows and the units by four
+    vectors (32 in float64 with AVX-512), and shares a layer between the threads by batch rows
+    where W_hh fits a core's cache (13 x 150) or by units at every step (7 x 400). Both, with
+    a short last tile of rows and a partial last panel of units, equal the Python loop in
+    float64, in training (forward and backward) and in inference."""
+    if time_loops != "compiled" or compiled.extension() is None:
+        pytest.skip("compares the compiled loops with the Python ones")
+    assert torch.get_num_threads() > 1 and batch * hidden * hidden >= 2**18  # the parallel paths run
+    torch.manual_seed(0)
+    rnn = RNN(5, hidden, num_layers=2, cell=cell).double()
+    x = torch.randn(batch, 20, 5, dtype=torch.float64)
+    h0 = torch.randn(2, batch, hidden, dtype=torch.float64)
+    lengths = torch.randint(1, 21, (batch,)) if with_lengths else None
+    ours = _forward_backward(rnn, x, [h0], lengths)
+    with torch.no_grad():
+        inferred, _ = rnn(x, h0, lengths=lengths)
+    with compiled_loops(False):
+        reference = _forward_backward(rnn, x, [h0], lengths)
+    for a, b in zip(ours, reference, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=0)
+    torch.testing.assert_close(inferred, reference[0], atol=1e-10, rtol=0)
+
+
 def test_the_fused_lstm_step_equals_torch_nn_in_float32(two_threads):
     """In float32 the fused LSTM step's activations are the vectorised polynomial ones (float64
     uses std::exp): a 2-layer LSTM of 64 units, whose first layer (D 16 <= H / 4) projects

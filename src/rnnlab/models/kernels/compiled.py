@@ -190,7 +190,7 @@ class Elman(torch.autograd.Function):
         ctx.set_materialize_grads(False)
         h0, w_hh = h0.contiguous(), w_hh.contiguous()
         states = projected.view(-1, *h0.shape)  # (T, B, H)
-        extension().elman_forward(states, h0, w_hh, packed_weight(w_hh, h0.shape[0]), relu, mask)
+        extension().elman_forward(states, h0, w_hh, relu, mask)
         if save:
             ctx.save_for_backward(projected, h0, w_hh)
         ctx.relu, ctx.mask = relu, mask

@@ -306,32 +306,6 @@ void lstm_back_row(const T* __restrict__ a, const T* __restrict__ tc, const T* _
 }
 
 // ------------------------------------------------------------------ Elman
-// h_t = act(p_t + W_hh h_{t-1}), written over ``projected`` (T, B, H), which becomes the states.
-void elman_forward_impl(at::Tensor projected, const at::Tensor& h0, const at::Tensor& w_hh, const Opt& packed,
-                        bool relu, const at::Tensor& mask) {
-  const int64_t T = projected.size(0), B = projected.size(1), H = projected.size(2);
-  const StepProduct recurrent(w_hh, packed, B);  // h -> W_hh h (+ p_t)
-  std::vector<at::Tensor> steps = projected.unbind(0);
-  AT_DISPATCH_FLOATING_TYPES(projected.scalar_type(), "elman_forward", [&] {
-    for (int64_t t = 0; t < T; ++t) {
-      const at::Tensor& h_prev = t == 0 ? h0 : steps[t - 1];
-      recurrent.add_into(steps[t], steps[t], h_prev);  // p_t + W_hh h_{t-1}, in place
-      scalar_t* h = steps[t].data_ptr<scalar_t>();
-      const scalar_t* hp = h_prev.data_ptr<scalar_t>();
-      const bool* valid = mask_row(mask, t, B);
-      for_rows(B, H, [&](int64_t b0, int64_t b1) {
-        for (int64_t b = b0; b < b1; ++b) {
-          if (valid != nullptr && !valid[b]) {
-            std::memcpy(h + b * H, hp + b * H, H * sizeof(scalar_t));  // ended: the state carries over
-          } else {
-            elman_row(h + b * H, relu, H);
-          }
-        }
-      });
-    }
-  });
-}
-
 // Returns (dL/d pre-activations (T, B, H), dL/dh0 (B, H)).
 std::vector<at::Tensor> elman_backward_impl(const at::Tensor& states, const at::Tensor& h0, const at::Tensor& w_hh,
                                             const Opt& packed_t, bool relu, const at::Tensor& mask,
@@ -674,8 +648,8 @@ void lstm_block(const LSTMStep<T>& s, const T* panels, int64_t b0, int64_t b1, i
 }
 
 // How the threads share a layer's steps. A sequence's batch rows are independent of each
-// other, so when W_hh fits in a core's cache next to its share of the rows (up to H = 256 in
-// float32), each thread takes a share of the rows for all the steps it can (all T, or a chunk
+// other, so when W_hh (G*H, H) fits in a core's cache next to its share of the rows (the LSTM's
+// up to H = 256 in float32, the Elman's up to 512), each thread takes a share of the rows for all the steps it can (all T, or a chunk
 // of projected input): one parallel region per layer or chunk, no meeting between steps, and
 // each core reads only the states it wrote. Past that size each thread would read all of W_hh
 // from memory at every step; then the threads split the units instead (each keeps its panels
@@ -687,17 +661,17 @@ constexpr int64_t kMinParallelStepMacs = int64_t(1) << 18;
 enum class StepSplit { kOneThread, kRows, kUnits };
 
 template <typename T>
-StepSplit lstm_step_split(int64_t B, int64_t H) {
-  if (B * 4 * H * H < kMinParallelStepMacs || at::get_num_threads() == 1) return StepSplit::kOneThread;
-  const bool fits = 4 * H * H * int64_t(sizeof(T)) <= kRowSplitMaxWeightBytes;
+StepSplit step_split(int64_t B, int64_t G, int64_t H) {
+  if (B * G * H * H < kMinParallelStepMacs || at::get_num_threads() == 1) return StepSplit::kOneThread;
+  const bool fits = G * H * H * int64_t(sizeof(T)) <= kRowSplitMaxWeightBytes;
   return B >= 2 * kTileRows && fits ? StepSplit::kRows : StepSplit::kUnits;
 }
 
 // block(t, b0, b1, j0, j1) for ``count`` steps t = first, first + dir, ..., over the rows
 // 0 .. B - 1 and panels 0 .. P - 1, shared between the threads as ``split`` says.
 template <typename F>
-void lstm_run_steps(StepSplit split, int64_t B, int64_t P, int64_t first, int64_t count, int64_t dir,
-                    const F& block) {
+void run_steps(StepSplit split, int64_t B, int64_t P, int64_t first, int64_t count, int64_t dir,
+               const F& block) {
   if (split == StepSplit::kRows) {
     at::parallel_for(0, B, kTileRows, [&](int64_t b0, int64_t b1) {
       for (int64_t i = 0, t = first; i < count; ++i, t += dir) block(t, b0, b1, 0, P);
@@ -711,6 +685,73 @@ void lstm_run_steps(StepSplit split, int64_t B, int64_t P, int64_t first, int64_
       block(t, 0, B, 0, P);
     }
   }
+}
+
+// A product's weights M (K, units) as panels (P, K, width), zero past the last unit: for each
+// of the K inputs, ``width`` consecutive units, the layout of a tile's sum (lstm_sum).
+at::Tensor unit_panels(const at::Tensor& m, int64_t width) {
+  const int64_t K = m.size(0), units = m.size(1), P = (units + width - 1) / width;
+  at::Tensor w = m;
+  if (P * width != units) w = at::constant_pad_nd(w, {0, P * width - units});
+  return w.reshape({K, P, width}).permute({1, 0, 2}).contiguous();  // (P, K, width)
+}
+
+// ------------------------------------------------------------------ Elman, forward
+// The Elman step as the LSTM's is: tiles of kTileRows batch rows by 4 vectors of units, the
+// sum over h_{t-1} in registers on top of p_t, and the activation in the tile's epilogue. A
+// per-step product (B, H) x (H, H) is small enough that a library call for it runs well below
+// the arithmetic rate the tile reaches.
+template <typename T, int MR>
+void elman_tile(T* __restrict__ h, const T* __restrict__ hp, const T* __restrict__ panel, const bool* valid,
+                bool relu, int64_t H, int64_t m, int64_t u0, int64_t n) {
+  using V = Vec<T>;
+  constexpr int W = 4 * V::N;
+  typename V::type acc[MR][4];
+  for (int r = 0; r < MR; ++r) {  // p_t, zero past H in the last panel
+    alignas(64) T p[W] = {};
+    std::memcpy(p, h + (m + r) * H + u0, n * sizeof(T));
+    for (int v = 0; v < 4; ++v) acc[r][v] = V::load(p + v * V::N);
+  }
+  lstm_sum<T, MR>(acc, hp + m * H, H, H, panel, nullptr, H);
+  for (int r = 0; r < MR; ++r) {
+    const int64_t row = m + r;
+    if (valid != nullptr && !valid[row]) {  // ended: the state carries over
+      std::memcpy(h + row * H + u0, hp + row * H + u0, n * sizeof(T));
+      continue;
+    }
+    alignas(64) T out[W];
+    for (int v = 0; v < 4; ++v) V::store(out + v * V::N, acc[r][v]);
+    elman_row(out, relu, W);
+    std::memcpy(h + row * H + u0, out, n * sizeof(T));
+  }
+}
+
+// h_t = act(p_t + W_hh h_{t-1}), written over ``projected`` (T, B, H), which becomes the states.
+void elman_forward_impl(at::Tensor projected, const at::Tensor& h0, const at::Tensor& w_hh, bool relu,
+                        const at::Tensor& mask) {
+  const int64_t T = projected.size(0), B = projected.size(1), H = projected.size(2);
+  AT_DISPATCH_FLOATING_TYPES(projected.scalar_type(), "elman_forward", [&] {
+    using T_ = scalar_t;
+    constexpr int W = 4 * Vec<T_>::N;
+    const at::Tensor panels_t = unit_panels(w_hh.t(), W);  // (P, H, 4N)
+    const T_* panels = panels_t.data_ptr<T_>();
+    const int64_t P = panels_t.size(0), BH = B * H;
+    T_* states = projected.data_ptr<T_>();
+    const T_* h0_ = h0.data_ptr<T_>();
+    run_steps(step_split<T_>(B, 1, H), B, P, 0, T, 1, [&](int64_t t, int64_t b0, int64_t b1, int64_t j0, int64_t j1) {
+      T_* h = states + t * BH;
+      const T_* hp = t == 0 ? h0_ : h - BH;
+      const bool* valid = mask_row(mask, t, B);
+      for (int64_t j = j0; j < j1; ++j) {
+        const T_* panel = panels + j * H * W;
+        const int64_t u0 = j * W, n = std::min<int64_t>(W, H - u0);
+        for (int64_t m = b0, rows; m < b1; m += rows) {
+          rows = tile_rows(b1 - m);
+          with_tile_rows(rows, [&](auto mr) { elman_tile<T_, mr.value>(h, hp, panel, valid, relu, H, m, u0, n); });
+        }
+      }
+    });
+  });
 }
 
 // The activated gates are written over ``inputs``' steps, a temporary the caller gives up.
@@ -743,11 +784,11 @@ std::vector<at::Tensor> lstm_forward_impl(StepInputs& inputs, const at::Tensor& 
                           in_step ? inputs.x().data_ptr<T_>() + t * B * D : nullptr,
                           in_step ? panels_ih_t.data_ptr<T_>() : nullptr, D};
     };
-    const StepSplit split = lstm_step_split<T_>(B, H);
+    const StepSplit split = step_split<T_>(B, 4, H);
     for (int64_t t0 = 0; t0 < T;) {
       inputs.at(t0);  // projects the chunk that starts at t0 where x is projected chunk by chunk
       const int64_t t1 = inputs.span_end(t0);
-      lstm_run_steps(split, B, P, t0, t1 - t0, 1, [&](int64_t t, int64_t b0, int64_t b1, int64_t j0, int64_t j1) {
+      run_steps(split, B, P, t0, t1 - t0, 1, [&](int64_t t, int64_t b0, int64_t b1, int64_t j0, int64_t j1) {
         lstm_block(step(t), panels, b0, b1, j0, j1);
       });
       t0 = t1;
@@ -762,14 +803,7 @@ std::vector<at::Tensor> lstm_forward_impl(StepInputs& inputs, const at::Tensor& 
 // (4H, H); a tile is kTileRows rows by 4 vectors of units of dL/dh_{t-1}, summed in registers,
 // and its epilogue is step t-1's element-wise work for those rows and units: dL/dh_{t-1} (plus
 // the outputs' gradient), and from it dL/da_{t-1} and dL/dc_{t-2}. W_hh's rows are already
-// units-contiguous, so its panels are (P, 4H, 4N): for each of the 4H inputs of the product,
-// 4N consecutive units.
-at::Tensor lstm_back_panels(const at::Tensor& w_hh, int64_t width) {
-  const int64_t H = w_hh.size(1), P = (H + width - 1) / width;
-  at::Tensor w = w_hh;  // (4H, units)
-  if (P * width != H) w = at::constant_pad_nd(w, {0, P * width - H});
-  return w.view({4 * H, P, width}).permute({1, 0, 2}).contiguous();  // (P, 4H, width)
-}
+// units-contiguous, so its panels are unit_panels(W_hh): (P, 4H, 4N).
 
 // Step t -> t-1 of the backward, as pointers. ``ga``: dL/da_t (B, 4H), read; ``ga_prev``:
 // dL/da_{t-1}, written (null at t = 0: then only dL/dh_{-1}, which is dL/dh0, is made);
@@ -867,7 +901,7 @@ std::vector<at::Tensor> lstm_backward_impl(const at::Tensor& gates, const at::Te
   AT_DISPATCH_FLOATING_TYPES(states.scalar_type(), "lstm_backward", [&] {
     using T_ = scalar_t;
     const int64_t BH = B * H, K = 4 * H;
-    const at::Tensor panels_t = lstm_back_panels(w_hh, 4 * Vec<T_>::N);
+    const at::Tensor panels_t = unit_panels(w_hh, 4 * Vec<T_>::N);
     const T_* panels = panels_t.data_ptr<T_>();
     const int64_t P = panels_t.size(0);
     const T_* gs = grad_states.defined() ? grad_states.data_ptr<T_>() : nullptr;
@@ -903,7 +937,7 @@ std::vector<at::Tensor> lstm_backward_impl(const at::Tensor& gates, const at::Te
         lstm_back_row(a_last + b * K, tc_last + b * H, cp_last + b * H, gh + b * H, gc + b * H, g, H, H);
       }
     }
-    lstm_run_steps(lstm_step_split<T_>(B, H), B, P, T - 1, T, -1,
+    run_steps(step_split<T_>(B, 4, H), B, P, T - 1, T, -1,
                    [&](int64_t t, int64_t b0, int64_t b1, int64_t j0, int64_t j1) {
                      lstm_back_block(step(t), panels, b0, b1, j0, j1);
                    });
@@ -1131,9 +1165,8 @@ std::vector<at::Tensor> indrnn_scan_backward(const at::Tensor& h, const at::Tens
 
 // The Python entry points: optional tensors (None) as undefined tensors. ``packed``: oneDNN's
 // packed W_hh for the forward's products, ``packed_t``: of W_hh^T for the backward's (or None).
-void elman_forward(at::Tensor projected, const at::Tensor& h0, const at::Tensor& w_hh, const Opt& packed, bool relu,
-                   const Opt& mask) {
-  elman_forward_impl(projected, h0, w_hh, packed, relu, value(mask));
+void elman_forward(at::Tensor projected, const at::Tensor& h0, const at::Tensor& w_hh, bool relu, const Opt& mask) {
+  elman_forward_impl(projected, h0, w_hh, relu, value(mask));
 }
 std::vector<at::Tensor> elman_backward(const at::Tensor& states, const at::Tensor& h0, const at::Tensor& w_hh,
                                        const Opt& packed_t, bool relu, const Opt& mask, const Opt& grad_states,
