@@ -509,6 +509,7 @@ struct LSTMStep {
   const T* x = nullptr;          // x_t (B, D) where the step projects its input (then p is null), else null
   const T* panels_ih = nullptr;  // W_xh's panels (P, D, 4, N)
   int64_t D = 0;
+  bool keep_gates = true;  // write the activated gates over p_t (for a backward)
 };
 
 // The element-wise part of a step for n units of one row, from their pre-activations.
@@ -593,9 +594,10 @@ void lstm_tile(const LSTMStep<T>& s, const T* __restrict__ panel, const T* __res
       std::memcpy(s.h + row * H + u0, s.hp + row * H + u0, n * sizeof(T));
       continue;
     }
-    alignas(64) T unused[4 * N];  // the gates, where no backward reads them (s.p null)
-    T* __restrict__ a = s.p != nullptr ? s.p + row * 4 * H + u0 : unused;
-    const int64_t stride = s.p != nullptr ? H : N;
+    alignas(64) T unused[4 * N];  // the gates, where no backward reads them
+    const bool keep = s.p != nullptr && s.keep_gates;
+    T* __restrict__ a = keep ? s.p + row * 4 * H + u0 : unused;
+    const int64_t stride = keep ? H : N;
     const T* __restrict__ cp = s.cp + row * H + u0;
     T* __restrict__ c = s.c + row * H + u0;
     T* __restrict__ tc = s.tc + row * H + u0;
@@ -782,7 +784,7 @@ std::vector<at::Tensor> lstm_forward_impl(StepInputs& inputs, const at::Tensor& 
                           ce + (save ? t : t % 2) * BH, tce + (save ? t : 0) * BH, st + t * BH,
                           mask_row(mask, t, B), H,
                           in_step ? inputs.x().data_ptr<T_>() + t * B * D : nullptr,
-                          in_step ? panels_ih_t.data_ptr<T_>() : nullptr, D};
+                          in_step ? panels_ih_t.data_ptr<T_>() : nullptr, D, save};
     };
     const StepSplit split = step_split<T_>(B, 4, H);
     for (int64_t t0 = 0; t0 < T;) {
