@@ -2,6 +2,7 @@
 process (``+callbacks.<name>._target_=probes.<Class>``; the subprocess needs ``tests`` on
 PYTHONPATH)."""
 
+import json
 from pathlib import Path
 
 import lightning as L
@@ -24,3 +25,18 @@ class RecordReads(L.Callback):
     def on_train_end(self, trainer, pl_module):
         self.out_dir.mkdir(parents=True, exist_ok=True)
         torch.save([torch.cat(rows) for rows in self.epochs], self.out_dir / f"rank{trainer.global_rank}.pt")
+
+
+class RecordLearningRates(L.Callback):
+    """Record the learning rate each optimizer step is taken with: ``rates`` [(global step,
+    lr of the first parameter group)], saved as JSON to ``out_file`` at the end of training."""
+
+    def __init__(self, out_file: str):
+        self.out_file, self.rates = Path(out_file), []
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        self.rates.append((trainer.global_step, optimizer.param_groups[0]["lr"]))
+
+    def on_train_end(self, trainer, pl_module):
+        self.out_file.parent.mkdir(parents=True, exist_ok=True)
+        self.out_file.write_text(json.dumps(self.rates))

@@ -1,7 +1,7 @@
 """Lightning callbacks rnnlab adds to what Lightning ships.
 
-:class:`ParameterHistograms`, :class:`HiddenStateMonitor` and :class:`NetworkSummary` are
-configured in ``conf/callbacks/``. The other three make
+:class:`ParameterHistograms`, :class:`HiddenStateMonitor`, :class:`NetworkSummary` and
+:class:`BudgetSchedule` are configured in ``conf/callbacks/``. The other three make
 runs reliable and are added to every run by :func:`rnnlab.train.train`, whatever the
 callbacks config says: :class:`StepSeed` (a resumed run draws the same random numbers as an
 uninterrupted one), :class:`StopOnNonFiniteLoss` (a diverged loss stops the run naming the
@@ -11,6 +11,7 @@ step) and :class:`StopOnInterrupt` (Ctrl-C ends the run at the next checkpoint).
 from __future__ import annotations
 
 import hashlib
+import math
 import signal
 import sys
 import threading
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import RichModelSummary
+from lightning.pytorch.callbacks import RichModelSummary, Timer
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import grad_norm
 
@@ -159,6 +160,72 @@ class StepSeed(L.Callback):
             else:
                 torch.cuda.set_rng_state(state, pl_module.device)
         self._outside = []
+
+
+class BudgetSchedule(L.Callback):
+    """Anneal the learning rate over the run's whole budget: a linear warm-up, then a cosine
+    from the optimiser's learning rate down to ``final`` times it, reached when the trainer
+    stops. The budget is what stops the trainer: the share of ``trainer.max_time`` spent, so
+    that runs compared at equal wall time all complete their schedule whatever their speed,
+    or of the optimiser steps Lightning expects from ``max_steps`` / ``max_epochs``
+    (``trainer.estimated_stepping_batches``), whichever is further along.
+
+    Every parameter group's rate is set before each training batch. The configured rate is
+    kept in the group as ``initial_lr`` (the key torch's own schedulers use), which is saved
+    with the optimiser, and Lightning's Timer saves the time spent, so a resumed run goes
+    on with the schedule where it stopped. Under DDP rank 0's progress is broadcast, so
+    every rank steps with the same rate. It replaces ``model.scheduler``: setting both is
+    refused.
+
+    Args:
+        warmup: share of the budget over which the rate rises linearly from 0 (0: none).
+        final: the rate at the end of the budget, as a fraction of the configured one.
+    """
+
+    def __init__(self, warmup: float = 0.0, final: float = 0.0):
+        if not checks.is_number(warmup) or not 0.0 <= warmup < 1.0:
+            raise ValueError(f"callbacks.budget_schedule.warmup: expected a number in [0, 1), got {warmup!r}")
+        if not checks.is_number(final) or not 0.0 <= final <= 1.0:
+            raise ValueError(f"callbacks.budget_schedule.final: expected a number in [0, 1], got {final!r}")
+        self.warmup, self.final = float(warmup), float(final)
+        self._timer: Timer | None = None
+        self._steps = math.inf
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        if trainer.lr_scheduler_configs:
+            raise ValueError("callbacks.budget_schedule sets the learning rate at every step, and so does "
+                             "model.scheduler: expected one of them, got both")
+        self._timer = next((cb for cb in trainer.callbacks
+                            if isinstance(cb, Timer) and cb.time_remaining() is not None), None)
+        self._steps = float(trainer.estimated_stepping_batches)
+        if self._timer is None and not math.isfinite(self._steps):
+            raise ValueError("callbacks.budget_schedule anneals over the run's budget: expected trainer.max_time, "
+                             "trainer.max_steps or trainer.max_epochs to be set, got none")
+
+    def progress(self, trainer) -> float:
+        """The share of the budget spent, in [0, 1]."""
+        shares = [trainer.global_step / self._steps if math.isfinite(self._steps) else 0.0]
+        if self._timer is not None:
+            spent = self._timer.time_elapsed("train")
+            shares.append(spent / max(spent + self._timer.time_remaining("train"), 1e-9))
+        return min(max(shares), 1.0)
+
+    def factor(self, progress: float) -> float:
+        """The learning rate at ``progress`` (0 to 1) as a fraction of the configured one."""
+        if progress < self.warmup:
+            return progress / self.warmup
+        cosine = 0.5 * (1.0 + math.cos(math.pi * (progress - self.warmup) / (1.0 - self.warmup)))
+        return self.final + (1.0 - self.final) * cosine
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        progress = self.progress(trainer)
+        if trainer.world_size > 1:
+            progress = trainer.strategy.broadcast(progress, src=0)
+        factor = self.factor(progress)
+        for optimizer in trainer.optimizers:
+            for group in optimizer.param_groups:
+                group.setdefault("initial_lr", group["lr"])
+                group["lr"] = group["initial_lr"] * factor
 
 
 class TrainingDiverged(FloatingPointError):

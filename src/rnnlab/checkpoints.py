@@ -222,6 +222,8 @@ def _settings(model: dict | None, data: dict | None, run: dict | None) -> dict:
     if run is not None:
         flat.update(flatten({"trainer": run.get("trainer")}))
         flat["seed"] = run.get("seed")
+        if run.get("budget_schedule") is not None:
+            flat.update(flatten({"callbacks": {"budget_schedule": run["budget_schedule"]}}))
     return flat
 
 
@@ -233,7 +235,9 @@ def check_resumable(checkpoint: dict, task: RNNTask, path: str | Path) -> None:
     model. Then every other setting the checkpoint recorded (optimizer, schedule, data,
     trainer, seed): a difference there would be recorded as the run's setting without being
     what the restored optimizer and schedule use, so only :data:`RESUMABLE_CHANGES` may
-    differ (``trainer.max_epochs=20`` extends a run that has no schedule tied to it).
+    differ (``trainer.max_epochs=20`` extends a run that has no schedule tied to it; with
+    ``callbacks.budget_schedule``, whose learning rate follows the share of the budget spent,
+    the budget may not change either).
     Checkpoints that recorded fewer settings are compared on what they hold.
     """
     check_same_task(checkpoint, type(task), path)
@@ -242,8 +246,12 @@ def check_resumable(checkpoint: dict, task: RNNTask, path: str | Path) -> None:
     saved = _settings(checkpoint["hyper_parameters"], info.get("data") if recorded else None, info.get("run"))
     current = _settings(dict(task.hparams), task.data_config if recorded else None,
                         task.run_config if recorded else None)
+    resumable = RESUMABLE_CHANGES
+    if any(key.startswith("callbacks.budget_schedule") for key in (*saved, *current)):
+        # the learning rate follows the share of the budget spent: a longer budget is another schedule
+        resumable = tuple(key for key in RESUMABLE_CHANGES if key not in ("trainer.max_epochs", "trainer.max_steps"))
     differing = [key for key in sorted(set(saved) | set(current))
-                 if saved.get(key) != current.get(key) and not key.startswith(RESUMABLE_CHANGES)]
+                 if saved.get(key) != current.get(key) and not key.startswith(resumable)]
     model = [key for key in differing if key.startswith(_MODEL_KEYS)]
     if model:
         raise CheckpointError(f"ckpt_path: {str(path)!r} holds a different model than this run's config: " + "; ".join(
@@ -253,8 +261,9 @@ def check_resumable(checkpoint: dict, task: RNNTask, path: str | Path) -> None:
             f"ckpt_path: resuming {str(path)!r} would change settings the run was trained with: " + "; ".join(
                 describe_difference(key, saved.get(key), current.get(key), "checkpoint", "config")
                 for key in differing)
-            + ". A resume continues the run as it was (only trainer.max_epochs, trainer.max_steps, "
-              "trainer.min_epochs and what is shown may change); start a new run for other settings")
+            + ". A resume continues the run as it was (only "
+            + ("trainer.max_epochs, trainer.max_steps, " if "trainer.max_epochs" in resumable else "")
+            + "trainer.min_epochs and what is shown may change); start a new run for other settings")
 
 
 def epochs_done(checkpoint: dict) -> int:

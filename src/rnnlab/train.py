@@ -41,7 +41,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch.utils.tensorboard.summary import hparams as hparams_summary
 
-from .callbacks import StepSeed, StopOnInterrupt, StopOnNonFiniteLoss
+from .callbacks import BudgetSchedule, StepSeed, StopOnInterrupt, StopOnNonFiniteLoss
 from .checkpoints import AtomicCheckpointIO, check_resumable, check_same_task, check_writable, describe_difference
 from .checkpoints import load_checkpoint
 from .config import RESUME_CONFIG_SUBDIR, class_path, flatten, instantiate_node, target_class
@@ -189,6 +189,9 @@ def train(cfg: DictConfig, before_fit: Callable[[], None] | None = None) -> tupl
     task: RNNTask = instantiate_node(cfg.model, "model")
     task.data_config = data_record(cfg.data, datamodule)
     task.run_config = {"trainer": plain(cfg.trainer), "seed": seed}
+    schedule = (cfg.get("callbacks") or {}).get("budget_schedule")
+    if schedule is not None:  # ties the learning rate to the trainer's budget: recorded for resumes
+        task.run_config["budget_schedule"] = plain(schedule)
     if checkpoint is not None:
         check_resumable(checkpoint, task, ckpt_path)
         check_finished(checkpoint, cfg, ckpt_path)
@@ -207,6 +210,9 @@ def train(cfg: DictConfig, before_fit: Callable[[], None] | None = None) -> tupl
         callbacks = [cb for cb in callbacks if not isinstance(cb, ModelSummary)]
     if seed is not None:
         callbacks.append(StepSeed(seed))
+    # A schedule sets the step's learning rate at batch start, before LearningRateMonitor
+    # records it there (Lightning calls callbacks in list order).
+    callbacks.sort(key=lambda cb: not isinstance(cb, BudgetSchedule))
     output_dir = cfg.paths.output_dir if "paths" in cfg else None
     if ckpt_path is not None and output_dir is not None:
         continue_runs(cfg.get("logger"), output_dir)  # a resumed run goes on in its own tracker runs
