@@ -67,8 +67,12 @@ def test_training_on_variable_length_data(tmp_path):
 def test_streams_continue_row_by_row():
     ids = torch.arange(1000)
     streams = StreamWindows(ids, batch_size=4, seq_len=10)
-    assert len(streams) == (250 - 1) // 10
+    assert len(streams) == 25  # 24 windows of 10 and one of 9: every character but the first a target
     x0, y0 = streams[0]
+    last_x, last_y = streams[24]
+    assert last_x.shape == (4, 9) and torch.equal(last_y[:, -1], torch.tensor([249, 499, 749, 999]))
+    targets = torch.cat([streams[k][1] for k in range(len(streams))], dim=1)  # (4, 249)
+    assert torch.equal(targets, ids.view(4, 250)[:, 1:])
     x1, _ = streams[1]
     assert x0.shape == (4, 10) and torch.equal(y0, x0 + 1)
     assert torch.equal(x1[:, 0], x0[:, -1] + 1)  # row b of batch 1 continues row b of batch 0

@@ -83,7 +83,10 @@ class StreamWindows(Dataset):
     """A text cut into ``batch_size`` contiguous streams; item k is window k of every stream.
 
     Row b of batch k continues row b of batch k - 1, which is what lets a model carry its
-    hidden state across batches. Returns x (B, T) and y (B, T), y shifted by one.
+    hidden state across batches. Returns x (B, T) and y (B, T), y shifted by one; the last
+    window is shorter where the streams do not divide into windows, so every character of a
+    stream but its first is a target once (the ``len(ids) % batch_size`` characters left over
+    after the streams are not read).
     """
 
     def __init__(self, ids: torch.Tensor, batch_size: int, seq_len: int):
@@ -95,11 +98,13 @@ class StreamWindows(Dataset):
         self.seq_len = seq_len
 
     def __len__(self) -> int:
-        return (self.streams.shape[1] - 1) // self.seq_len
+        return -(-(self.streams.shape[1] - 1) // self.seq_len)  # ceil((N / B - 1) / T)
 
     def __getitem__(self, k: int):
         start = k * self.seq_len
-        window = self.streams[:, start:start + self.seq_len + 1]  # (B, T + 1)
+        if not 0 <= k < len(self):
+            raise IndexError(f"window {k} of {len(self)}")
+        window = self.streams[:, start:start + self.seq_len + 1]  # (B, T + 1), shorter at the end
         return window[:, :-1], window[:, 1:]
 
 
