@@ -1,7 +1,9 @@
 """Test helpers: compose the real configs from conf/ with test overrides."""
 
+import math
 from pathlib import Path
 
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
@@ -44,3 +46,20 @@ def compose_config(config_name: str, overrides: list[str], output_dir: Path):
             cfg.paths.output_dir = str(output_dir)
             cfg.paths.log_dir = str(output_dir)
     return cfg
+
+
+def carried_bpc(net, ids, batch_size: int, seq_len: int) -> float:
+    """bpc of ``net`` on ``ids`` read as batch_size streams, the state carried window to window,
+    written out here independently of the data module (the last window shorter)."""
+    per = len(ids) // batch_size
+    streams = ids[: per * batch_size].view(batch_size, per)
+    h, total, count = None, 0.0, 0
+    with torch.no_grad():
+        for start in range(0, per - 1, seq_len):
+            x = streams[:, start:min(start + seq_len, per - 1)]
+            y = streams[:, start + 1:start + 1 + x.shape[1]]
+            logits, h = net(x, h)
+            total += torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="sum").item()
+            count += y.numel()
+    return total / count / math.log(2)
+

@@ -5,6 +5,11 @@ and the table reports the best validation value reached, the optimiser steps don
 wall time. ``scripts/compare_cells.py`` wraps :func:`run`; ``conf/compare.yaml`` holds the
 settings and the configurations.
 
+For tinyshakespeare the best checkpoint of every configuration is also evaluated on the
+validation text both ways a character model can read it, whichever way it trained
+(:func:`text_bpc`): independent windows from a zero state, and contiguous streams that carry
+the state through the whole text.
+
 For the seed task it also draws the gradient flow (∂loss/∂h_t over 60 steps) of every
 trained classifier in one figure (:func:`rnnlab.analyze.gradient_flow_figure`).
 """
@@ -34,7 +39,8 @@ TASKS = {
     "seed": {"overrides": ["model=classifier"], "metric": "val/acc", "mode": "max"},
     "shakespeare": {"overrides": ["model=char_rnn"], "metric": "val/bpc", "mode": "min"},
 }
-COLUMNS = ["config", "cell", "overrides", "hidden_size", "parameters", "metric", "best", "steps", "wall_s", "seconds"]
+COLUMNS = ["config", "cell", "overrides", "hidden_size", "parameters", "metric", "best", "windows", "carried", "steps",
+           "wall_s", "seconds"]
 
 
 @dataclass
@@ -46,6 +52,8 @@ class Row:
     parameters: int
     metric: str
     best: float | None
+    windows: float | None  # shakespeare: the best checkpoint's val/bpc on windows from a zero state
+    carried: float | None  # ... and with the state carried through the validation text
     steps: int
     wall_s: float
     seconds: int  # the budget
@@ -130,8 +138,12 @@ def run(*, task: str, configs: Mapping[str, Sequence[str]], reference: str, seco
         ckpt = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
         steps = int(torch.load(ckpt, map_location="cpu", weights_only=True)["global_step"])
         best = metrics.get(f"{spec['metric']}_best")
+        windows = carried = None
+        if task == "shakespeare":
+            best_ckpt = best_checkpoint(ckpt, spec["metric"])
+            windows, carried = text_bpc(best_ckpt, stateful=False), text_bpc(best_ckpt, stateful=True)
         rows.append(Row(name, cfg.model.net.cell, " ".join(extra), size, params, spec["metric"],
-                        None if best is None else float(best), steps, round(wall, 1), seconds))
+                        None if best is None else float(best), windows, carried, steps, round(wall, 1), seconds))
         if task == "seed" and gradient_flow:
             recordings.append(_recording(ckpt))
     reverse = spec["mode"] == "max"
@@ -152,6 +164,33 @@ def _duration(seconds: int) -> str:
     return f"00:{hours:02d}:{m:02d}:{s:02d}"
 
 
+def best_checkpoint(last: Path, metric: str) -> Path:
+    """The best checkpoint by ``metric`` that the run whose newest checkpoint is ``last``
+    saved (its ModelCheckpoint's record); ``last`` where none monitored ``metric``."""
+    state = torch.load(last, map_location="cpu", weights_only=True)
+    for value in state.get("callbacks", {}).values():
+        if isinstance(value, dict) and value.get("monitor") == metric and value.get("best_model_path"):
+            return Path(value["best_model_path"])
+    return last
+
+
+def text_bpc(ckpt: str | Path, stateful: bool, stage: str = "validate") -> float:
+    """Bits per character of the character model in ``ckpt`` on its validation text (or test
+    text, ``stage="test"``), read as independent windows of ``seq_len`` from a zero state
+    (``stateful=False``) or as ``batch_size`` contiguous streams, the state carried from
+    window to window through the whole text (``stateful=True``)."""
+    import lightning as L
+
+    from .eval import load_for_evaluation
+
+    task, datamodule = load_for_evaluation(str(ckpt), {"stateful": stateful}, stage=stage)
+    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    run_stage = trainer.validate if stage == "validate" else trainer.test
+    prefix = "val" if stage == "validate" else "test"
+    return float(run_stage(task, datamodule=datamodule, verbose=False)[0][f"{prefix}/bpc"])
+
+
 def _recording(ckpt: Path):
     """The top layer's gradient flow of a trained classifier on 64 validation sequences of 60
     steps, the loss reading only the final state."""
@@ -170,13 +209,22 @@ def write(rows: list[Row], out: Path, task: str, target: int) -> tuple[Path, Pat
     csv_path, md_path = out / "compare.csv", out / "compare.md"
     write_csv(csv_path, COLUMNS, rows)
     metric = rows[0].metric if rows else ""
+    text = task == "shakespeare"
     lines = [f"Task {task}: {rows[0].seconds if rows else 0} s of training per configuration, about {target:,} "
-             f"parameters each; best {metric} on validation, best first.", "",
-             f"| config | cell | hidden | parameters | best {metric} | steps | wall s |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+             f"parameters each; best {metric} on validation, best first."
+             + (" The best checkpoint's val/bpc on windows from a zero state, and with the state carried "
+                "through the validation text." if text else ""), "",
+             f"| config | cell | hidden | parameters | best {metric} |" + (" windows | carried |" if text else "")
+             + " steps | wall s |",
+             "| --- | --- | --- | --- | --- |" + (" --- | --- |" if text else "") + " --- | --- |"]
+
+    def number(value: float | None) -> str:
+        return "-" if value is None else f"{value:.4f}"
+
     for r in rows:
-        best = "-" if r.best is None else f"{r.best:.4f}"
-        lines.append(f"| {r.config} | {r.cell} | {r.hidden_size} | {r.parameters:,} | {best} | {r.steps} | {r.wall_s} |")
+        extra = f" {number(r.windows)} | {number(r.carried)} |" if text else ""
+        lines.append(f"| {r.config} | {r.cell} | {r.hidden_size} | {r.parameters:,} | {number(r.best)} |{extra} "
+                     f"{r.steps} | {r.wall_s} |")
     md_path.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return csv_path, md_path

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from helpers import CONF_DIR, ROOT, TINY
+from helpers import CONF_DIR, ROOT, TINY, carried_bpc
 from rnnlab import compare
 from rnnlab.errors import ConfigError
 from rnnlab.benchmark.e2e import compose_train_config
@@ -67,3 +67,36 @@ def test_compare_script_refuses_an_unknown_reference(tmp_path):
                           timeout=300, check=False)
     assert proc.returncode == 1
     assert "reference: expected one of the configs" in proc.stderr + proc.stdout
+
+
+def test_the_text_comparison_reports_the_best_checkpoint_read_as_windows_and_as_carried_streams(tmp_path):
+    """For a character model the table gives the best checkpoint's val/bpc on windows from a
+    zero state and with the state carried through the validation text, whichever way it was
+    trained: the training's own best equals the matching column, and the carried value is the
+    streams' loss computed independently."""
+    from rnnlab.checkpoints import load_task
+
+    text = tmp_path / "text.txt"
+    text.write_text("".join(f"the {w} sat on the mat and the {w} ran. " for w in ("cat", "dog", "hen", "fox") * 300))
+    configs = {"windows": ["model.net.cell=gru"], "streams": ["model.net.cell=gru", "data.stateful=true"]}
+    base = [*QUIET, f"data.path={text}", "data.seq_len=24", "data.batch_size=8", "data.windows_per_epoch=64",
+            "model.net.num_layers=1", "model.net.hidden_size=24", "model.net.embed_dim=8",
+            "model.sample_max_new_tokens=10", "model.sample_prompt=the"]
+    rows = compare.run(task="shakespeare", configs=configs, reference="windows", seconds=3, out=tmp_path / "out",
+                       conf_dir=CONF_DIR, overrides=base)
+    by_name = {r.config: r for r in rows}
+    assert by_name["windows"].best == pytest.approx(by_name["windows"].windows, abs=1e-5)
+    assert by_name["streams"].best == pytest.approx(by_name["streams"].carried, abs=1e-5)
+    for r in rows:
+        assert r.windows != pytest.approx(r.carried, abs=1e-4)
+    best = compare.best_checkpoint(tmp_path / "out" / "windows" / "checkpoints" / "last.ckpt", "val/bpc")
+    assert best.name != "last.ckpt" and best.exists()
+    task, data = load_task(best)
+    from rnnlab.data import CharDataModule
+
+    dm = CharDataModule(**{k: v for k, v in data.items() if k != "_target_"})
+    dm.setup("fit")
+    expected = carried_bpc(task.net.eval(), dm.ids["val"], batch_size=8, seq_len=24)
+    assert by_name["windows"].carried == pytest.approx(expected, abs=1e-4)
+    table = (tmp_path / "out" / "compare.md").read_text()
+    assert "| windows | carried |" in table and f"{by_name['windows'].carried:.4f}" in table

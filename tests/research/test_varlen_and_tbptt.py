@@ -1,5 +1,6 @@
 """Variable-length batches through data, tasks and training; stateful truncated BPTT."""
 
+import pytest
 import torch
 
 from helpers import QUIET, TINY, compose_config
@@ -207,3 +208,32 @@ def test_tagger_metrics_count_only_the_valid_steps_of_a_padded_batch():
     valid = tags != PAD_TAG
     assert int(valid.sum()) == 17
     torch.testing.assert_close(values["val/acc"], (predictions[valid] == tags[valid]).float().mean())
+
+
+def test_evaluation_reads_the_text_as_the_data_says_whichever_way_the_model_trained(tmp_path):
+    """A model trained on independent windows is evaluated with its state carried through the
+    test text (data.stateful=true), and a truncated-BPTT model on independent windows
+    (data.stateful=false): the carried loss is the streams' loss written out independently,
+    and differs from the windows' loss."""
+    from helpers import carried_bpc
+    from rnnlab.checkpoints import load_task
+    from rnnlab.eval import evaluate
+
+    for stateful in (False, True):
+        run = tmp_path / f"stateful_{stateful}"
+        cfg = compose_config("train", [*QUIET, *TINY["chars"], "model=char_rnn", f"data.stateful={stateful}",
+                                       "data.batch_size=8", "model.net.hidden_size=24", "model.net.num_layers=1",
+                                       "model.net.cell=gru", "trainer.max_epochs=1"], run)
+        train(cfg)
+        ckpt = run / "checkpoints" / "last.ckpt"
+        results = {}
+        for read_as in (False, True):
+            results[read_as] = evaluate(compose_config(
+                "eval", [f"ckpt_path={ckpt}", "trainer.accelerator=cpu", f"data.stateful={read_as}"],
+                run / f"eval_{read_as}"))["test/bpc"]
+        task, data = load_task(ckpt)
+        assert task.hparams.carry_state is stateful  # how it trained
+        dm = CharDataModule(**{k: v for k, v in data.items() if k != "_target_"})
+        dm.setup("test")
+        assert results[True] == pytest.approx(carried_bpc(task.net.eval(), dm.ids["test"], 8, 32), abs=1e-4)
+        assert results[False] != pytest.approx(results[True], abs=1e-3)
