@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
@@ -43,7 +44,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
-def load_for_evaluation(ckpt_path: str, data_overrides=None, stage: str = "test") -> tuple[L.LightningModule, L.LightningDataModule]:
+def load_for_evaluation(ckpt_path: str, data_overrides: Mapping | None = None,
+                        stage: str = "test") -> tuple[L.LightningModule, L.LightningDataModule]:
     """The trained task of ``ckpt_path`` and its data module, rebuilt from the data config the
     checkpoint stores with ``data_overrides`` (a mapping, or None) merged over it, given the
     training data's state and set up for ``stage``; the data's sizes and vocabulary are
