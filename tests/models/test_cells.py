@@ -245,3 +245,32 @@ def test_generation_step_equals_full_forward(cell):
     for _ in range(8):
         greedy = torch.cat([greedy, lm(greedy)[0][:, -1].argmax(-1, keepdim=True)], dim=1)
     assert torch.equal(lm.generate(seq[:, :4], 8, top_k=1), greedy)
+
+
+@pytest.mark.parametrize("cell", ["rnn_tanh", "lstm"])
+def test_generation_step_in_training_mode_drops_out_as_the_forward_does(cell):
+    """In training mode the one-token decoder applies dropout between layers and before the
+    head as forward does on a (B, 1) input: the same random draws give the same logits and
+    states, and they differ from the step without dropout."""
+    torch.manual_seed(9)
+    lm = CharRNN(12, 8, 16, num_layers=3, dropout=0.5, cell=cell).train()
+    seq = torch.randint(0, 12, (2, 9))
+    with torch.no_grad():
+        _, state = lm.eval()(seq[:, :4])
+        lm.train()
+        layers = [tuple(s[layer] for s in flat_state(state)) for layer in range(3)]
+        step = lm.decoder()
+        for t in range(4, 9):
+            torch.manual_seed(100 + t)
+            logits, new_layers = step(seq[:, t], layers)
+            torch.manual_seed(100 + t)
+            full_logits, full_state = lm(seq[:, t:t + 1], state)
+            torch.testing.assert_close(logits, full_logits[:, 0], atol=1e-6, rtol=1e-5)
+            for i, s in enumerate(flat_state(full_state)):
+                torch.testing.assert_close(torch.stack([layer[i] for layer in new_layers]), s, atol=1e-6, rtol=1e-5)
+            lm.eval()
+            plain_logits, plain_layers = lm.decoder()(seq[:, t], layers)
+            lm.train()
+            assert not torch.allclose(plain_logits, logits, atol=1e-3)
+            assert not torch.allclose(plain_layers[-1][0], new_layers[-1][0], atol=1e-3)  # between layers too
+            layers, state = new_layers, full_state
