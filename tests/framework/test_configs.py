@@ -61,7 +61,7 @@ REQUIRED = {"shakespeare": ["data.path=corpus.txt"]}
     *[("train", [f"debug={d}"]) for d in ("fdr", "overfit", "limit", "profiler")],
     *[("train", [f"trainer={t}"]) for t in ("cpu", "gpu")],
     *[("train", [f"logger={lg}"]) for lg in ("csv", "tensorboard", "mlflow", "wandb", "many")],
-    *[("train", [f"callbacks={c}"]) for c in ("none", "with_early_stopping")],
+    *[("train", [f"callbacks={c}"]) for c in ("none", "with_early_stopping", "[default,budget_schedule]")],
     *[("train", [f"hydra/launcher={launcher}"]) for launcher in ("joblib", "slurm", "submitit_local")],
     *[("train", [f"experiment={p.stem}", *REQUIRED.get(p.stem, [])])
       for p in sorted((CONF_DIR / "experiment").glob("*.yaml"))],
@@ -136,13 +136,13 @@ def test_every_logger_set_writes_its_files_for_every_model(model, logger, train_
     assert bool(list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))) == (logger == "many")
 
 
-@pytest.mark.parametrize("callbacks", ["none", "with_early_stopping"])
+@pytest.mark.parametrize("callbacks", ["none", "with_early_stopping", "[default,budget_schedule]"])
 @pytest.mark.parametrize("model", sorted(MODELS))
 def test_every_callback_set_runs_for_every_model(model, callbacks, train_config, tmp_path):
     # Early stopping that no epoch can satisfy (an improvement of 10 units): it stops the
     # run after its first epoch without improvement, long before max_epochs.
     extra = (["callbacks.early_stopping.patience=0", "callbacks.early_stopping.min_delta=10"]
-             if callbacks == "with_early_stopping" else [])
+             if callbacks == "with_early_stopping" else ["model.scheduler=null"] if "budget" in callbacks else [])
     quiet = [o for o in QUIET if not o.startswith("callbacks.")]  # the bar and summary go with the trainer flags
     cfg = compose_config("train", [*quiet, *TINY[MODELS[model][0]], f"model={model}", f"callbacks={callbacks}",
                                    "trainer.max_epochs=5", *SHORT, *extra], tmp_path)
@@ -150,8 +150,11 @@ def test_every_callback_set_runs_for_every_model(model, callbacks, train_config,
     assert "test/loss" in metrics
     if callbacks == "none":
         assert not (tmp_path / "checkpoints").exists()
-    else:
+    elif callbacks == "with_early_stopping":
         assert load_checkpoint(tmp_path / "checkpoints" / "last.ckpt")["epoch"] == 1  # stopped after 2 of 5
+    else:  # the learning rate annealed to near zero by the last of the 5 epochs
+        (group,) = load_checkpoint(tmp_path / "checkpoints" / "last.ckpt")["optimizer_states"][0]["param_groups"]
+        assert group["initial_lr"] == cfg.model.optimizer.lr and group["lr"] < 0.05 * group["initial_lr"]
 
 
 @pytest.mark.parametrize("cell", ["rnn_tanh", "rnn_relu", "gru", "lstm", "min_gru", "min_lstm", "indrnn", "ln_lstm"])
