@@ -166,10 +166,12 @@ def _duration(seconds: int) -> str:
 
 def best_checkpoint(last: Path, metric: str) -> Path:
     """The best checkpoint by ``metric`` that the run whose newest checkpoint is ``last``
-    saved (its ModelCheckpoint's record); ``last`` where none monitored ``metric``."""
+    saved (its ModelCheckpoint's record); ``last`` where none monitored ``metric`` or that file
+    is gone."""
     state = torch.load(last, map_location="cpu", weights_only=True)
     for value in state.get("callbacks", {}).values():
-        if isinstance(value, dict) and value.get("monitor") == metric and value.get("best_model_path"):
+        if (isinstance(value, dict) and value.get("monitor") == metric and value.get("best_model_path")
+                and Path(value["best_model_path"]).is_file()):
             return Path(value["best_model_path"])
     return last
 
@@ -178,7 +180,7 @@ def text_bpc(ckpt: str | Path, stateful: bool, stage: str = "validate") -> float
     """Bits per character of the character model in ``ckpt`` on its validation text (or test
     text, ``stage="test"``), read as independent windows of ``seq_len`` from a zero state
     (``stateful=False``) or as ``batch_size`` contiguous streams, the state carried from
-    window to window through the whole text (``stateful=True``)."""
+    window to window through the whole text (``stateful=True``); evaluated on the CPU."""
     import lightning as L
 
     from .eval import load_for_evaluation
