@@ -62,4 +62,3 @@ def carried_bpc(net, ids, batch_size: int, seq_len: int) -> float:
             total += torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="sum").item()
             count += y.numel()
     return total / count / math.log(2)
-

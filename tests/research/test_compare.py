@@ -75,6 +75,7 @@ def test_the_text_comparison_reports_the_best_checkpoint_read_as_windows_and_as_
     trained: the training's own best equals the matching column, and the carried value is the
     streams' loss computed independently."""
     from rnnlab.checkpoints import load_task
+    from rnnlab.data import CharDataModule
 
     text = tmp_path / "text.txt"
     text.write_text("".join(f"the {w} sat on the mat and the {w} ran. " for w in ("cat", "dog", "hen", "fox") * 300))
@@ -92,8 +93,6 @@ def test_the_text_comparison_reports_the_best_checkpoint_read_as_windows_and_as_
     best = compare.best_checkpoint(tmp_path / "out" / "windows" / "checkpoints" / "last.ckpt", "val/bpc")
     assert best.name != "last.ckpt" and best.exists()
     task, data = load_task(best)
-    from rnnlab.data import CharDataModule
-
     dm = CharDataModule(**{k: v for k, v in data.items() if k != "_target_"})
     dm.setup("fit")
     expected = carried_bpc(task.net.eval(), dm.ids["val"], batch_size=8, seq_len=24)

@@ -101,9 +101,9 @@ class StreamWindows(Dataset):
         return -(-(self.streams.shape[1] - 1) // self.seq_len)  # ceil((N / B - 1) / T)
 
     def __getitem__(self, k: int):
-        start = k * self.seq_len
         if not 0 <= k < len(self):
             raise IndexError(f"window {k} of {len(self)}")
+        start = k * self.seq_len
         window = self.streams[:, start:start + self.seq_len + 1]  # (B, T + 1), shorter at the end
         return window[:, :-1], window[:, 1:]
 
