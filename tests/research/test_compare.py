@@ -99,3 +99,28 @@ def test_the_text_comparison_reports_the_best_checkpoint_read_as_windows_and_as_
     assert by_name["windows"].carried == pytest.approx(expected, abs=1e-4)
     table = (tmp_path / "out" / "compare.md").read_text()
     assert "| windows | carried |" in table and f"{by_name['windows'].carried:.4f}" in table
+
+
+@pytest.mark.parametrize("task", ["seed", "shakespeare"])
+def test_every_configuration_in_compare_yaml_composes_with_its_settings_and_builds_its_network(task):
+    """A mistyped key in conf/compare.yaml would otherwise fail that configuration an hour into
+    a sitting: each one is composed as compare.run composes it, its settings land where they
+    name, and its network (at a small vocabulary or input size) is built."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    listed = OmegaConf.load(CONF_DIR / "compare.yaml")
+    configs = listed[f"{task}_configs"]
+    assert listed.reference in configs
+    for name, extra in configs.items():
+        cfg = compose_train_config(CONF_DIR, [*compare.TASKS[task]["overrides"], *listed.overrides, *extra])
+        for override in extra:
+            key, value = override.lstrip("+").split("=", 1)
+            if not value.startswith("["):
+                assert str(OmegaConf.select(cfg, key)).lower() == value.lower(), (name, key)
+        net = cfg.model.net
+        if task == "seed":
+            net.input_size, net.num_classes = 10, 2
+        else:
+            net.vocab_size = 65
+        assert sum(p.numel() for p in instantiate(net).parameters()) > 0, name
