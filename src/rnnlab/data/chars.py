@@ -149,7 +149,8 @@ class CharDataModule(L.LightningDataModule):
                  batch_size: int = 64, splits: tuple[float, float, float] = (0.9, 0.05, 0.05),
                  train_windows: str = "random", windows_per_epoch: int | None = None,
                  seed: int = 0, num_workers: int = 0, stateful: bool = False, split_by: str = "text",
-                 document_separator: str = "\n\n", num_folds: int | None = None, fold: int | None = None):
+                 document_separator: str = "\n\n", num_folds: int | None = None,
+                 fold: int | None = None):  # pragma: no mutate block
         super().__init__()
         for name in ("corpus_chars", "seq_len", "batch_size"):
             checks.positive_int(name, locals()[name])

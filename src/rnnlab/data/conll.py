@@ -189,7 +189,7 @@ class ConllDataModule(FileSplitsDataModule):
                  predict_path: str | None = None, val_fraction: float = 0.1, test_fraction: float = 0.1,
                  tag_field: str = "upos", tag_column: int = -1, min_freq: int = 2, lowercase: bool = False,
                  batch_size: int = 32, seed: int = 0, num_workers: int = 0,
-                 num_folds: int | None = None, fold: int | None = None):
+                 num_folds: int | None = None, fold: int | None = None):  # pragma: no mutate block
         super().__init__()
         path, val_path, test_path, predict_path = checked_files(path, val_path, test_path, predict_path,
                                                                 val_fraction, test_fraction)

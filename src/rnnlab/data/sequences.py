@@ -76,7 +76,7 @@ class SequenceFileDataModule(FileSplitsDataModule):
                  standardize: bool = True, id_column: str = "id", label_column: str = "label",
                  feature_columns: list[str] | None = None, time_column: str | None = None,
                  batch_size: int = 64, seed: int = 0, num_workers: int = 0,
-                 num_folds: int | None = None, fold: int | None = None):
+                 num_folds: int | None = None, fold: int | None = None):  # pragma: no mutate block
         super().__init__()
         path, val_path, test_path, predict_path = checked_files(path, val_path, test_path, predict_path,
                                                                 val_fraction, test_fraction)
