@@ -134,6 +134,19 @@ def test_strided_training_windows_do_not_overlap():
     assert len(set(starts.tolist())) == len(starts) and bool((starts % 10 == 0).all())
 
 
+def test_a_char_window_indexed_alone_is_the_text_at_its_offset_and_its_batch_row():
+    from rnnlab.data.chars import CharWindows
+
+    ids = torch.arange(100) * 7 % 65
+    windows = CharWindows(ids, seq_len=10, stride=3)
+    assert len(windows) == (100 - 11) // 3 + 1 == 30
+    bx, by = windows.gather([4, len(windows) - 1])
+    for row, item in enumerate([4, len(windows) - 1]):
+        x, y = windows[item]
+        assert torch.equal(x, ids[3 * item:3 * item + 10]) and torch.equal(y, ids[3 * item + 1:3 * item + 11])
+        assert torch.equal(x, bx[row]) and torch.equal(y, by[row])
+
+
 def test_epoch_order_is_a_function_of_seed_and_epoch():
     from rnnlab.data.batching import EpochSampler
 
