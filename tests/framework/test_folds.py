@@ -22,6 +22,9 @@ def test_fold_ids_partition_evenly_and_stratify_each_class():
     assert not np.array_equal(fold_ids(81, 5, seed=4, labels=labels), folds)
     plain = fold_ids(81, 5, seed=3)
     assert np.bincount(plain).max() - np.bincount(plain).min() <= 1
+    # dealt after a seeded shuffle: not the file's order, and another seed deals other folds
+    assert not np.array_equal(plain, np.arange(81) % 5)
+    assert np.array_equal(fold_ids(81, 5, seed=3), plain) and not np.array_equal(fold_ids(81, 5, seed=4), plain)
 
 
 def _ids(data, split):

@@ -332,14 +332,18 @@ def test_what_each_job_of_a_resumed_sweep_does_follows_its_record(tmp_path):
         cfg = OmegaConf.create({"paths": {"output_dir": str(job)}, "ckpt_path": None, "rerun_failed": rerun})
         return prepare_resumed_job(cfg, [*overrides, f"resume_sweep={sweep}"]), cfg
 
-    with pytest.raises(JobAlreadyDone, match="job 0 finished before"):
+    with pytest.raises(JobAlreadyDone, match="job 0 finished before") as done:
         decide(_job_dir(sweep, 0, mine, "ok", last=True))
+    assert done.value.result == json.loads((sweep / "0" / "result.json").read_text())  # what the job reports
     failed = _job_dir(sweep, 1, mine, "failed", last=True)
     with pytest.raises(JobAlreadyDone, match="job 1 failed before .*rerun_failed=true runs it again"):
         decide(failed)
+    (failed / "checkpoints.failed").mkdir()  # an earlier rerun's failed attempt: replaced by this one's
+    (failed / "checkpoints.failed" / "old.ckpt").write_bytes(b"older")
     path, cfg = decide(failed, rerun=True)  # runs again from the start
     assert path is None and cfg.ckpt_path is None
-    assert not (failed / "checkpoints").exists() and (failed / "checkpoints.failed" / "last.ckpt").is_file()
+    assert not (failed / "checkpoints").exists()
+    assert sorted(p.name for p in (failed / "checkpoints.failed").iterdir()) == ["last.ckpt"]
     killed = _job_dir(sweep, 2, mine, None, last=True)  # killed: no result, a checkpoint
     path, cfg = decide(killed)
     assert path == killed / "checkpoints" / "last.ckpt" and cfg.ckpt_path == str(path)
@@ -355,5 +359,13 @@ def test_what_each_job_of_a_resumed_sweep_does_follows_its_record(tmp_path):
     assert decide(sweep / "10", overrides=["model.net.hidden_size=64"])[0] is None
     (interrupted_trial / "continued.json").write_text("{}")  # taken over already: not twice
     assert decide(sweep / "11", overrides=other)[0] is None
+    # Only a trial that never finished is continued: one that ended ok or failed is not, an
+    # interrupted one (Ctrl-C, recorded as such) is.
+    third = ["model.net.hidden_size=48"]
+    for number, status in ((12, "ok"), (13, "failed")):
+        _job_dir(sweep, number, third, status, last=True)
+        assert decide(sweep / f"{number + 10}", overrides=third)[0] is None, status
+    stopped = _job_dir(sweep, 14, third, "interrupted", last=True)
+    assert decide(sweep / "24", overrides=third)[0] == stopped / "checkpoints" / "last.ckpt"
     with pytest.raises(JobMismatch, match="job 2 of the sweep ran"):
         decide(killed, overrides=other)

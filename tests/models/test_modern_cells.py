@@ -303,3 +303,17 @@ def test_recurrent_state_stays_positive_for_minimal_cells_from_zero():
     out, _ = RNN(4, 16, cell="min_lstm")(torch.randn(3, 50, 4) * 5)
     assert (out > 0).all()
     assert math.isfinite(out.sum().item())
+
+
+@pytest.mark.parametrize("cell", ["lstm", "ln_lstm"])
+def test_an_lstm_step_refuses_a_state_that_is_not_the_pair_h_c(cell):
+    from rnnlab.models import LSTMCell
+
+    step = (LSTMCell if cell == "lstm" else LayerNormLSTMCell)(3, 4)
+    x, h = torch.randn(2, 3), torch.zeros(2, 4)
+    for state, got in (((h,), "a tuple of 1"), ((h, h, h), "a tuple of 3"), (torch.zeros(2, 2, 4), "Tensor"),
+                       ([h, h], "list")):
+        with pytest.raises(TypeError) as raised:
+            step(x, state)
+        assert str(raised.value) == f"expected the LSTM state as a tuple (h, c), got {got}"
+    assert [t.shape for t in step(x, (h, h))] == [(2, 4), (2, 4)]

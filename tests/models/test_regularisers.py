@@ -22,6 +22,20 @@ def test_locked_dropout_draws_one_mask_per_sequence():
     assert drop.eval()(x) is x
 
 
+def test_locked_dropout_defaults_and_a_time_dimension_given_per_call():
+    torch.manual_seed(1)
+    drop = LockedDropout().train()
+    assert (drop.p, drop.time_dim) == (0.5, 1)
+    kept = drop(torch.ones(40, 7, 30)) != 0  # (B, T, D): one mask per row, shared along T
+    assert (kept == kept[:, :1]).all() and abs(kept.float().mean().item() - 0.5) < 0.05
+    kept = drop(torch.ones(7, 40, 30), time_dim=0) != 0  # (T, B, D) given for this call
+    assert (kept == kept[:1]).all() and not (kept == kept[:, :1]).all()
+    x = torch.randn(3, 4, 5)
+    assert torch.equal(LockedDropout(0.0).train()(x), x)
+    with pytest.raises(ValueError, match=r"^expected p in \[0, 1\), got 1.5$"):
+        LockedDropout(1.5)
+
+
 def test_rnn_locked_dropout_between_layers_in_both_loops():
     """The input of layer 2 has the same zeroed units at every step, in forward (time-major
     (T, B, H)) and in forward_stepwise; without locking the pattern changes over time."""
@@ -84,6 +98,17 @@ def test_weight_drop_uses_one_dropped_weight_per_forward_pass(cell):
     dropped.clear()
     rnn.forward_stepwise(x)
     assert len(dropped) == 2, name
+
+
+def test_weight_drop_zeroes_a_share_p_of_the_weight_and_rescales_the_rest():
+    torch.manual_seed(5)
+    drop = WeightDrop(0.2).train()
+    weight = torch.full((300, 300), 2.0)
+    dropped = drop(weight)
+    assert (dropped == 0).float().mean().item() == pytest.approx(0.2, abs=0.01)
+    torch.testing.assert_close(dropped[dropped != 0], torch.full_like(dropped[dropped != 0], 2.0 / 0.8))
+    with pytest.raises(ValueError, match=r"^expected weight_drop in \[0, 1\), got 1.0$"):
+        WeightDrop(1.0)
 
 
 def test_weight_drop_gradient_flows_through_the_kept_weights_only():
