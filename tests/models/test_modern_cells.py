@@ -255,10 +255,30 @@ def test_indrnn_bound_initialisation_and_clipping():
 
 def test_ln_lstm_forget_bias_starts_at_one_and_ln_shifts_follow_bias():
     cell = LayerNormLSTMCell(3, 4)
-    torch.testing.assert_close(cell.ln_x.bias[4:8], torch.ones(4))
+    expected = torch.tensor([0.0] * 4 + [1.0] * 4 + [0.0] * 8)  # (i, f, g, o): only the forget gate's
+    torch.testing.assert_close(cell.ln_x.bias, expected, atol=0, rtol=0)
     assert cell.Wxh.bias is None and cell.Whh.bias is None and cell.ln_h.bias is None
+    assert cell.ln_c.bias is not None
+    with torch.no_grad():
+        for p in cell.parameters():
+            p.add_(5.0)
+    cell.reset_parameters()  # as at construction again
+    torch.testing.assert_close(cell.ln_x.bias, expected, atol=0, rtol=0)
+    for norm in (cell.ln_x, cell.ln_h, cell.ln_c):
+        assert torch.equal(norm.weight, torch.ones_like(norm.weight))
+    torch.testing.assert_close(cell.ln_c.bias, torch.zeros(4), atol=0, rtol=0)
     plain = LayerNormLSTMCell(3, 4, bias=False)
     assert plain.ln_x.bias is None and plain.ln_c.bias is None
+
+
+def test_indrnn_clipping_reaches_the_weight_itself_under_weight_drop():
+    rnn = RNN(3, 50, cell="indrnn", weight_drop=0.5, cell_options={"max_steps": 10})
+    cell = rnn.cells[0]
+    original = cell.parametrizations.u.original
+    with torch.no_grad():
+        original.mul_(4).sub_(2)
+    cell.constrain_()
+    assert original.abs().max().item() == pytest.approx(cell.u_max)
 
 
 @pytest.mark.parametrize("name", MODERN)
