@@ -37,6 +37,24 @@ def test_conllu_multiword_tokens_and_empty_nodes_are_not_words(tmp_path):
     assert read_conll(path, "data.path", tag_field="xpos").tags == [["IN", "DT", "NN"]]
 
 
+def test_conllu_to_tag_needs_no_tags_and_a_partly_tagged_file_names_the_word(tmp_path):
+    row = "{}\t{}\t{}\t{}\t_\t_\t_\t_\t_\t_\n"
+    untagged = tmp_path / "predict.conllu"
+    untagged.write_text("# sent_id = a\n" + row.format(1, "la", "la", "_") + row.format(2, "mar", "mar", "_") + "\n"
+                        + row.format("1.1", "es", "es", "_") + "\n"  # a sentence of no words: skipped
+                        + row.format(1, "sal", "sal", "_") + "\n")
+    sentences = read_conll(untagged, "data.predict_path", labels_required=False)
+    assert sentences.tokens == [["la", "mar"], ["sal"]] and sentences.tags is None
+    assert sentences.where == ["sentence 1 (sent_id a)", "sentence 3"]
+    partly = tmp_path / "partly.conllu"
+    partly.write_text(row.format(1, "la", "la", "DET") + row.format(2, "mar", "mar", "NOUN") + "\n"
+                      + row.format(1, "sal", "sal", "NOUN") + row.format(2, "fina", "fina", "_") + "\n")
+    with pytest.raises(ConfigError) as raised:
+        read_conll(partly, "data.predict_path", labels_required=False)
+    assert str(raised.value) == (f"data.predict_path: {str(partly)!r}, sentence 2, word 2: 'fina' has no tag, "
+                                 "while other tokens of the file have one")
+
+
 def test_the_vocabulary_and_tag_names_come_from_the_training_split(tmp_path):
     train = tmp_path / "train.conll"
     train.write_text("The DET\ncat NOUN\n\nthe DET\ncat NOUN\nsat VERB\n\nA DET\ndog NOUN\n\n" * 4)

@@ -251,6 +251,13 @@ def test_indrnn_bound_initialisation_and_clipping():
     assert cell.u.abs().max().item() == pytest.approx(u_max)
     with pytest.raises(ValueError, match="magnitude"):
         IndRNNCell(3, 4, magnitude=0)
+    with pytest.raises(ValueError, match="magnitude"):
+        IndRNNCell(3, 4, magnitude=True)
+    assert IndRNNCell(3, 4, max_steps=10, magnitude=0.5).u_max == pytest.approx(0.5 ** (1 / 10))  # a decaying bound
+    default = IndRNNCell(3, 4)
+    assert default.max_steps == 1000 and default.u_max == pytest.approx(2.0 ** (1 / 1000))
+    with pytest.raises(ValueError, match=r"^expected max_steps "):
+        IndRNNCell(3, 4, max_steps=0)
 
 
 def test_ln_lstm_forget_bias_starts_at_one_and_ln_shifts_follow_bias():
