@@ -84,6 +84,23 @@ def test_csv_columns_are_configurable_and_a_sequence_has_one_label(tmp_path):
         read_sequences(path, "data.path")
 
 
+def test_csv_sequences_come_in_order_of_first_appearance_with_their_steps_in_file_or_time_order(tmp_path):
+    path = tmp_path / "long.csv"
+    path.write_text("id,label,t,a\nb,1,2,20\na,0,1,10\nb,1,1,21\na,0,2,11\nb,1,3,22\n")
+    by_file = read_sequences(path, "data.path", feature_columns=["a"])
+    assert list(by_file.ids) == ["b", "a"] and list(by_file.lengths) == [3, 2]
+    assert by_file.x[:, :, 0].tolist() == [[20, 21, 22], [10, 11, 0]]
+    assert by_file.where == ["sequence 'b' (line 2)", "sequence 'a' (line 3)"]
+    assert list(by_file.labels) == [1, 0] and by_file.labels.dtype.kind == "i"
+    by_time = read_sequences(path, "data.path", time_column="t")
+    assert by_time.x[:, :, 0].tolist() == [[21, 20, 22], [10, 11, 0]]  # t is not a feature
+    assert by_time.where == ["sequence 'b' (line 4)", "sequence 'a' (line 3)"]  # each one's first step
+    unlabelled = tmp_path / "predict.csv"
+    unlabelled.write_text("id,a\nq,1\nq,2\n")
+    data = read_sequences(unlabelled, "data.predict_path", labels_required=False)
+    assert data.labels is None and data.x[:, :, 0].tolist() == [[1, 2]]
+
+
 def test_labels_of_any_kind_become_class_indices_in_sorted_order(tmp_path):
     sequences, _ = make_sequences(30)
     for labels, names in [([7, 5, 6] * 10, [5, 6, 7]), (["b", "c", "a"] * 10, ["a", "b", "c"])]:
@@ -186,6 +203,11 @@ def bad_file(kind, tmp_path):
     elif kind == "csv_without_label":
         (tmp_path / "train.csv").write_text("id,a\nx,1\n")
         return tmp_path / "train.csv", None
+    elif kind.startswith("csv_"):
+        rows = {"csv_not_a_number": "s1,up,1\ns2,down,oops\n", "csv_no_id": "s1,up,1\n,down,2\n",
+                "csv_two_labels": "s1,up,1\ns2,down,2\ns1,down,3\n", "csv_no_label_value": "s1,up,1\ns2,down,2\ns1,,3\n"}
+        (tmp_path / "train.csv").write_text("id,label,a\n" + rows[kind])
+        return tmp_path / "train.csv", None
     return train, None
 
 
@@ -212,6 +234,11 @@ BAD_FILES = {
                  "(0 held out, 2 left); give data.test_path, or a larger file",
     "csv_without_label": "data.path: '{dir}/train.csv' has no column 'label'; its columns are ['id', 'a'] (set "
                          "data.id_column, data.label_column, data.feature_columns or data.time_column)",
+    "csv_not_a_number": "data.path: '{dir}/train.csv', line 3: feature column 'a' holds 'oops', not a number",
+    "csv_no_id": "data.path: '{dir}/train.csv', line 3: no sequence id in column 'id'",
+    "csv_two_labels": "data.path: '{dir}/train.csv', line 4: sequence 's1' has label 'down' here and 'up' at its "
+                      "first row; a sequence has one label",
+    "csv_no_label_value": "data.path: '{dir}/train.csv', line 4: sequence 's1' has no label in column 'label'",
 }
 
 

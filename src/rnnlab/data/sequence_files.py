@@ -321,6 +321,11 @@ def read_csv(path: Path, key: str, id_column: str, label_column: str, feature_co
     labels = None
     if has_labels:
         column = frame[label_column].to_numpy()[order]
+        missing = np.flatnonzero(pd.isna(column))  # (an empty cell: NaN, which differs even from itself)
+        if len(missing):
+            row = int(missing[0])
+            raise ConfigError(key, f"{str(path)!r}, line {int(order[row]) + 2}: sequence {ids[codes_sorted[row]]!r} "
+                                   f"has no label in column {label_column!r}")
         first = column[starts]  # (N,) each sequence's label at its first row
         differs = np.flatnonzero(column != first[codes_sorted])
         if len(differs):
@@ -328,9 +333,6 @@ def read_csv(path: Path, key: str, id_column: str, label_column: str, feature_co
             raise ConfigError(key, f"{str(path)!r}, line {int(order[row]) + 2}: sequence "
                                    f"{ids[codes_sorted[row]]!r} has label {column[row]!r} here and "
                                    f"{first[codes_sorted[row]]!r} at its first row; a sequence has one label")
-        if pd.isna(first).any():
-            i = int(np.flatnonzero(pd.isna(first))[0])
-            raise ConfigError(key, f"{str(path)!r}: {where[i]} has no label in column {label_column!r}")
         labels = _label_array(list(first) if first.dtype == object else first, key, path, label_column)
     return SequenceFile(x, lengths, labels, np.asarray(ids), path, where=where)
 
