@@ -71,6 +71,55 @@ def test_the_ts_reader_follows_the_formats_description(tmp_path):
         read_sequences(missing, "data.path")
 
 
+def test_ts_cases_of_their_own_lengths_several_dimensions_and_files_to_predict(tmp_path):
+    path = tmp_path / "Multi_TRAIN.ts"
+    path.write_text("@problemName Multi\n@dimensions 2\n@equalLength false\n@classLabel true up down\n@data\n"
+                    "1,2,3:4,5,6:up\n# a comment among the cases\n\n7:8:down\n")
+    data = read_sequences(path, "data.path")
+    assert data.x.shape == (2, 3, 2) and list(data.lengths) == [3, 1]
+    assert data.x[0].tolist() == [[1, 4], [2, 5], [3, 6]] and data.x[1].tolist() == [[7, 8], [0, 0], [0, 0]]
+    assert list(data.labels) == ["up", "down"] and data.where == ["line 6", "line 9"]
+    unlabelled = tmp_path / "Multi_PREDICT.ts"
+    unlabelled.write_text("@problemName Multi\n@classLabel false\n@data\n1,2:3,4\n")
+    data = read_sequences(unlabelled, "data.predict_path", labels_required=False)
+    assert data.labels is None and data.x.tolist() == [[[1, 3], [2, 4]]]
+    no_header_labels = tmp_path / "Plain.ts"  # no @classLabel at all: no labels
+    no_header_labels.write_text("@data\n1,2\n")
+    assert read_sequences(no_header_labels, "data.predict_path", labels_required=False).labels is None
+
+
+BAD_TS = {
+    "@problemName P\n@timeStamps true\n@classLabel true a\n@data\n(1,2):a\n":
+        " uses @timeStamps true, which rnnlab does not read; expected values without time stamps",
+    "@problemName P\n@targetLabel true\n@data\n1,2:0.5\n":
+        " is a regression problem (@targetLabel true); expected class labels (@classLabel true ...)",
+    "@problemName P\n@classLabel false\n@data\n1,2\n":
+        " has no class labels (@classLabel false); expected @classLabel true <labels> in the header",
+    "@problemName P\n@classLabel true a b\n@data\n1,2:a\n1,2:c\n":
+        ", line 5: class label 'c' is not one of the header's @classLabel ['a', 'b']",
+    "@problemName P\n@classLabel true a\n@data\n1,2:3,4:a\n1,2:a\n":
+        ", line 5: 1 dimensions, expected 2; every case needs the same number of features",
+    "@problemName P\n@classLabel true a\n@data\n1,2:3:a\n":
+        ", line 4: its dimensions have different lengths ([1, 2]); expected one length per case",
+    "@problemName P\n@classLabel true a\n@data\n1,x:a\n":
+        ", line 4: could not convert string to float: 'x'; expected numbers, or ? for a missing value",
+    "@problemName P\nseriesLength 3\n@data\n": ", line 2: expected a header line starting with '@' before @data, "
+                                                 "got 'seriesLength 3'",
+    "@problemName P\n@classLabel true a\n": " has no @data line; expected the .ts header, then @data, then one case "
+                                             "per line",
+    "@problemName P\n@classLabel true a\n@data\n# none\n": " holds no cases after @data",
+}
+
+
+@pytest.mark.parametrize("text", list(BAD_TS))
+def test_every_unusable_ts_file_is_named_with_its_own_reason(text, tmp_path):
+    path = tmp_path / "bad.ts"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as raised:
+        read_sequences(path, "data.path")
+    assert str(raised.value) == f"data.path: {str(path)!r}" + BAD_TS[text]
+
+
 def test_csv_columns_are_configurable_and_a_sequence_has_one_label(tmp_path):
     path = tmp_path / "series.csv"
     path.write_text("seq,step,a,b,noise,target\nx,0,1,2,9,up\nx,1,3,4,9,up\ny,0,5,6,9,down\n")
