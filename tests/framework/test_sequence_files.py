@@ -88,6 +88,53 @@ def test_ts_cases_of_their_own_lengths_several_dimensions_and_files_to_predict(t
     assert read_sequences(no_header_labels, "data.predict_path", labels_required=False).labels is None
 
 
+def test_a_pt_file_of_a_padded_tensor_zeroes_past_its_lengths_and_a_list_to_predict_needs_no_y(tmp_path):
+    torch.save({"x": torch.arange(6.0).reshape(2, 3, 1), "y": torch.tensor([1, 0]), "lengths": [3, 1]},
+               tmp_path / "padded.pt")
+    data = read_sequences(tmp_path / "padded.pt", "data.path")
+    assert data.x[:, :, 0].tolist() == [[0, 1, 2], [3, 0, 0]] and list(data.lengths) == [3, 1]
+    assert list(data.labels) == [1, 0]
+    torch.save({"x": [torch.ones(2), torch.full((3,), 2.0)]}, tmp_path / "predict.pt")
+    data = read_sequences(tmp_path / "predict.pt", "data.predict_path", labels_required=False)
+    assert data.x[:, :, 0].tolist() == [[1, 1, 0], [2, 2, 2]] and list(data.lengths) == [2, 3]
+    assert data.labels is None
+
+
+DICT = "expected a dict with x (an (N, T, D) tensor or a list of (T_i, D) tensors) and y (N,), got "
+BAD_PT = {
+    "tensor": (torch.zeros(2, 3, 1), ": " + DICT + "Tensor"),
+    "no_x": ({"inputs": torch.zeros(2, 3, 1), "y": [0, 1]}, ": " + DICT + "['inputs', 'y']"),
+    "no_y": ({"x": torch.zeros(2, 3, 1)}, ": " + DICT + "['x']"),
+    "x_int": ({"x": 5, "y": [0, 1]}, ": expected x to be a tensor or a list of tensors, got int"),
+    "x_4d": ({"x": torch.zeros(2, 3, 1, 1), "y": [0, 1]}, ": expected x of shape (N, T, D), got (2, 3, 1, 1)"),
+    "lengths_shape": ({"x": torch.zeros(2, 3, 1), "y": [0, 1], "lengths": torch.tensor([[3, 3]])},
+                      ": expected lengths of shape (2,) ints, got (1, 2) int64"),
+    "lengths_float": ({"x": torch.zeros(2, 3, 1), "y": [0, 1], "lengths": torch.tensor([3.0, 3.0])},
+                      ": expected lengths of shape (2,) ints, got (2,) float32"),
+    "list_3d": ({"x": [torch.zeros(3, 1), torch.zeros(2, 1, 1)], "y": [0, 1]},
+                ": sequence 1 is a (2, 1, 1) tensor; expected a (T, D) tensor"),
+    "list_str": ({"x": [torch.zeros(3, 1), "abc"], "y": [0, 1]}, ": sequence 1 is a str; expected a (T, D) tensor"),
+    "numpy": ({"x": np.zeros((2, 3, 1)), "y": [0, 1]}, " holds a numpy."),
+    "corrupt": (None, " is not a readable .pt file (RuntimeError)"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_PT))
+def test_every_unusable_pt_file_is_named_with_its_own_reason(kind, tmp_path):
+    content, message = BAD_PT[kind]
+    path = tmp_path / "bad.pt"
+    if content is None:
+        path.write_bytes(b"PK\x03\x04 not a zip archive")
+    else:
+        torch.save(content, path)
+    with pytest.raises(ConfigError) as raised:
+        read_sequences(path, "data.path")
+    assert str(raised.value).startswith(f"data.path: {str(path)!r}" + message), str(raised.value)
+    if kind == "numpy":  # the class torch refused, then what to save instead
+        assert str(raised.value).endswith("; expected tensors, lists of tensors and lists of ints or strings "
+                                          "(torch.save({'x': ..., 'y': ...}, path))")
+
+
 BAD_TS = {
     "@problemName P\n@timeStamps true\n@classLabel true a\n@data\n(1,2):a\n":
         " uses @timeStamps true, which rnnlab does not read; expected values without time stamps",
