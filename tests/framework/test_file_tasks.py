@@ -202,3 +202,25 @@ def test_predict_refuses_what_it_cannot_do_before_reading_anything(tmp_path, cha
         "ckpt_path: this model was trained on rnnlab.data.SyntheticSequenceDataModule, which reads no files to "
         "predict on")
     assert not list(tmp_path.glob("out*"))
+
+
+def test_tagging_rows_are_one_per_token_of_each_sentence_with_its_best_tag_and_probability():
+    from types import SimpleNamespace
+
+    from rnnlab.predict import tagging_rows
+
+    probs = [torch.tensor([[[0.1, 0.9], [0.7, 0.3], [0.5, 0.5]], [[0.2, 0.8], [0.0, 0.0], [0.0, 0.0]]]),  # (2, 3, 2)
+             torch.tensor([[[0.6123456789, 0.3876543211]]])]  # (1, 1, 2): the next batch
+    sentences = SimpleNamespace(tokens=[["a", "b", "c"], ["d"], ["e"]], tags=[["Y", "X", "X"], ["Y"], ["X"]])
+    rows = tagging_rows(probs, ["X", "Y"], sentences)
+    assert rows == [
+        {"sentence": 0, "position": 0, "token": "a", "prediction": "Y", "probability": 0.9, "tag": "Y"},
+        {"sentence": 0, "position": 1, "token": "b", "prediction": "X", "probability": 0.7, "tag": "X"},
+        {"sentence": 0, "position": 2, "token": "c", "prediction": "X", "probability": 0.5, "tag": "X"},
+        {"sentence": 1, "position": 0, "token": "d", "prediction": "Y", "probability": 0.8, "tag": "Y"},  # no padding
+        {"sentence": 2, "position": 0, "token": "e", "prediction": "X", "probability": 0.612346, "tag": "X"},
+    ]
+    # Feature sequences to tag (no tokens, no tags): every step of the batch, token left empty.
+    rows = tagging_rows(probs[:1], ["X", "Y"], SimpleNamespace())
+    assert [(r["sentence"], r["position"], r["token"]) for r in rows] == [(s, t, "") for s in (0, 1) for t in range(3)]
+    assert all("tag" not in r for r in rows)

@@ -153,3 +153,11 @@ def test_a_job_continued_elsewhere_leaves_a_note_and_loses_its_result(tmp_path):
     (job / "result.json").write_text("{}")
     sweeps.mark_continued(job / "checkpoints" / "last.ckpt", job, [])  # its own checkpoint: nothing to mark
     assert (job / "result.json").exists() and not (job / "continued.json").exists()
+
+
+def test_the_resume_switches_are_not_part_of_a_sweeps_overrides():
+    overrides = ["+resume_sweep=/runs/s", "rerun_failed=true", "~rerun_failed",
+                 "++resume_sweep=/runs/lr=0.1",  # a sweep directory named after an override
+                 "model.net.hidden_size=8,16", "tag=resume_sweep", "+trainer.max_time=00:00:01:00"]
+    assert sweeps.sweep_overrides(overrides) == ["model.net.hidden_size=8,16", "tag=resume_sweep",
+                                                  "+trainer.max_time=00:00:01:00"]
