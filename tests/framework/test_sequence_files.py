@@ -195,6 +195,9 @@ def test_csv_sequences_come_in_order_of_first_appearance_with_their_steps_in_fil
     unlabelled.write_text("id,a\nq,1\nq,2\n")
     data = read_sequences(unlabelled, "data.predict_path", labels_required=False)
     assert data.labels is None and data.x[:, :, 0].tolist() == [[1, 2]]
+    unlabelled.write_text("id,label,a\nq,,1\nq,,2\n")  # the training file's columns, the labels left empty
+    data = read_sequences(unlabelled, "data.predict_path", labels_required=False)
+    assert data.labels is None and data.x[:, :, 0].tolist() == [[1, 2]]
 
 
 def test_labels_of_any_kind_become_class_indices_in_sorted_order(tmp_path):

@@ -318,9 +318,11 @@ def read_csv(path: Path, key: str, id_column: str, label_column: str, feature_co
     x = np.zeros((len(ids), int(lengths.max()), len(feature_columns)), dtype=np.float32)  # (N, T_max, D)
     x[codes_sorted, steps] = features.to_numpy(dtype=np.float32)[order]
     where = [f"sequence {seq_id!r} (line {int(order[s]) + 2})" for seq_id, s in zip(ids, starts)]
+    column = frame[label_column].to_numpy()[order] if has_labels else None
+    if column is not None and not labels_required and pd.isna(column).all():
+        column = None  # a file to predict with the training file's columns, its labels left empty
     labels = None
-    if has_labels:
-        column = frame[label_column].to_numpy()[order]
+    if column is not None:
         missing = np.flatnonzero(pd.isna(column))  # (an empty cell: NaN, which differs even from itself)
         if len(missing):
             row = int(missing[0])
