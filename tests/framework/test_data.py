@@ -11,6 +11,7 @@ from helpers import SHAKESPEARE
 from datafiles import make_sentences, make_sequences, write_conll, write_sequences
 from rnnlab.data import (CharDataModule, ConllDataModule, SequenceFileDataModule, SyntheticSequenceDataModule,
                          TaggingDataModule)
+from rnnlab.data.chars import CharWindows
 from rnnlab.data.grammar import generate_grammar_corpus
 
 
@@ -135,8 +136,6 @@ def test_strided_training_windows_do_not_overlap():
 
 
 def test_a_char_window_indexed_alone_is_the_text_at_its_offset_and_its_batch_row():
-    from rnnlab.data.chars import CharWindows
-
     ids = torch.arange(100) * 7 % 65
     windows = CharWindows(ids, seq_len=10, stride=3)
     assert len(windows) == (100 - 11) // 3 + 1 == 30

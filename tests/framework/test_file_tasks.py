@@ -6,6 +6,7 @@ import csv
 import json
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -16,7 +17,7 @@ from helpers import QUIET, compose_config
 from rnnlab.checkpoints import load_checkpoint, load_task, restore_data_state
 from rnnlab.errors import ConfigError
 from rnnlab.eval import evaluate
-from rnnlab.predict import predict
+from rnnlab.predict import predict, tagging_rows
 from rnnlab.train import train
 
 EVAL = ["trainer.accelerator=cpu", "trainer.enable_progress_bar=false"]
@@ -205,10 +206,6 @@ def test_predict_refuses_what_it_cannot_do_before_reading_anything(tmp_path, cha
 
 
 def test_tagging_rows_are_one_per_token_of_each_sentence_with_its_best_tag_and_probability():
-    from types import SimpleNamespace
-
-    from rnnlab.predict import tagging_rows
-
     probs = [torch.tensor([[[0.1, 0.9], [0.7, 0.3], [0.5, 0.5]], [[0.2, 0.8], [0.0, 0.0], [0.0, 0.0]]]),  # (2, 3, 2)
              torch.tensor([[[0.6123456789, 0.3876543211]]])]  # (1, 1, 2): the next batch
     sentences = SimpleNamespace(tokens=[["a", "b", "c"], ["d"], ["e"]], tags=[["Y", "X", "X"], ["Y"], ["X"]])

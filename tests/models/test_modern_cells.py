@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from helpers import flat_state
-from rnnlab.models import RNN, BidirectionalRNN, CharRNN, SequenceClassifier, SequenceTagger
+from rnnlab.models import RNN, BidirectionalRNN, CharRNN, LSTMCell, SequenceClassifier, SequenceTagger
 from rnnlab.models.modern_cells import (IndRNNCell, LayerNormLSTMCell, MinGRUCell, MinLSTMCell, log_space_scan)
 
 MODERN = ["min_gru", "min_lstm", "indrnn", "ln_lstm"]
@@ -334,8 +334,6 @@ def test_recurrent_state_stays_positive_for_minimal_cells_from_zero():
 
 @pytest.mark.parametrize("cell", ["lstm", "ln_lstm"])
 def test_an_lstm_step_refuses_a_state_that_is_not_the_pair_h_c(cell):
-    from rnnlab.models import LSTMCell
-
     step = (LSTMCell if cell == "lstm" else LayerNormLSTMCell)(3, 4)
     x, h = torch.randn(2, 3), torch.zeros(2, 4)
     for state, got in (((h,), "a tuple of 1"), ((h, h, h), "a tuple of 3"), (torch.zeros(2, 2, 4), "Tensor"),

@@ -7,6 +7,8 @@ import subprocess
 import sys
 
 import pytest
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from helpers import CONF_DIR, ROOT, TINY, carried_bpc
 from rnnlab import compare
@@ -106,9 +108,6 @@ def test_every_configuration_in_compare_yaml_composes_with_its_settings_and_buil
     """A mistyped key in conf/compare.yaml would otherwise fail that configuration an hour into
     a sitting: each one is composed as compare.run composes it, its settings land where they
     name, and its network (at a small vocabulary or input size) is built."""
-    from hydra.utils import instantiate
-    from omegaconf import OmegaConf
-
     listed = OmegaConf.load(CONF_DIR / "compare.yaml")
     configs = listed[f"{task}_configs"]
     assert listed.reference in configs
