@@ -99,6 +99,12 @@ def test_the_text_comparison_reports_the_best_checkpoint_read_as_windows_and_as_
     dm.setup("fit")
     expected = carried_bpc(task.net.eval(), dm.ids["val"], batch_size=8, seq_len=24)
     assert by_name["windows"].carried == pytest.approx(expected, abs=1e-4)
+    # The same reading of the test text, and no best checkpoint for a metric nothing monitored.
+    dm.setup("test")
+    on_test = carried_bpc(task.net.eval(), dm.ids["test"], batch_size=8, seq_len=24)
+    assert compare.text_bpc(best, stateful=True, stage="test") == pytest.approx(on_test, abs=1e-4)
+    last = tmp_path / "out" / "windows" / "checkpoints" / "last.ckpt"
+    assert compare.best_checkpoint(last, "val/acc") == last
     table = (tmp_path / "out" / "compare.md").read_text()
     assert "| windows | carried |" in table and f"{by_name['windows'].carried:.4f}" in table
 
