@@ -57,6 +57,13 @@ class CellBase(nn.Module):
         for name, s in zip(("h_prev", "c_prev"), state):
             checks.state(name, s, (x.shape[0], self.hidden_size), w)
 
+    @staticmethod
+    def check_pair(state) -> None:
+        """Raise unless ``state`` is a tuple (h, c), the LSTMs' state."""
+        if not isinstance(state, tuple) or len(state) != 2:
+            got = f"a tuple of {len(state)}" if isinstance(state, tuple) else type(state).__name__
+            raise TypeError(f"expected the LSTM state as a tuple (h, c), got {got}")
+
     def input_bias(self) -> torch.Tensor | None:
         """The biases that simply add to the input projection: b_xh + b_hh, (G*H,) or None."""
         if not self.bias:

@@ -318,9 +318,7 @@ class LayerNormLSTMCell(CellBase):
 
     def forward(self, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]):
         """Inputs: x (B, D), state (h_prev (B, H), c_prev (B, H)). Outputs: (h, c), each (B, H)."""
-        if not isinstance(state, tuple) or len(state) != 2:
-            got = f"a tuple of {len(state)}" if isinstance(state, tuple) else type(state).__name__
-            raise TypeError(f"expected the LSTM state as a tuple (h, c), got {got}")
+        self.check_pair(state)
         self.check_step(x, state)
         return self.recur(self.project(x), state)
 
