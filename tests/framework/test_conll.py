@@ -128,6 +128,38 @@ def test_chunks_and_chunk_schemes():
     assert not is_chunk_scheme(["NOUN", "VERB"]) and not is_chunk_scheme(["O"]) and not is_chunk_scheme(None)
 
 
+def test_chunks_read_bilou_types_with_hyphens_and_other_tags_as_o():
+    assert chunks(["U-PER", "B-LOC", "L-LOC", "L-LOC"]) == {("PER", 0, 0), ("LOC", 1, 2), ("LOC", 3, 3)}
+    assert chunks(["B-per-name", "I-per-name", "B-geo-nam"]) == {("per-name", 0, 1), ("geo-nam", 2, 2)}
+    assert chunks(["NOUN", "B-PER", "I-PER", "X-", "I-PER"]) == {("PER", 1, 2), ("PER", 4, 4)}
+
+
+def test_entity_scores_are_zero_not_nan_without_predicted_or_gold_chunks():
+    metric = EntityScores(["O", "B-PER", "I-PER"])
+    metric.update(torch.tensor([[0, 0, 0]]), torch.tensor([[1, 2, -100]]))  # nothing predicted
+    assert {k: v.item() for k, v in metric.compute().items()} == {
+        "entity_precision": 0.0, "entity_recall": 0.0, "entity_f1": 0.0}
+    metric.reset()
+    metric.update(torch.tensor([[1, 0]]), torch.tensor([[0, 0]]))  # nothing to find
+    assert {k: v.item() for k, v in metric.compute().items()} == {
+        "entity_precision": 0.0, "entity_recall": 0.0, "entity_f1": 0.0}
+
+
+def test_entity_counts_from_two_processes_are_summed():
+    """DDP's sync reduces each process's counts as merge_state does: the scores of two halves
+    merged are the scores of the whole."""
+    names = ["O", "B-PER", "I-PER", "B-LOC"]
+    preds = torch.tensor([[1, 2, 0, 3], [3, 0, 1, 0], [1, 1, 0, 0]])
+    gold = torch.tensor([[1, 2, 0, 0], [3, 0, 1, 2], [0, 1, -100, -100]])
+    whole, first, second = EntityScores(names), EntityScores(names), EntityScores(names)
+    whole.update(preds, gold)
+    first.update(preds[:2], gold[:2])
+    second.update(preds[2:], gold[2:])
+    first.merge_state(second)
+    assert (first.correct.item(), first.predicted.item(), first.gold.item()) == (3, 6, 4)
+    assert first.compute() == whole.compute()
+
+
 def conll_problem(kind, tmp_path):
     train = write_conll(tmp_path / "train.conll", make_sentences(30), "columns")
     test = None
