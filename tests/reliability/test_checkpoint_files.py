@@ -245,6 +245,8 @@ def test_a_difference_names_its_key_and_both_values_and_compares_vocabularies_by
         "vocab: checkpoint has 26 characters, data 27; only in checkpoint: 'z', only in data: '!?'"
     assert describe_difference("vocab", letters[:21], letters[:20] + "!", "checkpoint", "data") == \
         "vocab: checkpoint has 21 characters, data 21; only in checkpoint: 'u', only in data: '!'"
+    assert describe_difference("cfg.data.vocab", letters, letters[:-1], "checkpoint", "data") == \
+        "cfg.data.vocab: checkpoint has 26 characters, data 25; only in checkpoint: 'z', only in data: ''"
     # Short vocabularies, keys that only end in "vocab", and values that are not text: as they are.
     assert describe_difference("vocab", letters[:20], letters[:19] + "!", "checkpoint", "data") == \
         f"vocab: checkpoint {letters[:20]!r}, data {letters[:19] + '!'!r}"
