@@ -16,7 +16,7 @@ from rnnlab.eval import evaluate
 from rnnlab.models import RNN, CharRNN, SequenceClassifier
 from rnnlab.models.char_rnn import sample
 from rnnlab.summarize import summarize
-from rnnlab.tasks import ClassificationTask
+from rnnlab.tasks import ClassificationTask, LanguageModelTask
 from rnnlab.train import train
 
 
@@ -72,6 +72,19 @@ def test_the_best_so_far_metric_survives_a_checkpoint_round_trip():
     resumed.load_state_dict(checkpoint["state_dict"])
     resumed.monitor_best.update(torch.tensor(0.5))  # a worse epoch after the resume
     assert float(resumed.monitor_best.compute()) == pytest.approx(0.9)
+
+
+def test_the_best_so_far_is_the_max_or_the_min_by_the_tasks_mode_and_none_before_validation():
+    opt = {"_target_": "torch.optim.Adam", "_partial_": True}
+    classifier = ClassificationTask({"_target_": "rnnlab.models.SequenceClassifier", "input_size": 3,
+                                     "hidden_size": 4, "num_classes": 2}, opt)
+    language_model = LanguageModelTask({"_target_": "rnnlab.models.CharRNN", "vocab_size": 7, "embed_dim": 4,
+                                        "hidden_size": 8, "num_layers": 1}, opt)
+    for task, best in ((classifier, 0.9), (language_model, 0.4)):
+        assert task.best_so_far() is None
+        for value in (0.4, 0.9, 0.6):
+            task.monitor_best.update(torch.tensor(value))
+        assert task.best_so_far() == pytest.approx(best)
 
 
 def test_the_final_test_scores_the_best_checkpoint_not_the_last_weights(tmp_path):
