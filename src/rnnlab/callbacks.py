@@ -22,6 +22,7 @@ import torch
 from lightning.pytorch.callbacks import RichModelSummary, Timer
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import grad_norm
+from torchmetrics import Metric
 
 from . import analyze, checks
 
@@ -65,25 +66,33 @@ class HiddenStateMonitor(L.Callback):
 
 
 class NetworkSummary(RichModelSummary):
-    """Lightning's model summary, showing the network: the task's loss and metric modules
-    (torchmetrics states, no parameters) are left out of the table.
+    """Lightning's model summary, showing the network: the task's metric modules (torchmetrics
+    states such as the losses, accuracies, confusion matrices and entity scores, no parameters)
+    are left out of the table.
 
     Args:
         max_depth: as ``RichModelSummary``; 4 shows each layer of an RNN (``net.rnn.cells.0``).
     """
 
-    HIDDEN = ("losses", "metrics", "monitor_best")  # RNNTask's metric modules
+    def _summary(self, trainer, pl_module):
+        # The task's top-level modules that are torchmetrics Metrics or hold only Metrics.
+        self._hidden = {name for name, child in pl_module.named_children() if _holds_only_metrics(child)}
+        return super()._summary(trainer, pl_module)
 
-    @staticmethod
-    def summarize(summary_data, total_parameters, trainable_parameters, model_size, total_training_modes,
+    def summarize(self, summary_data, total_parameters, trainable_parameters, model_size, total_training_modes,
                   **kwargs) -> None:
         names = dict(summary_data)["Name"]
-        keep = [i for i, name in enumerate(names) if name.split(".")[0] not in NetworkSummary.HIDDEN]
+        keep = [i for i, name in enumerate(names) if name.split(".")[0] not in self._hidden]
         summary_data = [(column, [values[i] for i in keep]) for column, values in summary_data]
         modes = dict(summary_data)["Mode"]  # the shown modules' train/eval counts, not the metrics'
         total_training_modes = {mode: modes.count(mode) for mode in ("train", "eval")}
         RichModelSummary.summarize(summary_data, total_parameters, trainable_parameters, model_size,
                                    total_training_modes, **kwargs)
+
+
+def _holds_only_metrics(module: torch.nn.Module) -> bool:
+    children = list(module.children())
+    return isinstance(module, Metric) or (bool(children) and all(_holds_only_metrics(c) for c in children))
 
 
 class ParameterHistograms(L.Callback):

@@ -3,6 +3,7 @@ numbers, the best checkpoint (not the last weights) is what the final test score
 best-so-far metric survives a resume, and dropout acts where the docstrings say."""
 
 import json
+import re
 from types import SimpleNamespace
 
 import lightning as L
@@ -10,7 +11,7 @@ import pytest
 import torch
 
 from helpers import QUIET, TINY, compose_config
-from rnnlab.callbacks import StepSeed, StopOnInterrupt
+from rnnlab.callbacks import NetworkSummary, StepSeed, StopOnInterrupt
 from rnnlab.data import SyntheticSequenceDataModule
 from rnnlab.eval import evaluate
 from rnnlab.models import RNN, CharRNN, SequenceClassifier
@@ -72,6 +73,28 @@ def test_the_best_so_far_metric_survives_a_checkpoint_round_trip():
     resumed.load_state_dict(checkpoint["state_dict"])
     resumed.monitor_best.update(torch.tensor(0.5))  # a worse epoch after the resume
     assert float(resumed.monitor_best.compute()) == pytest.approx(0.9)
+
+
+@pytest.mark.parametrize("task_name", ["classifier", "tagger"])
+def test_the_model_summary_shows_the_network_and_not_the_tasks_metrics(task_name, capsys, monkeypatch):
+    from rnnlab.tasks import TaggingTask
+
+    monkeypatch.setenv("COLUMNS", "200")
+    opt = {"_target_": "torch.optim.Adam", "_partial_": True}
+    if task_name == "classifier":  # its metrics: losses, accuracies, best value, confusion matrices
+        task = ClassificationTask({"_target_": "rnnlab.models.SequenceClassifier", "input_size": 3,
+                                   "hidden_size": 4, "num_classes": 2}, opt)
+    else:  # and entity scores
+        task = TaggingTask({"_target_": "rnnlab.models.SequenceTagger", "input_size": None, "vocab_size": 5, "hidden_size": 4,
+                            "num_tags": 3}, opt, tag_names=["O", "B-PER", "I-PER"])
+        assert task.entities is not None
+    NetworkSummary(max_depth=4).on_fit_start(SimpleNamespace(is_global_zero=True, strategy=None), task)
+    table = capsys.readouterr().out
+    shown = [line.split("│")[2].strip() for line in table.splitlines() if line.startswith("│")]
+    parts = [name.split(".") for name, _ in task.named_modules()]
+    assert shown == [".".join(p) for p in parts if p[0] == "net" and len(p) <= 4]  # max_depth=4
+    assert re.search(rf"^Modules in train mode: {len(shown)}\s*$", table, re.MULTILINE)
+    assert "Trainable params: " + str(sum(p.numel() for p in task.parameters())) in table
 
 
 def test_the_best_so_far_is_the_max_or_the_min_by_the_tasks_mode_and_none_before_validation():
