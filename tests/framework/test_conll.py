@@ -99,6 +99,19 @@ def test_the_tagging_contract_takes_feature_or_token_id_batches():
                                         "[, lengths (B,) int])")
 
 
+def test_a_taggers_predictions_read_each_sentences_length_and_tags_without_names_are_numbered():
+    torch.manual_seed(0)
+    task = TaggingTask({"_target_": "rnnlab.models.SequenceTagger", "input_size": None, "vocab_size": 6,
+                        "hidden_size": 4, "num_tags": 3, "bidirectional": True, "dropout": 0.0},
+                       {"_target_": "torch.optim.Adam", "_partial_": True}).eval()
+    ids, tags = torch.tensor([[1, 2, 3], [4, 5, 3]]), torch.zeros(2, 3, dtype=torch.long)  # [4, 5] padded
+    probs = task.predict_step((ids, tags, torch.tensor([3, 2])), 0)  # (B, T, K)
+    alone = task.predict_step((ids[1:, :2], tags[1:, :2]), 0)  # the padded sentence without its padding
+    assert torch.allclose(probs[1, :2], alone[0], atol=1e-6)
+    assert torch.allclose(probs.sum(-1), torch.ones(2, 3))
+    assert task.names() == ["0", "1", "2"]
+
+
 @pytest.mark.parametrize("scheme", ["BIO", "BIOES", "IOB1"])
 def test_entity_scores_equal_conllevals_as_seqeval_computes_them(scheme):
     rng = random.Random(0)
