@@ -97,6 +97,19 @@ def test_the_model_summary_shows_the_network_and_not_the_tasks_metrics(task_name
     assert "Trainable params: " + str(sum(p.numel() for p in task.parameters())) in table
 
 
+def test_a_prompt_must_be_non_empty_text_over_the_vocabulary():
+    from rnnlab.errors import ConfigError
+    from rnnlab.tasks.language_model import check_prompt
+
+    check_prompt("model.sample_prompt", "cab", "abc")
+    for prompt, missing in (("abz!", "['!', 'z']"), ("", "[]")):
+        with pytest.raises(ConfigError, match=re.escape(
+                f"expected non-empty text over the model's 3-character vocabulary, got {prompt!r} "
+                f"(characters not in it: {missing})")) as refused:
+            check_prompt("model.sample_prompt", prompt, "abc")
+        assert refused.value.key == "model.sample_prompt"
+
+
 def test_the_best_so_far_is_the_max_or_the_min_by_the_tasks_mode_and_none_before_validation():
     opt = {"_target_": "torch.optim.Adam", "_partial_": True}
     classifier = ClassificationTask({"_target_": "rnnlab.models.SequenceClassifier", "input_size": 3,

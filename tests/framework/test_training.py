@@ -148,6 +148,9 @@ def test_tensorboard_files_hold_generated_text_samples(char_run):
     assert len(samples) == 3  # one per validation epoch, after the sanity check
     text = samples[-1].tensor_proto.string_val[0].decode()
     assert text.startswith("    ") and len(text.replace("\n    ", "\n")) >= 80
+    assert "\n" in text and all(line.startswith("    ") for line in text.split("\n"))  # a Markdown code block
+    steps_per_epoch = char_run[1].data.windows_per_epoch // char_run[1].data.batch_size
+    assert [s.step for s in samples] == [steps_per_epoch * epoch for epoch in (1, 2, 3)]  # optimizer steps done
     assert {"train/bpc", "val/bpc", "val/ppl", "val/bpc_best", "test/bpc"} <= set(events.Tags()["scalars"])
 
 
