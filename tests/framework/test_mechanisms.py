@@ -110,6 +110,29 @@ def test_a_prompt_must_be_non_empty_text_over_the_vocabulary():
         assert refused.value.key == "model.sample_prompt"
 
 
+@pytest.mark.parametrize("task_name", ["classifier", "tagger", "language_model"])
+def test_every_task_builds_its_configured_optimizer_and_schedule(task_name):
+    from rnnlab.tasks import TaggingTask
+
+    nets = {"classifier": (ClassificationTask, {"_target_": "rnnlab.models.SequenceClassifier", "input_size": 3,
+                                                 "hidden_size": 4, "num_classes": 2}),
+            "tagger": (TaggingTask, {"_target_": "rnnlab.models.SequenceTagger", "input_size": 3, "hidden_size": 4,
+                                     "num_tags": 2}),
+            "language_model": (LanguageModelTask, {"_target_": "rnnlab.models.CharRNN", "vocab_size": 5,
+                                                   "embed_dim": 4, "hidden_size": 4})}
+    cls, net = nets[task_name]
+    opt = {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.5}
+    schedule = {"_target_": "torch.optim.lr_scheduler.StepLR", "_partial_": True, "step_size": 3, "gamma": 0.1}
+    optimizer = cls(net, opt).configure_optimizers()
+    assert isinstance(optimizer, torch.optim.SGD) and optimizer.param_groups[0]["lr"] == 0.5
+    task = cls(net, opt, schedule)
+    configured = task.configure_optimizers()
+    scheduler = configured["lr_scheduler"]["scheduler"]
+    assert isinstance(scheduler, torch.optim.lr_scheduler.StepLR) and scheduler.optimizer is configured["optimizer"]
+    assert (scheduler.step_size, scheduler.gamma) == (3, 0.1)
+    assert configured["lr_scheduler"]["monitor"] == task.monitor and configured["lr_scheduler"]["interval"] == "epoch"
+
+
 def test_the_best_so_far_is_the_max_or_the_min_by_the_tasks_mode_and_none_before_validation():
     opt = {"_target_": "torch.optim.Adam", "_partial_": True}
     classifier = ClassificationTask({"_target_": "rnnlab.models.SequenceClassifier", "input_size": 3,
