@@ -300,3 +300,32 @@ def test_loading_a_task_refuses_a_checkpoint_that_names_another_class(entry, whe
     hint = "; to use a data class of your own, name it on the command line: data._target_=os.system"
     assert str(raised.value) == (f"refusing to load {str(path)!r}: {where} "
                                  "is not one of rnnlab's or torch.optim's classes" + (hint if entry == "data" else ""))
+
+
+@pytest.mark.parametrize("task", [None, "rnnlab.tasks.Nowhere", "collections.OrderedDict",
+                                  "rnnlab.tasks.entities.EntityScores"])
+def test_loading_a_task_refuses_a_checkpoint_whose_task_is_not_an_rnnlab_task(task, classifier_ckpt, tmp_path):
+    checkpoint = torch.load(classifier_ckpt, map_location="cpu", weights_only=False)
+    checkpoint["rnnlab"]["task"] = task
+    path = tmp_path / "other.ckpt"
+    torch.save(checkpoint, path)
+    with pytest.raises(CheckpointError) as raised:
+        load_task(path)
+    assert str(raised.value) == f"refusing to load {str(path)!r}: task {task!r} is not an rnnlab task class"
+
+
+def test_loading_a_task_whose_weights_do_not_fit_its_hyperparameters_names_each_mismatch(classifier_ckpt, tmp_path):
+    checkpoint = torch.load(classifier_ckpt, map_location="cpu", weights_only=False)
+    weights = checkpoint["state_dict"]
+    weights["net.fc.weight"] = weights["net.fc.weight"][:, :3]
+    del weights["net.fc.bias"]
+    path = tmp_path / "cut.ckpt"
+    torch.save(checkpoint, path)
+    with pytest.raises(CheckpointError) as raised:
+        load_task(path)
+    message = str(raised.value)  # torch's own words for each mismatch, one line
+    prefix = f"{str(path)!r}: its weights do not fit the model its hyperparameters describe ("
+    assert message.startswith(prefix) and message.endswith(")") and "\n" not in message
+    details = message[len(prefix):-1].split("; ")
+    assert len(details) == 2 and details[0].startswith("Missing key(s)") and "net.fc.bias" in details[0]
+    assert details[1].startswith("size mismatch for net.fc.weight")
