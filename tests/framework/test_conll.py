@@ -112,6 +112,18 @@ def test_a_taggers_predictions_read_each_sentences_length_and_tags_without_names
     assert task.names() == ["0", "1", "2"]
 
 
+def test_a_taggers_step_scores_are_accuracy_and_macro_f1_over_unpadded_steps():
+    task = TaggingTask({"_target_": "rnnlab.models.SequenceTagger", "input_size": 2, "hidden_size": 4, "num_tags": 3},
+                       {"_target_": "torch.optim.Adam", "_partial_": True})
+    metrics = task.make_metrics()
+    preds = torch.tensor([[0, 0, 1, 2, 1], [2, 2, 0, 1, 0]])
+    gold = torch.tensor([[0, 1, 1, 2, 2], [2, 0, 0, -100, -100]])  # the padded steps' predictions do not count
+    metrics.update(preds, gold)
+    scores = {k: v.item() for k, v in metrics.compute().items()}
+    f1 = {0: 2 * 2 / (2 * 2 + 1 + 1), 1: 2 * 1 / (2 * 1 + 1 + 1), 2: 2 * 2 / (2 * 2 + 1 + 1)}  # 2TP / (2TP + FP + FN)
+    assert scores == pytest.approx({"acc": 5 / 8, "f1": sum(f1.values()) / 3})
+
+
 @pytest.mark.parametrize("scheme", ["BIO", "BIOES", "IOB1"])
 def test_entity_scores_equal_conllevals_as_seqeval_computes_them(scheme):
     rng = random.Random(0)
