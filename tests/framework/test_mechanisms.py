@@ -108,6 +108,10 @@ def test_a_prompt_must_be_non_empty_text_over_the_vocabulary():
                 f"(characters not in it: {missing})")) as refused:
             check_prompt("model.sample_prompt", prompt, "abc")
         assert refused.value.key == "model.sample_prompt"
+    with pytest.raises(ConfigError, match="got 'z'") as refused:  # the task checks its own prompt
+        LanguageModelTask({"_target_": "rnnlab.models.CharRNN", "vocab_size": 3, "embed_dim": 4, "hidden_size": 4},
+                          {"_target_": "torch.optim.Adam", "_partial_": True}, vocab="abc", sample_prompt="z")
+    assert refused.value.key == "sample_prompt"
 
 
 @pytest.mark.parametrize("task_name", ["classifier", "tagger", "language_model"])
