@@ -59,6 +59,30 @@ def test_progress_is_the_larger_share_of_the_steps_and_of_the_time_spent():
     assert schedule.progress(SimpleNamespace(global_step=40)) == pytest.approx(0.25)
 
 
+@pytest.mark.parametrize("world_size", [1, 2])
+def test_under_ddp_every_rank_takes_rank_zeros_progress(world_size):
+    """The ranks' clocks differ; each rank sets the rate from rank 0's share of the budget, so the
+    ranks' optimizers stay the same."""
+    import torch
+
+    broadcasts = []
+
+    def broadcast(obj, src):
+        broadcasts.append((obj, src))
+        return 0.25  # rank 0's share
+
+    schedule = BudgetSchedule(warmup=0.5)
+    schedule._timer, schedule._steps = None, 100.0
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.2)
+    trainer = SimpleNamespace(global_step=10, world_size=world_size, optimizers=[optimizer],
+                              strategy=SimpleNamespace(broadcast=broadcast))
+    schedule.on_train_batch_start(trainer, None, None, 0)
+    if world_size == 1:  # this rank's own share, 10 of 100 steps: 0.1 / 0.5 of the warm-up
+        assert broadcasts == [] and optimizer.param_groups[0]["lr"] == pytest.approx(0.2 * 0.2)
+    else:
+        assert broadcasts == [(0.1, 0)] and optimizer.param_groups[0]["lr"] == pytest.approx(0.2 * 0.5)
+
+
 def test_every_step_takes_the_scheduled_rate_and_the_monitor_logs_it(tmp_path):
     out = tmp_path / "rates.json"
     tiny_train(tmp_path, *RUN, "trainer.max_epochs=2", "logger=csv", "trainer.log_every_n_steps=1", *probe(out))
