@@ -3,6 +3,7 @@ numbers, the best checkpoint (not the last weights) is what the final test score
 best-so-far metric survives a resume, and dropout acts where the docstrings say."""
 
 import json
+import logging
 import re
 from types import SimpleNamespace
 
@@ -135,6 +136,30 @@ def test_every_task_builds_its_configured_optimizer_and_schedule(task_name):
     assert isinstance(scheduler, torch.optim.lr_scheduler.StepLR) and scheduler.optimizer is configured["optimizer"]
     assert (scheduler.step_size, scheduler.gamma) == (3, 0.1)
     assert configured["lr_scheduler"]["monitor"] == task.monitor and configured["lr_scheduler"]["interval"] == "epoch"
+
+
+def test_a_classifiers_per_class_report_counts_each_stages_predictions_and_is_logged_once_after_the_test(caplog):
+    from rnnlab.tasks.base import split_key
+
+    task = ClassificationTask({"_target_": "rnnlab.models.SequenceClassifier", "input_size": 3, "hidden_size": 4,
+                               "num_classes": 2}, {"_target_": "torch.optim.Adam", "_partial_": True})
+    preds, target = torch.tensor([0, 0, 0, 1, 1, 1]), torch.tensor([0, 0, 0, 0, 1, 1])
+    report = ("class  precision  recall      f1  support\n"
+              "0         1.0000  0.7500  0.8571        4\n"
+              "1         0.6667  1.0000  0.8000        2")
+    for stage, rank_zero, sanity_check, logged in [("test", True, False, True), ("val", True, False, False),
+                                                   ("test", False, False, False), ("test", True, True, False)]:
+        task._trainer = SimpleNamespace(sanity_checking=sanity_check, is_global_zero=rank_zero, loggers=[],
+                                        global_step=0)
+        task.update_metrics(stage, preds, target)
+        assert task.confusion[split_key(stage)].confmat.tolist() == [[3, 1], [0, 2]]
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="rnnlab"):
+            task._end_confusion(stage)
+        messages = [r.getMessage() for r in caplog.records]
+        assert messages == (["Per-class test metrics:\n" + report] if logged else [])
+        assert task.confusion[split_key(stage)].confmat.sum() == 0  # reset for the next epoch
+    task._trainer = None
 
 
 def test_the_best_so_far_is_the_max_or_the_min_by_the_tasks_mode_and_none_before_validation():
