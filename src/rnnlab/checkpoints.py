@@ -121,8 +121,9 @@ def read_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:
 def load_checkpoint(path: str | Path) -> dict:
     """Read an rnnlab checkpoint onto the CPU, refusing anything but tensors and plain types."""
     checkpoint = read_checkpoint(path)
-    if "rnnlab" not in checkpoint or "hyper_parameters" not in checkpoint:
-        raise CheckpointError(f"{str(path)!r} was not written by rnnlab (no 'rnnlab' entry)")
+    missing = [key for key in ("rnnlab", "hyper_parameters") if key not in checkpoint]
+    if missing:
+        raise CheckpointError(f"{str(path)!r} was not written by rnnlab (no {' or '.join(map(repr, missing))} entry)")
     return checkpoint
 
 

@@ -302,6 +302,19 @@ def test_loading_a_task_refuses_a_checkpoint_that_names_another_class(entry, whe
                                  "is not one of rnnlab's or torch.optim's classes" + (hint if entry == "data" else ""))
 
 
+@pytest.mark.parametrize("drop", [["rnnlab"], ["hyper_parameters"], ["rnnlab", "hyper_parameters"]])
+def test_a_checkpoint_without_rnnlabs_entries_is_refused_naming_them(drop, classifier_ckpt, tmp_path):
+    checkpoint = torch.load(classifier_ckpt, map_location="cpu", weights_only=False)
+    for key in drop:
+        del checkpoint[key]
+    path = tmp_path / "foreign.ckpt"
+    torch.save(checkpoint, path)
+    with pytest.raises(CheckpointError) as raised:
+        load_task(path)
+    assert str(raised.value) == (f"{str(path)!r} was not written by rnnlab "
+                                 f"(no {' or '.join(repr(key) for key in drop)} entry)")
+
+
 @pytest.mark.parametrize("task", [None, "rnnlab.tasks.Nowhere", "collections.OrderedDict",
                                   "rnnlab.tasks.entities.EntityScores"])
 def test_loading_a_task_refuses_a_checkpoint_whose_task_is_not_an_rnnlab_task(task, classifier_ckpt, tmp_path):
