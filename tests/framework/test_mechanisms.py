@@ -144,6 +144,8 @@ def test_a_classifiers_per_class_report_counts_each_stages_predictions_and_is_lo
     task = ClassificationTask({"_target_": "rnnlab.models.SequenceClassifier", "input_size": 3, "hidden_size": 4,
                                "num_classes": 2}, {"_target_": "torch.optim.Adam", "_partial_": True})
     preds, target = torch.tensor([0, 0, 0, 1, 1, 1]), torch.tensor([0, 0, 0, 0, 1, 1])
+    scores = task.make_metrics()(preds, target)  # f1 is the classes' mean, not the share of right answers
+    assert {k: v.item() for k, v in scores.items()} == pytest.approx({"acc": 5 / 6, "f1": (6 / 7 + 4 / 5) / 2})
     report = ("class  precision  recall      f1  support\n"
               "0         1.0000  0.7500  0.8571        4\n"
               "1         0.6667  1.0000  0.8000        2")
