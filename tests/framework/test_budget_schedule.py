@@ -38,6 +38,7 @@ def test_the_schedule_warms_up_linearly_then_follows_a_cosine_to_its_final_rate(
     assert schedule.factor(0.6) == pytest.approx(0.1 + 0.9 * 0.5)  # half-way down the cosine
     assert schedule.factor(1.0) == pytest.approx(0.1)
     assert BudgetSchedule().factor(0.0) == 1.0 and BudgetSchedule().factor(1.0) == pytest.approx(0.0)
+    assert BudgetSchedule(final=1.0).factor(0.7) == pytest.approx(1.0)  # a constant rate after no warm-up
 
 
 def test_progress_is_the_larger_share_of_the_steps_and_of_the_time_spent():

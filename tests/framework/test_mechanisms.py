@@ -164,6 +164,31 @@ def test_a_classifiers_per_class_report_counts_each_stages_predictions_and_is_lo
     task._trainer = None
 
 
+def test_the_hidden_state_figures_are_drawn_every_n_epochs_on_rank_zero_with_tensorboard_only(tmp_path):
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    from rnnlab.callbacks import HiddenStateMonitor
+
+    class Drawn(Exception):  # raised where the monitor starts to read the validation batch
+        pass
+
+    def val_dataloader():
+        raise Drawn
+
+    tensorboard, csv_logger = TensorBoardLogger(tmp_path), CSVLogger(tmp_path)
+    for sanity_check, epoch, every, rank_zero, loggers, drawn in [
+            (False, 0, 1, True, [tensorboard], True), (True, 0, 1, True, [tensorboard], False),
+            (False, 1, 2, True, [tensorboard], False), (False, 2, 2, True, [csv_logger, tensorboard], True),
+            (False, 0, 1, False, [tensorboard], False), (False, 0, 1, True, [csv_logger], False)]:
+        trainer = SimpleNamespace(sanity_checking=sanity_check, current_epoch=epoch, is_global_zero=rank_zero,
+                                  loggers=loggers, datamodule=SimpleNamespace(val_dataloader=val_dataloader))
+        try:
+            HiddenStateMonitor(every_n_epochs=every).on_validation_epoch_end(trainer, None)
+            assert not drawn
+        except Drawn:
+            assert drawn
+
+
 def test_the_best_so_far_is_the_max_or_the_min_by_the_tasks_mode_and_none_before_validation():
     opt = {"_target_": "torch.optim.Adam", "_partial_": True}
     classifier = ClassificationTask({"_target_": "rnnlab.models.SequenceClassifier", "input_size": 3,
