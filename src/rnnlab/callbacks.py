@@ -74,9 +74,11 @@ class NetworkSummary(RichModelSummary):
         max_depth: as ``RichModelSummary``; 4 shows each layer of an RNN (``net.rnn.cells.0``).
     """
 
+    _hidden: frozenset[str] = frozenset()  # set at each fit start, from the task
+
     def _summary(self, trainer, pl_module):
         # The task's top-level modules that are torchmetrics Metrics or hold only Metrics.
-        self._hidden = {name for name, child in pl_module.named_children() if _holds_only_metrics(child)}
+        self._hidden = frozenset(name for name, child in pl_module.named_children() if _holds_only_metrics(child))
         return super()._summary(trainer, pl_module)
 
     def summarize(self, summary_data, total_parameters, trainable_parameters, model_size, total_training_modes,
