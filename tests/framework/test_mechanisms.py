@@ -18,7 +18,7 @@ from rnnlab.eval import evaluate
 from rnnlab.models import RNN, CharRNN, SequenceClassifier
 from rnnlab.models.char_rnn import sample
 from rnnlab.summarize import summarize
-from rnnlab.tasks import ClassificationTask, LanguageModelTask
+from rnnlab.tasks import ClassificationTask, LanguageModelTask, TaggingTask
 from rnnlab.train import train
 
 
@@ -78,16 +78,14 @@ def test_the_best_so_far_metric_survives_a_checkpoint_round_trip():
 
 @pytest.mark.parametrize("task_name", ["classifier", "tagger"])
 def test_the_model_summary_shows_the_network_and_not_the_tasks_metrics(task_name, capsys, monkeypatch):
-    from rnnlab.tasks import TaggingTask
-
     monkeypatch.setenv("COLUMNS", "200")
     opt = {"_target_": "torch.optim.Adam", "_partial_": True}
     if task_name == "classifier":  # its metrics: losses, accuracies, best value, confusion matrices
         task = ClassificationTask({"_target_": "rnnlab.models.SequenceClassifier", "input_size": 3,
                                    "hidden_size": 4, "num_classes": 2}, opt)
     else:  # and entity scores
-        task = TaggingTask({"_target_": "rnnlab.models.SequenceTagger", "input_size": None, "vocab_size": 5, "hidden_size": 4,
-                            "num_tags": 3}, opt, tag_names=["O", "B-PER", "I-PER"])
+        task = TaggingTask({"_target_": "rnnlab.models.SequenceTagger", "input_size": None, "vocab_size": 5,
+                            "hidden_size": 4, "num_tags": 3}, opt, tag_names=["O", "B-PER", "I-PER"])
         assert task.entities is not None
     NetworkSummary(max_depth=4).on_fit_start(SimpleNamespace(is_global_zero=True, strategy=None), task)
     table = capsys.readouterr().out
@@ -117,8 +115,6 @@ def test_a_prompt_must_be_non_empty_text_over_the_vocabulary():
 
 @pytest.mark.parametrize("task_name", ["classifier", "tagger", "language_model"])
 def test_every_task_builds_its_configured_optimizer_and_schedule(task_name):
-    from rnnlab.tasks import TaggingTask
-
     nets = {"classifier": (ClassificationTask, {"_target_": "rnnlab.models.SequenceClassifier", "input_size": 3,
                                                  "hidden_size": 4, "num_classes": 2}),
             "tagger": (TaggingTask, {"_target_": "rnnlab.models.SequenceTagger", "input_size": 3, "hidden_size": 4,
