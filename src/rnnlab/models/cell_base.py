@@ -48,7 +48,11 @@ class CellBase(nn.Module):
                 nn.init.zeros_(layer.bias)
 
     def check_step(self, x: torch.Tensor, state: tuple[torch.Tensor, ...]) -> None:
-        """Raise unless x is (B, D) and every state tensor (B, H), on the weights' dtype and device."""
+        """Raise unless x is (B, D) and every state tensor (B, H), on the weights' dtype and device;
+        for an LSTM (``state_size`` 2), unless the state is a tuple (h, c)."""
+        if self.state_size == 2 and (not isinstance(state, tuple) or len(state) != 2):
+            got = f"a tuple of {len(state)}" if isinstance(state, tuple) else type(state).__name__
+            raise TypeError(f"expected the LSTM state as a tuple (h, c), got {got}")
         w = self.Wxh.weight
         if not isinstance(x, torch.Tensor) or x.dim() != 2 or x.shape[1] != self.input_size:
             got = checks.shape_str(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
@@ -56,13 +60,6 @@ class CellBase(nn.Module):
         checks.same_dtype_device("x", x, w)
         for name, s in zip(("h_prev", "c_prev"), state):
             checks.state(name, s, (x.shape[0], self.hidden_size), w)
-
-    @staticmethod
-    def check_pair(state) -> None:
-        """Raise unless ``state`` is a tuple (h, c), the LSTMs' state."""
-        if not isinstance(state, tuple) or len(state) != 2:
-            got = f"a tuple of {len(state)}" if isinstance(state, tuple) else type(state).__name__
-            raise TypeError(f"expected the LSTM state as a tuple (h, c), got {got}")
 
     def input_bias(self) -> torch.Tensor | None:
         """The biases that simply add to the input projection: b_xh + b_hh, (G*H,) or None."""

@@ -203,7 +203,6 @@ class LSTMCell(CellBase):
 
     def forward(self, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]):
         """Inputs: x (B, D), state (h_prev (B, H), c_prev (B, H)). Outputs: (h, c), each (B, H)."""
-        self.check_pair(state)
         self.check_step(x, state)
         h_prev, c_prev = state
         i, f, g, o = (self.Wxh(x) + self.Whh(h_prev)).chunk(4, dim=1)  # each (B, H)

@@ -318,7 +318,6 @@ class LayerNormLSTMCell(CellBase):
 
     def forward(self, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]):
         """Inputs: x (B, D), state (h_prev (B, H), c_prev (B, H)). Outputs: (h, c), each (B, H)."""
-        self.check_pair(state)
         self.check_step(x, state)
         return self.recur(self.project(x), state)
 
