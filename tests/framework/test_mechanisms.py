@@ -21,6 +21,9 @@ from rnnlab.summarize import summarize
 from rnnlab.tasks import ClassificationTask, LanguageModelTask, TaggingTask
 from rnnlab.train import train
 
+CLASSIFIER_NET = {"_target_": "rnnlab.models.SequenceClassifier", "input_size": 3, "hidden_size": 4, "num_classes": 2}
+ADAM = {"_target_": "torch.optim.Adam", "_partial_": True}
+
 
 def _first_features(run_seed: int, epoch: int = 0) -> torch.Tensor:
     L.seed_everything(run_seed, verbose=False)  # what train() does with cfg.seed
@@ -63,13 +66,11 @@ def test_step_seed_gives_every_seed_rank_epoch_and_batch_its_own_random_numbers(
 
 
 def test_the_best_so_far_metric_survives_a_checkpoint_round_trip():
-    net = {"_target_": "rnnlab.models.SequenceClassifier", "input_size": 3, "hidden_size": 4, "num_classes": 2}
-    opt = {"_target_": "torch.optim.Adam", "_partial_": True}
-    task = ClassificationTask(net, opt)
+    task = ClassificationTask(CLASSIFIER_NET, ADAM)
     task.monitor_best.update(torch.tensor(0.9))
     checkpoint = {"state_dict": task.state_dict()}  # what Lightning saves and restores
     task.on_save_checkpoint(checkpoint)
-    resumed = ClassificationTask(net, opt)
+    resumed = ClassificationTask(CLASSIFIER_NET, ADAM)
     resumed.on_load_checkpoint(checkpoint)
     resumed.load_state_dict(checkpoint["state_dict"])
     resumed.monitor_best.update(torch.tensor(0.5))  # a worse epoch after the resume
@@ -79,13 +80,11 @@ def test_the_best_so_far_metric_survives_a_checkpoint_round_trip():
 @pytest.mark.parametrize("task_name", ["classifier", "tagger"])
 def test_the_model_summary_shows_the_network_and_not_the_tasks_metrics(task_name, capsys, monkeypatch):
     monkeypatch.setenv("COLUMNS", "200")
-    opt = {"_target_": "torch.optim.Adam", "_partial_": True}
     if task_name == "classifier":  # its metrics: losses, accuracies, best value, confusion matrices
-        task = ClassificationTask({"_target_": "rnnlab.models.SequenceClassifier", "input_size": 3,
-                                   "hidden_size": 4, "num_classes": 2}, opt)
+        task = ClassificationTask(CLASSIFIER_NET, ADAM)
     else:  # and entity scores
         task = TaggingTask({"_target_": "rnnlab.models.SequenceTagger", "input_size": None, "vocab_size": 5,
-                            "hidden_size": 4, "num_tags": 3}, opt, tag_names=["O", "B-PER", "I-PER"])
+                            "hidden_size": 4, "num_tags": 3}, ADAM, tag_names=["O", "B-PER", "I-PER"])
         assert task.entities is not None
     NetworkSummary(max_depth=4).on_fit_start(SimpleNamespace(is_global_zero=True, strategy=None), task)
     table = capsys.readouterr().out
@@ -109,14 +108,13 @@ def test_a_prompt_must_be_non_empty_text_over_the_vocabulary():
         assert refused.value.key == "model.sample_prompt"
     with pytest.raises(ConfigError, match="got 'z'") as refused:  # the task checks its own prompt
         LanguageModelTask({"_target_": "rnnlab.models.CharRNN", "vocab_size": 3, "embed_dim": 4, "hidden_size": 4},
-                          {"_target_": "torch.optim.Adam", "_partial_": True}, vocab="abc", sample_prompt="z")
+                          ADAM, vocab="abc", sample_prompt="z")
     assert refused.value.key == "sample_prompt"
 
 
 @pytest.mark.parametrize("task_name", ["classifier", "tagger", "language_model"])
 def test_every_task_builds_its_configured_optimizer_and_schedule(task_name):
-    nets = {"classifier": (ClassificationTask, {"_target_": "rnnlab.models.SequenceClassifier", "input_size": 3,
-                                                 "hidden_size": 4, "num_classes": 2}),
+    nets = {"classifier": (ClassificationTask, CLASSIFIER_NET),
             "tagger": (TaggingTask, {"_target_": "rnnlab.models.SequenceTagger", "input_size": 3, "hidden_size": 4,
                                      "num_tags": 2}),
             "language_model": (LanguageModelTask, {"_target_": "rnnlab.models.CharRNN", "vocab_size": 5,
@@ -137,8 +135,7 @@ def test_every_task_builds_its_configured_optimizer_and_schedule(task_name):
 def test_a_classifiers_per_class_report_counts_each_stages_predictions_and_is_logged_once_after_the_test(caplog):
     from rnnlab.tasks.base import split_key
 
-    task = ClassificationTask({"_target_": "rnnlab.models.SequenceClassifier", "input_size": 3, "hidden_size": 4,
-                               "num_classes": 2}, {"_target_": "torch.optim.Adam", "_partial_": True})
+    task = ClassificationTask(CLASSIFIER_NET, ADAM)
     preds, target = torch.tensor([0, 0, 0, 1, 1, 1]), torch.tensor([0, 0, 0, 0, 1, 1])
     scores = task.make_metrics()(preds, target)  # f1 is the classes' mean, not the share of right answers
     assert {k: v.item() for k, v in scores.items()} == pytest.approx({"acc": 5 / 6, "f1": (6 / 7 + 4 / 5) / 2})
@@ -186,11 +183,9 @@ def test_the_hidden_state_figures_are_drawn_every_n_epochs_on_rank_zero_with_ten
 
 
 def test_the_best_so_far_is_the_max_or_the_min_by_the_tasks_mode_and_none_before_validation():
-    opt = {"_target_": "torch.optim.Adam", "_partial_": True}
-    classifier = ClassificationTask({"_target_": "rnnlab.models.SequenceClassifier", "input_size": 3,
-                                     "hidden_size": 4, "num_classes": 2}, opt)
+    classifier = ClassificationTask(CLASSIFIER_NET, ADAM)
     language_model = LanguageModelTask({"_target_": "rnnlab.models.CharRNN", "vocab_size": 7, "embed_dim": 4,
-                                        "hidden_size": 8, "num_layers": 1}, opt)
+                                        "hidden_size": 8, "num_layers": 1}, ADAM)
     for task, best in ((classifier, 0.9), (language_model, 0.4)):
         assert task.best_so_far() is None
         for value in (0.4, 0.9, 0.6):
