@@ -304,3 +304,47 @@ def test_a_lock_file_left_by_a_killed_build_is_cleared_under_a_lock_the_kernel_r
     free = subprocess.run([sys.executable, "-c", "import fcntl, sys; f = open(sys.argv[1], 'w'); "
                            "fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)", str(tmp_path / name / "rnnlab.lock")])
     assert free.returncode == 0  # released after the build
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("with_lengths", [True, False])
+def test_the_gru_under_bf16_autocast_runs_its_compiled_loop_with_a_float32_state(bias, with_lengths, time_loops,
+                                                                                 extension_calls):
+    """bfloat16 autocast (trainer.precision=bf16-mixed) runs the GRU's compiled loop, forward
+    and backward, its products in bfloat16 and its state in float32: the results differ from
+    float32's by bfloat16's rounding, not float32's, and lie closer to float64 than the Python
+    loop's, which autocast runs wholly in bfloat16, state included."""
+    if time_loops != "compiled" or compiled.extension() is None:
+        pytest.skip("the mixed-precision loop is compiled")
+    torch.manual_seed(0)
+    rnn = RNN(16, 64, num_layers=2, cell="gru", bias=bias).double()
+    x = torch.randn(8, 64, 16, dtype=torch.float64)
+    h0 = [torch.randn(2, 8, 64, dtype=torch.float64)]
+    lengths = torch.tensor([64, 1, 40, 63, 64, 17, 5, 64]) if with_lengths else None
+    reference = _forward_backward(rnn, x, h0, lengths)
+    rnn.float()
+
+    def errors(autocast: bool) -> list[float]:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            results = _forward_backward(rnn, x.float(), [h0[0].float()], lengths)
+        return [((got.double() - want).norm() / want.norm()).item() for got, want in zip(results, reference)]
+
+    float32 = errors(autocast=False)
+    extension_calls.clear()
+    mixed = errors(autocast=True)
+    assert extension_calls.count("gru_forward") == 2 and extension_calls.count("gru_backward") == 2
+    with compiled_loops(False):
+        bf16 = errors(autocast=True)
+    assert max(float32) < 1e-5
+    # outputs, h_n, then the gradients of x, h0 and the weights: every one rounded as bfloat16
+    # rounds (8 bits of mantissa, about 4e-3), none silently computed in float32.
+    assert all(1e-4 < e < 0.03 for e in mixed), mixed
+    # The state carried in float32 keeps the outputs and h_n nearer float64 than bf16's.
+    assert mixed[0] < bf16[0] and mixed[1] < bf16[1], (mixed[:2], bf16[:2])
+    # Evaluation (no_grad, nothing kept for a backward) runs the same loop to the same bits.
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        trained = rnn(x.float(), h0[0].float(), lengths=lengths)
+        with torch.no_grad():
+            evaluated = rnn(x.float(), h0[0].float(), lengths=lengths)
+    for a, b in zip(trained, evaluated, strict=True):
+        torch.testing.assert_close(a.detach(), b, atol=0, rtol=0)

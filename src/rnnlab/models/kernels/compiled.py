@@ -169,6 +169,17 @@ def usable(projected: torch.Tensor):
     return extension()
 
 
+def mixed_usable(projected: torch.Tensor):
+    """The compiled module if the GRU's loop can run ``projected`` in mixed precision: on the
+    CPU under bfloat16 autocast (``trainer.precision=bf16-mixed``), its products in bfloat16
+    and its state in float32 (:class:`GRU`). Else None."""
+    if projected.device.type != "cpu" or not torch.is_autocast_enabled("cpu"):
+        return None
+    if torch.get_autocast_dtype("cpu") != torch.bfloat16:
+        return None
+    return extension()
+
+
 def step_mask(mask: torch.Tensor | None) -> torch.Tensor | None:
     """The compiled loops' mask: (T, B, 1) bool (True at valid steps) as (T, B), or None."""
     return None if mask is None else mask.reshape(mask.shape[0], mask.shape[1]).contiguous()  # (T, B)
@@ -214,18 +225,26 @@ class GRU(torch.autograd.Function):
     Inputs: projected (T*B, 3H), rows time-major; h0 (B, H); w_hh (3H, H); b_hn (H,) or None;
     mask (T, B) or None; save as :class:`Elman`.
     Outputs: states (T, B, H); h_T (B, H).
+
+    Mixed precision (:func:`mixed_usable`): ``projected`` in bfloat16 and h0 in float32. The
+    loop's products then run in bfloat16 (a bfloat16 copy of W_hh, made here) and the state,
+    the gates and the gradients through time in float32; states and h_T are float32, and the
+    gradients have each input's own type.
     """
 
     @staticmethod
     def forward(ctx, projected, h0, w_hh, b_hn, mask, save):
         ctx.set_materialize_grads(False)
-        h0, w_hh = h0.contiguous(), w_hh.contiguous()
+        mixed = projected.dtype == torch.bfloat16 and h0.dtype == torch.float32
+        h0 = h0.contiguous()
+        # The products' W_hh: bfloat16 in mixed precision (oneDNN's packing is for float32).
+        w_hh = w_hh.to(torch.bfloat16) if mixed else w_hh.contiguous()
+        packed = None if mixed else packed_weight(w_hh, h0.shape[0])
         steps = projected.contiguous().view(-1, h0.shape[0], projected.shape[1])  # (T, B, 3H)
-        states, rz, hn, n = extension().gru_forward(steps, h0, w_hh, packed_weight(w_hh, h0.shape[0]), b_hn, mask,
-                                                    save)
+        states, rz, hn, n = extension().gru_forward(steps, h0, w_hh, packed, b_hn, mask, save)
         if save:
             ctx.save_for_backward(rz, hn, n, states, h0, w_hh)
-        ctx.mask, ctx.has_bias = mask, b_hn is not None
+        ctx.mask, ctx.has_bias, ctx.mixed = mask, b_hn is not None, mixed
         return states, states[-1].clone()
 
     @staticmethod
@@ -233,12 +252,17 @@ class GRU(torch.autograd.Function):
     def backward(ctx, grad_states, grad_h_n):
         rz, hn, n, states, h0, w_hh = ctx.saved_tensors
         H = h0.shape[1]
+        packed_t = None if ctx.mixed else packed_weight(w_hh.t(), h0.shape[0])
+        # grad_hh and grad_pre_n come in W_hh's type: bfloat16 in mixed precision, the input of
+        # the weight's product below and of projected's gradient.
         grad_hh, grad_pre_n, grad_h0 = extension().gru_backward(
-            rz, hn, n, states, h0, w_hh, packed_weight(w_hh.t(), h0.shape[0]), ctx.mask, _contiguous(grad_states),
-            _contiguous(grad_h_n))
+            rz, hn, n, states, h0, w_hh, packed_t, ctx.mask, _contiguous(grad_states), _contiguous(grad_h_n))
         grad_projected = torch.cat([grad_hh[..., :2 * H], grad_pre_n], dim=2).view(-1, 3 * H)  # (T*B, 3H)
-        grad_w_hh = _weight_grad(grad_hh, states, h0)
-        grad_b_hn = grad_hh[..., 2 * H:].sum((0, 1)) if ctx.has_bias else None
+        if ctx.mixed:
+            grad_w_hh = _weight_grad(grad_hh, states.to(grad_hh.dtype), h0.to(grad_hh.dtype)).float()
+        else:
+            grad_w_hh = _weight_grad(grad_hh, states, h0)
+        grad_b_hn = grad_hh[..., 2 * H:].sum((0, 1), dtype=h0.dtype) if ctx.has_bias else None
         return grad_projected, grad_h0, grad_w_hh, grad_b_hn, None, None
 
 

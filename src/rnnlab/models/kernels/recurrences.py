@@ -277,10 +277,13 @@ def _run(recurrence, projected: torch.Tensor, *inputs) -> tuple[torch.Tensor, tu
     return outputs.view(-1, B, H), tuple(final)  # (T, B, H)
 
 
-def takes_masks(projected: torch.Tensor) -> bool:
-    """Whether :func:`elman`, :func:`gru` and :func:`lstm` run a variable-length batch (a
-    ``mask``) on ``projected``: the compiled loops do; the Python loops here do not, and the
-    cells then run their readable masked loop (:func:`rnnlab.models.cells.recur_masked`)."""
+def takes_masks(projected: torch.Tensor, cell: str) -> bool:
+    """Whether :func:`elman`, :func:`gru` or :func:`lstm` (``cell``) runs a variable-length batch
+    (a ``mask``) on ``projected``: the compiled loops do (the GRU's also in mixed precision);
+    the Python loops here do not, and the cells then run their readable masked loop
+    (:func:`rnnlab.models.cells.recur_masked`)."""
+    if cell == "gru" and compiled.mixed_usable(projected) is not None:
+        return True
     return compiled.usable(projected) is not None
 
 
@@ -382,6 +385,12 @@ def gru(projected: torch.Tensor, h0: torch.Tensor, w_hh: torch.Tensor, b_hn: tor
     """
     if compiled.usable(projected) is not None:
         return _run_compiled(compiled.GRU, projected, h0.shape[0], (h0, w_hh, b_hn), mask)
+    if compiled.mixed_usable(projected) is not None:
+        # bfloat16 autocast: the products in bfloat16, the state and the gates in float32
+        # (compiled.GRU); the casts are differentiable, so each input gets its own type's gradient.
+        with torch.autocast("cpu", enabled=False):
+            return _run_compiled(compiled.GRU, projected.to(torch.bfloat16), h0.shape[0],
+                                 (h0.float(), w_hh.float(), None if b_hn is None else b_hn.float()), mask)
     return _run(GRURecurrence, projected, h0, w_hh, b_hn)
 
 

@@ -29,6 +29,7 @@
 #include <cstring>
 #include <mutex>
 #include <optional>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -248,41 +249,46 @@ void elman_back_row(T* __restrict__ g, const T* __restrict__ dh, const T* __rest
   }
 }
 
-template <typename T>
-void gru_row(const T* __restrict__ p, const T* __restrict__ q, const T* __restrict__ hp,
+// The GRU's rows in two types: T, the state's and the arithmetic's, and P, the products'
+// operands' and results' (p_t, W_hh h_{t-1}, the gradients that go into products). P is T, or
+// bfloat16 in mixed precision (see gru_forward_impl), where a row also writes h_t in P for the
+// next step's product (``h_low``).
+template <typename T, typename P>
+void gru_row(const P* __restrict__ p, const P* __restrict__ q, const T* __restrict__ hp,
              T* __restrict__ r_out, T* __restrict__ z_out, T* __restrict__ hn_out, T* __restrict__ n_out,
-             T* __restrict__ h, int64_t H) {
+             T* __restrict__ h, P* __restrict__ h_low, int64_t H) {
   for (int64_t j = 0; j < H; ++j) {
-    const T r = Act<T>::sigmoid(p[j] + q[j]);
-    const T z = Act<T>::sigmoid(p[H + j] + q[H + j]);
-    const T hn = q[2 * H + j];  // W_hn h + b_hn
-    const T n = Act<T>::tanh(p[2 * H + j] + r * hn);
+    const T r = Act<T>::sigmoid(static_cast<T>(p[j]) + static_cast<T>(q[j]));
+    const T z = Act<T>::sigmoid(static_cast<T>(p[H + j]) + static_cast<T>(q[H + j]));
+    const T hn = static_cast<T>(q[2 * H + j]);  // W_hn h + b_hn
+    const T n = Act<T>::tanh(static_cast<T>(p[2 * H + j]) + r * hn);
     r_out[j] = r;
     z_out[j] = z;
     hn_out[j] = hn;
     n_out[j] = n;
     h[j] = n + z * (hp[j] - n);
+    if constexpr (!std::is_same_v<T, P>) h_low[j] = static_cast<P>(h[j]);
   }
 }
 
-template <typename T>
+template <typename T, typename P>
 void gru_back_row(const T* __restrict__ dh, const T* __restrict__ r, const T* __restrict__ z,
                   const T* __restrict__ hn, const T* __restrict__ n, const T* __restrict__ hp,
-                  T* __restrict__ g, T* __restrict__ g_pre_n, int64_t H) {
+                  P* __restrict__ g, P* __restrict__ g_pre_n, int64_t H) {
   for (int64_t j = 0; j < H; ++j) {
     const T d = dh[j];
     const T pre_n = d * (T(1) - z[j]) * (T(1) - n[j] * n[j]);
-    g[j] = pre_n * hn[j] * r[j] * (T(1) - r[j]);
-    g[H + j] = d * (hp[j] - n[j]) * z[j] * (T(1) - z[j]);
-    g[2 * H + j] = pre_n * r[j];
-    g_pre_n[j] = pre_n;
+    g[j] = static_cast<P>(pre_n * hn[j] * r[j] * (T(1) - r[j]));
+    g[H + j] = static_cast<P>(d * (hp[j] - n[j]) * z[j] * (T(1) - z[j]));
+    g[2 * H + j] = static_cast<P>(pre_n * r[j]);
+    g_pre_n[j] = static_cast<P>(pre_n);
   }
 }
 
-template <typename T>
-void gru_back_state_row(T* __restrict__ out, const T* __restrict__ through, const T* __restrict__ dh,
+template <typename T, typename P>
+void gru_back_state_row(T* __restrict__ out, const P* __restrict__ through, const T* __restrict__ dh,
                         const T* __restrict__ z, int64_t H) {
-  for (int64_t j = 0; j < H; ++j) out[j] = through[j] + dh[j] * z[j];
+  for (int64_t j = 0; j < H; ++j) out[j] = static_cast<T>(through[j]) + dh[j] * z[j];
 }
 
 template <typename T>
@@ -343,7 +349,50 @@ std::vector<at::Tensor> elman_backward_impl(const at::Tensor& states, const at::
 // ------------------------------------------------------------------ GRU
 // r, z = sigmoid(p_rz + W_hrz h + b_hrz), n = tanh(p_n + r (W_hn h + b_hn)), h' = n + z (h - n);
 // p_t holds W_x x_t + b_x + (b_hr, b_hz, 0); b_hn (H,) or undefined.
+//
+// Mixed precision (bfloat16 autocast on the CPU): p_t and w_hh arrive in bfloat16 with h0 in
+// float32. The products then run in bfloat16 (W_hh h_{t-1} from a bfloat16 copy of h_{t-1}
+// that each step's row pass writes; oneDNN's AMX or AVX-512 BF16 kernels where the CPU has
+// them) and everything else in float32: the state, the gates, the gradients that flow back
+// through time. Autocast would run the whole loop in bfloat16, state included.
+//
 // Returns (states, rz (T, B, 2H), hn (T, B, H), n (T, B, H)); the last three when ``save``.
+// states and the rest are in h0's type.
+template <typename T, typename P>
+void gru_forward_loop(StepInputs& inputs, const at::Tensor& h0, const StepProduct& recurrent, const at::Tensor& bias,
+                      at::Tensor& states, at::Tensor& rz, at::Tensor& hn, at::Tensor& n, const at::Tensor& mask,
+                      bool save) {
+  constexpr bool kMixed = !std::is_same_v<T, P>;
+  const int64_t T_ = inputs.steps(), B = h0.size(0), H = h0.size(1);
+  at::Tensor hh = at::empty({B, 3 * H}, bias.options());  // W_hh h_{t-1} + (0, 0, b_hn), in P
+  at::Tensor h_low = kMixed ? h0.to(bias.scalar_type()) : at::Tensor();  // h_{t-1} in P, the product's input
+  for (int64_t t = 0; t < T_; ++t) {
+    const at::Tensor h_prev = t == 0 ? h0 : states[t - 1];
+    recurrent.add_into(hh, bias, kMixed ? h_low : h_prev);
+    const int64_t s = save ? t : 0;
+    const at::Tensor p_t = inputs.at(t);
+    const P* p = p_t.data_ptr<P>();
+    const P* q = hh.data_ptr<P>();
+    const T* hp = h_prev.data_ptr<T>();
+    T* h = states.data_ptr<T>() + t * B * H;
+    P* hl = kMixed ? h_low.data_ptr<P>() : nullptr;
+    T* rzt = rz.data_ptr<T>() + s * B * 2 * H;
+    T* hnt = hn.data_ptr<T>() + s * B * H;
+    T* nt = n.data_ptr<T>() + s * B * H;
+    const bool* valid = mask_row(mask, t, B);
+    for_rows(B, 3 * H, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        if (valid != nullptr && !valid[b]) {
+          std::memcpy(h + b * H, hp + b * H, H * sizeof(T));  // h_low's row already holds h_{t-1}
+        } else {
+          gru_row<T, P>(p + b * 3 * H, q + b * 3 * H, hp + b * H, rzt + b * 2 * H, rzt + b * 2 * H + H,
+                        hnt + b * H, nt + b * H, h + b * H, kMixed ? hl + b * H : nullptr, H);
+        }
+      }
+    });
+  }
+}
+
 std::vector<at::Tensor> gru_forward_impl(StepInputs& inputs, const at::Tensor& h0, const at::Tensor& w_hh,
                                          const Opt& packed, const at::Tensor& b_hn, const at::Tensor& mask,
                                          bool save) {
@@ -353,89 +402,85 @@ std::vector<at::Tensor> gru_forward_impl(StepInputs& inputs, const at::Tensor& h
   at::Tensor rz = at::empty({kept, B, 2 * H}, h0.options());
   at::Tensor hn = at::empty({kept, B, H}, h0.options());
   at::Tensor n = at::empty({kept, B, H}, h0.options());
-  at::Tensor hh = at::empty({B, 3 * H}, h0.options());  // W_hh h_{t-1} + (0, 0, b_hn)
-  at::Tensor bias = at::zeros({B, 3 * H}, h0.options());  // (0, 0, b_hn) in every row
+  at::Tensor bias = at::zeros({B, 3 * H}, w_hh.options());  // (0, 0, b_hn) in every row, in the products' type
   if (b_hn.defined()) bias.narrow(1, 2 * H, H).copy_(b_hn.expand({B, H}));
   const StepProduct recurrent(w_hh, packed, B);
-  AT_DISPATCH_FLOATING_TYPES(h0.scalar_type(), "gru_forward", [&] {
-    for (int64_t t = 0; t < T; ++t) {
-      const at::Tensor h_prev = t == 0 ? h0 : states[t - 1];
-      recurrent.add_into(hh, bias, h_prev);
-      const int64_t s = save ? t : 0;
-      const at::Tensor p_t = inputs.at(t);
-      const scalar_t* p = p_t.data_ptr<scalar_t>();
-      const scalar_t* q = hh.data_ptr<scalar_t>();
-      const scalar_t* hp = h_prev.data_ptr<scalar_t>();
-      scalar_t* h = states.data_ptr<scalar_t>() + t * B * H;
-      scalar_t* rzt = rz.data_ptr<scalar_t>() + s * B * 2 * H;
-      scalar_t* hnt = hn.data_ptr<scalar_t>() + s * B * H;
-      scalar_t* nt = n.data_ptr<scalar_t>() + s * B * H;
-      const bool* valid = mask_row(mask, t, B);
-      for_rows(B, 3 * H, [&](int64_t b0, int64_t b1) {
-        for (int64_t b = b0; b < b1; ++b) {
-          if (valid != nullptr && !valid[b]) {
-            std::memcpy(h + b * H, hp + b * H, H * sizeof(scalar_t));
-          } else {
-            gru_row(p + b * 3 * H, q + b * 3 * H, hp + b * H, rzt + b * 2 * H, rzt + b * 2 * H + H,
-                    hnt + b * H, nt + b * H, h + b * H, H);
-          }
-        }
-      });
-    }
-  });
+  if (w_hh.scalar_type() == at::kBFloat16 && h0.scalar_type() == at::kFloat) {
+    gru_forward_loop<float, at::BFloat16>(inputs, h0, recurrent, bias, states, rz, hn, n, mask, save);
+  } else {
+    AT_DISPATCH_FLOATING_TYPES(h0.scalar_type(), "gru_forward", [&] {
+      gru_forward_loop<scalar_t, scalar_t>(inputs, h0, recurrent, bias, states, rz, hn, n, mask, save);
+    });
+  }
   if (!save) return {states, at::Tensor(), at::Tensor(), at::Tensor()};
   return {states, rz, hn, n};
 }
 
-// Returns (dL/d(W_hh h_{t-1} + (0, 0, b_hn)) (T, B, 3H), dL/d pre_n (T, B, H), dL/dh0).
+// Returns (dL/d(W_hh h_{t-1} + (0, 0, b_hn)) (T, B, 3H), dL/d pre_n (T, B, H), dL/dh0); the
+// first two in w_hh's type (bfloat16 in mixed precision, see above), dL/dh0 in h0's.
+template <typename T, typename P>
+void gru_backward_loop(const at::Tensor& rz, const at::Tensor& hn, const at::Tensor& n, const at::Tensor& states,
+                       const at::Tensor& h0, const StepProduct& back, const at::Tensor& mask,
+                       const at::Tensor& grad_states, at::Tensor& grad_hh, at::Tensor& grad_pre_n,
+                       at::Tensor& grad_h) {
+  const int64_t T_ = states.size(0), B = states.size(1), H = states.size(2);
+  at::Tensor next = at::empty_like(h0);
+  at::Tensor through = at::empty({B, H}, grad_hh.options());
+  for (int64_t t = T_ - 1; t >= 0; --t) {
+    const T* hp = (t == 0 ? h0 : states[t - 1]).data_ptr<T>();
+    const T* gs = grad_states.defined() ? grad_states.data_ptr<T>() + t * B * H : nullptr;
+    const T* rzt = rz.data_ptr<T>() + t * B * 2 * H;
+    const T* hnt = hn.data_ptr<T>() + t * B * H;
+    const T* nt = n.data_ptr<T>() + t * B * H;
+    T* gh = grad_h.data_ptr<T>();
+    P* ghh = grad_hh.data_ptr<P>() + t * B * 3 * H;
+    P* gpn = grad_pre_n.data_ptr<P>() + t * B * H;
+    const bool* valid = mask_row(mask, t, B);
+    for_rows(B, 3 * H, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        if (gs != nullptr) add_row(gh + b * H, gs + b * H, H);
+        if (valid != nullptr && !valid[b]) {
+          std::fill(ghh + b * 3 * H, ghh + (b + 1) * 3 * H, P(0));
+          std::fill(gpn + b * H, gpn + (b + 1) * H, P(0));
+        } else {
+          gru_back_row<T, P>(gh + b * H, rzt + b * 2 * H, rzt + b * 2 * H + H, hnt + b * H, nt + b * H,
+                             hp + b * H, ghh + b * 3 * H, gpn + b * H, H);
+        }
+      }
+    });
+    // dL/dh_{t-1} = g W_hh + dL/dh' z; ended rows pass dL/dh_t on unchanged.
+    back.into(through, grad_hh[t]);
+    const P* th = through.data_ptr<P>();
+    T* out = next.data_ptr<T>();
+    for (int64_t b = 0; b < B; ++b) {
+      if (valid != nullptr && !valid[b]) {
+        std::memcpy(out + b * H, gh + b * H, H * sizeof(T));
+      } else {
+        gru_back_state_row<T, P>(out + b * H, th + b * H, gh + b * H, rzt + b * 2 * H + H, H);
+      }
+    }
+    std::swap(grad_h, next);
+  }
+}
+
 std::vector<at::Tensor> gru_backward_impl(const at::Tensor& rz, const at::Tensor& hn, const at::Tensor& n,
                                           const at::Tensor& states, const at::Tensor& h0, const at::Tensor& w_hh,
                                           const Opt& packed_t, const at::Tensor& mask, const at::Tensor& grad_states,
                                           const at::Tensor& grad_h_n) {
   const int64_t T = states.size(0), B = states.size(1), H = states.size(2);
   const StepProduct back(w_hh.t(), packed_t, B);  // g -> g W_hh
-  at::Tensor grad_hh = at::empty({T, B, 3 * H}, h0.options());
-  at::Tensor grad_pre_n = at::empty({T, B, H}, h0.options());
+  at::Tensor grad_hh = at::empty({T, B, 3 * H}, w_hh.options());
+  at::Tensor grad_pre_n = at::empty({T, B, H}, w_hh.options());
   at::Tensor grad_h = grad_h_n.defined() ? grad_h_n.clone() : at::zeros_like(h0);
-  at::Tensor next = at::empty_like(h0);
-  at::Tensor through = at::empty_like(h0);
-  AT_DISPATCH_FLOATING_TYPES(states.scalar_type(), "gru_backward", [&] {
-    for (int64_t t = T - 1; t >= 0; --t) {
-      const scalar_t* hp = (t == 0 ? h0 : states[t - 1]).data_ptr<scalar_t>();
-      const scalar_t* gs = grad_states.defined() ? grad_states.data_ptr<scalar_t>() + t * B * H : nullptr;
-      const scalar_t* rzt = rz.data_ptr<scalar_t>() + t * B * 2 * H;
-      const scalar_t* hnt = hn.data_ptr<scalar_t>() + t * B * H;
-      const scalar_t* nt = n.data_ptr<scalar_t>() + t * B * H;
-      scalar_t* gh = grad_h.data_ptr<scalar_t>();
-      scalar_t* ghh = grad_hh.data_ptr<scalar_t>() + t * B * 3 * H;
-      scalar_t* gpn = grad_pre_n.data_ptr<scalar_t>() + t * B * H;
-      const bool* valid = mask_row(mask, t, B);
-      for_rows(B, 3 * H, [&](int64_t b0, int64_t b1) {
-        for (int64_t b = b0; b < b1; ++b) {
-          if (gs != nullptr) add_row(gh + b * H, gs + b * H, H);
-          if (valid != nullptr && !valid[b]) {
-            std::fill(ghh + b * 3 * H, ghh + (b + 1) * 3 * H, scalar_t(0));
-            std::fill(gpn + b * H, gpn + (b + 1) * H, scalar_t(0));
-          } else {
-            gru_back_row(gh + b * H, rzt + b * 2 * H, rzt + b * 2 * H + H, hnt + b * H, nt + b * H, hp + b * H,
-                         ghh + b * 3 * H, gpn + b * H, H);
-          }
-        }
-      });
-      // dL/dh_{t-1} = g W_hh + dL/dh' z; ended rows pass dL/dh_t on unchanged.
-      back.into(through, grad_hh[t]);
-      const scalar_t* th = through.data_ptr<scalar_t>();
-      scalar_t* out = next.data_ptr<scalar_t>();
-      for (int64_t b = 0; b < B; ++b) {
-        if (valid != nullptr && !valid[b]) {
-          std::memcpy(out + b * H, gh + b * H, H * sizeof(scalar_t));
-        } else {
-          gru_back_state_row(out + b * H, th + b * H, gh + b * H, rzt + b * 2 * H + H, H);
-        }
-      }
-      std::swap(grad_h, next);
-    }
-  });
+  if (w_hh.scalar_type() == at::kBFloat16 && h0.scalar_type() == at::kFloat) {
+    gru_backward_loop<float, at::BFloat16>(rz, hn, n, states, h0, back, mask, grad_states, grad_hh, grad_pre_n,
+                                           grad_h);
+  } else {
+    AT_DISPATCH_FLOATING_TYPES(states.scalar_type(), "gru_backward", [&] {
+      gru_backward_loop<scalar_t, scalar_t>(rz, hn, n, states, h0, back, mask, grad_states, grad_hh, grad_pre_n,
+                                            grad_h);
+    });
+  }
   return {grad_hh, grad_pre_n, grad_h};
 }
 
