@@ -9,6 +9,7 @@ from torch import nn
 
 from rnnlab.models import RNN, RNNCell
 from rnnlab.models.dropout import Dropout
+from rnnlab.models.kernels.dropout import keep_mask
 
 TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
 
@@ -232,6 +233,27 @@ def test_dropout_module_matches_torch_dropout_contract():
     assert drop.eval()(x) is x and Dropout(0.0).train()(x) is x
     with pytest.raises(ValueError, match=r"expected p in \[0, 1\), got 1.0"):
         Dropout(1.0)
+
+
+@pytest.mark.parametrize("p", [0.02, 0.25, 0.5, 0.9])
+def test_the_cpu_mask_drops_each_element_with_probability_p_independently(p):
+    """kernels/dropout.py cuts each 64-bit draw into four 16-bit elements: every one of the
+    four positions is dropped with probability p, neighbours independently of each other."""
+    torch.manual_seed(0)
+    x = torch.empty(1000, 1000)
+    keep = keep_mask(x, p)
+    assert keep.dtype == torch.bool and keep.shape == x.shape
+    dropped = (~keep).double().view(-1, 4)  # the four elements of each draw
+    sd = (p * (1 - p) / dropped.shape[0]) ** 0.5
+    assert (dropped.mean(0) - p).abs().max() < 5 * sd  # 250,000 draws per position
+    pairs = (dropped[:, 0] * dropped[:, 1]).mean().item()  # P(both dropped) = p^2 if independent
+    assert abs(pairs - p * p) < 5 * (p * p * (1 - p * p) / dropped.shape[0]) ** 0.5
+    # The mask follows x's memory layout, as torch.rand_like does: a transposed x gets the
+    # transpose of the mask the same draws give a contiguous one.
+    torch.manual_seed(1)
+    contiguous = keep_mask(torch.empty(20, 30), p)
+    torch.manual_seed(1)
+    assert torch.equal(keep_mask(torch.empty(20, 30).t(), p), contiguous.t())
 
 
 @pytest.mark.parametrize("cell", ["rnn_tanh", "gru", "lstm"])
