@@ -110,9 +110,17 @@ def cuda_peak_bytes(run: Callable[[], None], device: torch.device) -> int:
     return torch.cuda.max_memory_allocated(device) - base
 
 
+def under_autocast(run: Callable[[], None], device: torch.device) -> Callable[[], None]:
+    """``run`` under bfloat16 autocast on ``device``, as Lightning's ``precision="bf16-mixed"`` runs a step."""
+    def mixed():
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            run()
+    return mixed
+
+
 def core_rows(shape: Shape, rows: Sequence[str], reps: int, warmup: int, device: torch.device,
               cell: str = TARGETED_CELL) -> list[Result]:
-    """The forward, backward, stepwise, memory and lengths rows selected in ``rows`` for one
+    """The forward, backward, stepwise, memory, lengths and mixed rows selected in ``rows`` for one
     shape and cell (stepwise only for the default cell)."""
     ours, reference, x = core_pair(shape, device, cell)
     torch_name = TORCH_MODULES[cell][0]
@@ -147,6 +155,13 @@ def core_rows(shape: Shape, rows: Sequence[str], reps: int, warmup: int, device:
                                    f"pack_padded_sequence + {torch_name}",
                                    "forward + backward of a padded batch, lengths uniform in [T/4, T]; the "
                                    "reference packs and unpacks", cell=cell))
+    if "mixed" in rows:
+        t_ours, t_ref = time_interleaved([under_autocast(forward_backward(ours, ours, x), device),
+                                          under_autocast(forward_backward(reference, reference, x), device)],
+                                         reps, warmup, device)
+        results.append(make_result("mixed", label, device, ms(t_ours), ms(t_ref), "ms", f"{torch_name}, same autocast",
+                                   "forward + backward under bfloat16 autocast (trainer.precision=bf16-mixed), "
+                                   "both sides", targeted=False, cell=cell))
     return results
 
 

@@ -20,8 +20,9 @@ from dataclasses import dataclass
 
 import torch
 
-ROWS = ("forward", "backward", "stepwise", "memory", "lengths", "generate", "e2e_classifier", "e2e_char", "scan")
-CORE_ROWS = ROWS[:5]  # run for every shape and cell
+ROWS = ("forward", "backward", "stepwise", "memory", "lengths", "mixed", "generate", "e2e_classifier", "e2e_char",
+        "scan")
+CORE_ROWS = ROWS[:6]  # run for every shape and cell
 
 # Ratios are rnnlab / reference: of times (lower is better), of memory, and of tokens/s
 # for generate (higher is better). The default Elman cell's targets; the gated cells' are in
