@@ -12,7 +12,7 @@ import torch
 
 from helpers import TORCH_RNNS, flat_state
 from rnnlab.models import RNN
-from rnnlab.models.kernels import compiled
+from rnnlab.models.kernels import compiled, recurrences
 from rnnlab.models.kernels.compiled import compiled_loops
 
 needs_build = pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
@@ -306,45 +306,96 @@ def test_a_lock_file_left_by_a_killed_build_is_cleared_under_a_lock_the_kernel_r
     assert free.returncode == 0  # released after the build
 
 
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("with_lengths", [True, False])
-def test_the_gru_under_bf16_autocast_runs_its_compiled_loop_with_a_float32_state(bias, with_lengths, time_loops,
-                                                                                 extension_calls):
-    """bfloat16 autocast (trainer.precision=bf16-mixed) runs the GRU's compiled loop, forward
-    and backward, its products in bfloat16 and its state in float32: the results differ from
-    float32's by bfloat16's rounding, not float32's, and lie closer to float64 than the Python
-    loop's, which autocast runs wholly in bfloat16, state included."""
+def test_under_bf16_autocast_the_gated_cells_run_a_compiled_loop_with_a_float32_state(cell, bias, with_lengths,
+                                                                                      time_loops, extension_calls,
+                                                                                      monkeypatch):
+    """bfloat16 autocast (trainer.precision=bf16-mixed) runs the GRU's and LSTM's compiled
+    mixed loops, forward and backward, their products in bfloat16 and their state in float32:
+    the results differ from float32's by bfloat16's rounding, not float32's, and lie closer to
+    float64 than the Python loop's, which autocast runs wholly in bfloat16, state included."""
     if time_loops != "compiled" or compiled.extension() is None:
         pytest.skip("the mixed-precision loop is compiled")
+    monkeypatch.setattr(recurrences, "MIN_MIXED_STEP_MACS", 0)  # these small products too
+    monkeypatch.setattr(compiled, "native_bfloat16", lambda: True)
     torch.manual_seed(0)
-    rnn = RNN(16, 64, num_layers=2, cell="gru", bias=bias).double()
+    rnn = RNN(16, 64, num_layers=2, cell=cell, bias=bias).double()
     x = torch.randn(8, 64, 16, dtype=torch.float64)
-    h0 = [torch.randn(2, 8, 64, dtype=torch.float64)]
+    h0 = [torch.randn(2, 8, 64, dtype=torch.float64) for _ in range(2 if cell == "lstm" else 1)]
     lengths = torch.tensor([64, 1, 40, 63, 64, 17, 5, 64]) if with_lengths else None
     reference = _forward_backward(rnn, x, h0, lengths)
     rnn.float()
 
+    h0_32 = [s.float() for s in h0]
+
     def errors(autocast: bool) -> list[float]:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-            results = _forward_backward(rnn, x.float(), [h0[0].float()], lengths)
+            results = _forward_backward(rnn, x.float(), h0_32, lengths)
         return [((got.double() - want).norm() / want.norm()).item() for got, want in zip(results, reference)]
 
     float32 = errors(autocast=False)
     extension_calls.clear()
     mixed = errors(autocast=True)
-    assert extension_calls.count("gru_forward") == 2 and extension_calls.count("gru_backward") == 2
+    loop = "gru" if cell == "gru" else "lstm_mixed"
+    assert extension_calls.count(f"{loop}_forward") == 2 and extension_calls.count(f"{loop}_backward") == 2
     with compiled_loops(False):
         bf16 = errors(autocast=True)
     assert max(float32) < 1e-5
-    # outputs, h_n, then the gradients of x, h0 and the weights: every one rounded as bfloat16
-    # rounds (8 bits of mantissa, about 4e-3), none silently computed in float32.
+    # outputs, h_n (and c_n), then the gradients of x, h0 (and c0) and the weights: every one
+    # rounded as bfloat16 rounds (8 bits of mantissa, about 4e-3), none silently in float32.
     assert all(1e-4 < e < 0.03 for e in mixed), mixed
-    # The state carried in float32 keeps the outputs and h_n nearer float64 than bf16's.
-    assert mixed[0] < bf16[0] and mixed[1] < bf16[1], (mixed[:2], bf16[:2])
+    # The state carried in float32 keeps the outputs and final states nearer float64 than bf16's.
+    states = 1 + len(h0)
+    assert all(m < b for m, b in zip(mixed[:states], bf16[:states])), (mixed[:states], bf16[:states])
     # Evaluation (no_grad, nothing kept for a backward) runs the same loop to the same bits.
+    state = tuple(h0_32) if cell == "lstm" else h0_32[0]
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        trained = rnn(x.float(), h0[0].float(), lengths=lengths)
+        out, h_n = rnn(x.float(), state, lengths=lengths)
         with torch.no_grad():
-            evaluated = rnn(x.float(), h0[0].float(), lengths=lengths)
-    for a, b in zip(trained, evaluated, strict=True):
+            out_eval, h_n_eval = rnn(x.float(), state, lengths=lengths)
+    for a, b in zip([out, *flat_state(h_n)], [out_eval, *flat_state(h_n_eval)], strict=True):
         torch.testing.assert_close(a.detach(), b, atol=0, rtol=0)
+
+
+def test_under_bf16_autocast_the_loop_is_chosen_by_cell_product_size_and_cpu(monkeypatch):
+    """The GRU's and LSTM's steps run mixed from MIN_MIXED_STEP_MACS multiply-adds on a CPU
+    with native bfloat16, the Elman cell's the Python loop in bfloat16; smaller products and
+    other CPUs run the float32 loop on the cast input; outside CPU bfloat16 autocast none of
+    these applies."""
+    if compiled.extension() is None:
+        pytest.skip("needs the compiled loops")
+    monkeypatch.setattr(compiled, "native_bfloat16", lambda: True)
+    small, large = torch.zeros(64, 128), torch.zeros(64, 256)  # h0 (B, H): 3.1 and 12.6 million for the GRU
+    p = torch.zeros(4, 4)
+    assert recurrences.autocast_loop(p, large, 3) is None  # no autocast
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert [recurrences.autocast_loop(p, h, g) for h in (small, large) for g in (1, 3, 4)] == [
+            "float32", "float32", "mixed", None, "mixed", "mixed"]  # the Elman cell: the bfloat16 Python loop
+        monkeypatch.setattr(compiled, "native_bfloat16", lambda: False)
+        assert recurrences.autocast_loop(p, large, 4) == "float32"
+    with torch.autocast("cpu", dtype=torch.float16):
+        assert recurrences.autocast_loop(p, large, 4) is None
+
+
+@pytest.mark.parametrize("cell, loop", [("rnn_tanh", "elman"), ("lstm", "lstm")])
+@pytest.mark.parametrize("with_lengths", [True, False])
+def test_under_bf16_autocast_small_products_run_the_float32_loop(cell, loop, with_lengths, time_loops,
+                                                                   extension_calls):
+    """Where the products are too small for bfloat16 to pay, autocast's bfloat16 projections
+    feed the float32 compiled loop: float32 outputs, within bfloat16's rounding of float32's."""
+    if time_loops != "compiled" or compiled.extension() is None:
+        pytest.skip("the float32 loop is compiled")
+    torch.manual_seed(0)
+    rnn = RNN(6, 16, num_layers=2, cell=cell)
+    x = torch.randn(4, 12, 6)
+    lengths = torch.tensor([12, 3, 7, 1]) if with_lengths else None
+    reference = _forward_backward(rnn, x, None, lengths)
+    extension_calls.clear()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        results = _forward_backward(rnn, x, None, lengths)
+    assert extension_calls.count(f"{loop}_forward") == 2 and extension_calls.count(f"{loop}_backward") == 2
+    assert results[0].dtype == torch.float32
+    for got, want in zip(results, reference, strict=True):
+        assert 0 < ((got.float() - want).norm() / want.norm()).item() < 0.03

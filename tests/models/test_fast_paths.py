@@ -92,10 +92,10 @@ def test_every_cell_trains_under_bf16_autocast_close_to_float32(cell, varlen, si
     ref_values, ref_grads = _gradients_under(rnn, x, lengths)
     values, grads = _gradients_under(rnn, x, lengths, torch.bfloat16)
     if not varlen:
-        # computed in bf16, not silently in float32; the GRU's compiled loop keeps its state,
-        # and so its outputs, in float32 around bf16 products (test_compiled.py has its test)
-        mixed = cell == "gru" and compiled.extension() is not None
-        assert values[0].dtype == (torch.float32 if mixed else torch.bfloat16)
+        # the Python loops compute in bf16, not silently in float32; the compiled loops keep
+        # their state, and so their outputs, in float32 (test_compiled.py has their tests)
+        compiled_loops = compiled.extension() is not None
+        assert values[0].dtype == (torch.float32 if compiled_loops else torch.bfloat16)
     assert all(g.dtype == torch.float32 for g in grads)  # the float32 weights get float32 gradients
     # bf16 keeps 8 bits of mantissa; over a 2-layer recurrence of 20-32 steps the outputs and
     # gradients stay within about 1% (6% for the unbounded ReLU state) of float32's.

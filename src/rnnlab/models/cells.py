@@ -82,7 +82,7 @@ class RNNCell(CellBase):
         sequence's last valid step.
         """
         projected = self.project(x.reshape(-1, x.shape[-1]))  # (T*B, H): one product for all steps
-        if mask is not None and not recurrences.takes_masks(projected, "elman"):
+        if mask is not None and not recurrences.takes_masks(projected, state[0], 1):
             return recur_masked(self, projected.view(*x.shape[:2], -1), state, mask)
         # Fast path, an optimisation of the loop over recur: kernels/recurrences.py.
         return recurrences.elman(projected, state[0], self.Whh.weight, relu=self.nonlinearity == "relu", mask=mask)
@@ -165,7 +165,7 @@ class GRUCell(CellBase):
             return recurrences.gru_inference(x, self.Wxh.weight, self.input_bias(), state[0], self.Whh.weight, b_hn,
                                              mask)
         projected = self.project(x.reshape(-1, x.shape[-1]))  # (T*B, 3H)
-        if mask is not None and not recurrences.takes_masks(projected, "gru"):
+        if mask is not None and not recurrences.takes_masks(projected, state[0], 3):
             return recur_masked(self, projected.view(*x.shape[:2], -1), state, mask)
         return recurrences.gru(projected, state[0], self.Whh.weight, b_hn, mask)  # fast path: kernels/recurrences.py
 
@@ -225,7 +225,7 @@ class LSTMCell(CellBase):
         if recurrences.projects_in_loop(x, *self.parameters()):  # inference: one call, no (T, B, 4H) temporary
             return recurrences.lstm_inference(x, self.Wxh.weight, self.input_bias(), *state, self.Whh.weight, mask)
         projected = self.project(x.reshape(-1, x.shape[-1]))  # (T*B, 4H)
-        if mask is not None and not recurrences.takes_masks(projected, "lstm"):
+        if mask is not None and not recurrences.takes_masks(projected, state[0], 4):
             return recur_masked(self, projected.view(*x.shape[:2], -1), state, mask)
         return recurrences.lstm(projected, *state, self.Whh.weight, mask)  # fast path: kernels/recurrences.py
 

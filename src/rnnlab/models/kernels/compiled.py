@@ -35,6 +35,7 @@ says why and the Python loops run instead: the same results, slower.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import platform
@@ -170,9 +171,9 @@ def usable(projected: torch.Tensor):
 
 
 def mixed_usable(projected: torch.Tensor):
-    """The compiled module if the GRU's loop can run ``projected`` in mixed precision: on the
-    CPU under bfloat16 autocast (``trainer.precision=bf16-mixed``), its products in bfloat16
-    and its state in float32 (:class:`GRU`). Else None."""
+    """The compiled module if ``projected`` is on the CPU under bfloat16 autocast
+    (``trainer.precision=bf16-mixed``), where the compiled loops run as
+    :func:`.recurrences.autocast_loop` chooses. Else None."""
     if projected.device.type != "cpu" or not torch.is_autocast_enabled("cpu"):
         return None
     if torch.get_autocast_dtype("cpu") != torch.bfloat16:
@@ -180,9 +181,27 @@ def mixed_usable(projected: torch.Tensor):
     return extension()
 
 
+def native_bfloat16() -> bool:
+    """Whether oneDNN runs bfloat16 products natively on this CPU (AVX-512 BF16, AMX or
+    AVX-512 with its bfloat16 conversions); elsewhere they are converted and slower than
+    float32's."""
+    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    return bool(check is not None and check())
+
+
 def step_mask(mask: torch.Tensor | None) -> torch.Tensor | None:
     """The compiled loops' mask: (T, B, 1) bool (True at valid steps) as (T, B), or None."""
     return None if mask is None else mask.reshape(mask.shape[0], mask.shape[1]).contiguous()  # (T, B)
+
+
+def _without_autocast(backward):
+    """A compiled Function's backward with CPU autocast off: its products must run in the
+    dtypes its forward chose, also when ``backward`` is called inside an autocast block."""
+    @functools.wraps(backward)
+    def run(ctx, *grads):
+        with torch.autocast("cpu", enabled=False):
+            return backward(ctx, *grads)
+    return run
 
 
 class Elman(torch.autograd.Function):
@@ -208,6 +227,7 @@ class Elman(torch.autograd.Function):
         return projected, states[-1].clone()
 
     @staticmethod
+    @_without_autocast
     @once_differentiable
     def backward(ctx, grad_states, grad_h_n):
         projected, h0, w_hh = ctx.saved_tensors
@@ -248,6 +268,7 @@ class GRU(torch.autograd.Function):
         return states, states[-1].clone()
 
     @staticmethod
+    @_without_autocast
     @once_differentiable
     def backward(ctx, grad_states, grad_h_n):
         rz, hn, n, states, h0, w_hh = ctx.saved_tensors
@@ -289,6 +310,7 @@ class LSTM(torch.autograd.Function):
         return states, states[-1].clone(), c_n, projected
 
     @staticmethod
+    @_without_autocast
     @once_differentiable
     def backward(ctx, grad_states, grad_h_n, grad_c_n, _):
         projected, cells, tanh_cells, states, h0, c0, w_hh = ctx.saved_tensors
@@ -298,6 +320,41 @@ class LSTM(torch.autograd.Function):
             _contiguous(grad_states), _contiguous(grad_h_n), _contiguous(grad_c_n))
         grad_w_hh = _weight_grad(grad_gates, states, h0)
         return grad_gates.view(projected.shape), grad_h0, grad_c0, grad_w_hh, None, None
+
+
+class MixedLSTM(torch.autograd.Function):
+    """The LSTM recurrence in mixed precision, in C++ (``lstm_mixed_forward``): under bfloat16
+    autocast (:func:`mixed_usable`) each step's product W_hh h_{t-1} runs in bfloat16 (a
+    bfloat16 copy of W_hh, made here) and the gates, c and h in float32. The float32 loop of
+    :class:`LSTM` sums its products in its own float32 tiles and has no bfloat16 form.
+
+    Inputs: projected (T*B, 4H) bfloat16, rows time-major; h0, c0 (B, H) float32; w_hh (4H, H);
+    mask (T, B) or None; save as :class:`Elman`. Outputs: states (T, B, H); h_T, c_T (B, H),
+    all float32; the gradients have each input's own type.
+    """
+
+    @staticmethod
+    def forward(ctx, projected, h0, c0, w_hh, mask, save):
+        ctx.set_materialize_grads(False)
+        h0, c0 = h0.contiguous(), c0.contiguous()
+        w_low = w_hh.to(torch.bfloat16)
+        steps = projected.contiguous().view(-1, h0.shape[0], projected.shape[1])  # (T, B, 4H)
+        states, c_n, gates, cells, tanh_cells = extension().lstm_mixed_forward(steps, h0, c0, w_low, mask, save)
+        if save:
+            ctx.save_for_backward(gates, cells, tanh_cells, states, h0, c0, w_low)
+        ctx.mask = mask
+        return states, states[-1].clone(), c_n
+
+    @staticmethod
+    @_without_autocast
+    @once_differentiable
+    def backward(ctx, grad_states, grad_h_n, grad_c_n):
+        gates, cells, tanh_cells, states, h0, c0, w_low = ctx.saved_tensors
+        grad_gates, grad_h0, grad_c0 = extension().lstm_mixed_backward(
+            gates, cells, tanh_cells, states, h0, c0, w_low, ctx.mask,
+            _contiguous(grad_states), _contiguous(grad_h_n), _contiguous(grad_c_n))  # grad_gates (T, B, 4H) bfloat16
+        grad_w_hh = _weight_grad(grad_gates, states.to(torch.bfloat16), h0.to(torch.bfloat16)).float()
+        return grad_gates.view(-1, grad_gates.shape[-1]), grad_h0, grad_c0, grad_w_hh, None, None
 
 
 class MinScan(torch.autograd.Function):

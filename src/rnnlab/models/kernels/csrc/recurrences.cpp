@@ -291,23 +291,50 @@ void gru_back_state_row(T* __restrict__ out, const P* __restrict__ through, cons
   for (int64_t j = 0; j < H; ++j) out[j] = static_cast<T>(through[j]) + dh[j] * z[j];
 }
 
-template <typename T>
+// P: the type of the gate gradients written (T, or bfloat16 in mixed precision: see
+// lstm_mixed_forward).
+template <typename T, typename P>
 void lstm_back_row(const T* __restrict__ a, const T* __restrict__ tc, const T* __restrict__ cp,
-                   const T* __restrict__ dh, T* __restrict__ dc, T* __restrict__ g, int64_t H, int64_t n) {
+                   const T* __restrict__ dh, T* __restrict__ dc, P* __restrict__ g, int64_t H, int64_t n) {
   const T* __restrict__ af = a + H;
   const T* __restrict__ ag = a + 2 * H;
   const T* __restrict__ ao = a + 3 * H;
-  T* __restrict__ gf = g + H;
-  T* __restrict__ gg = g + 2 * H;
-  T* __restrict__ go = g + 3 * H;
+  P* __restrict__ gf = g + H;
+  P* __restrict__ gg = g + 2 * H;
+  P* __restrict__ go = g + 3 * H;
   for (int64_t j = 0; j < n; ++j) {
     const T i = a[j], f = af[j], gj = ag[j], o = ao[j], t = tc[j];
     const T c_grad = dc[j] + dh[j] * o * (T(1) - t * t);
-    g[j] = c_grad * gj * i * (T(1) - i);
-    gf[j] = c_grad * cp[j] * f * (T(1) - f);
-    gg[j] = c_grad * i * (T(1) - gj * gj);
-    go[j] = dh[j] * t * o * (T(1) - o);
+    g[j] = static_cast<P>(c_grad * gj * i * (T(1) - i));
+    gf[j] = static_cast<P>(c_grad * cp[j] * f * (T(1) - f));
+    gg[j] = static_cast<P>(c_grad * i * (T(1) - gj * gj));
+    go[j] = static_cast<P>(dh[j] * t * o * (T(1) - o));
     dc[j] = c_grad * f;  // dL/dc_{t-1}
+  }
+}
+
+// The LSTM's step in mixed precision (see lstm_mixed_forward): the gates from p_t and
+// q = W_hh h_{t-1} (both bfloat16), everything else float; a: the activated gates (i, f, g, o).
+inline void lstm_mixed_row(const at::BFloat16* __restrict__ p, const at::BFloat16* __restrict__ q,
+                           const float* __restrict__ cp, float* __restrict__ a, float* __restrict__ c,
+                           float* __restrict__ tc, float* __restrict__ h, at::BFloat16* __restrict__ h_low,
+                           int64_t H) {
+  using A = Act<float>;
+  for (int64_t j = 0; j < H; ++j) {
+    const float i = A::sigmoid(static_cast<float>(p[j]) + static_cast<float>(q[j]));
+    const float f = A::sigmoid(static_cast<float>(p[H + j]) + static_cast<float>(q[H + j]));
+    const float g = A::tanh(static_cast<float>(p[2 * H + j]) + static_cast<float>(q[2 * H + j]));
+    const float o = A::sigmoid(static_cast<float>(p[3 * H + j]) + static_cast<float>(q[3 * H + j]));
+    const float cj = f * cp[j] + i * g;
+    const float t = A::tanh(cj);
+    a[j] = i;
+    a[H + j] = f;
+    a[2 * H + j] = g;
+    a[3 * H + j] = o;
+    c[j] = cj;
+    tc[j] = t;
+    h[j] = o * t;
+    h_low[j] = static_cast<at::BFloat16>(h[j]);
   }
 }
 
@@ -992,6 +1019,99 @@ std::vector<at::Tensor> lstm_backward_impl(const at::Tensor& gates, const at::Te
   return {grad_gates, grad_h, grad_c};
 }
 
+// ------------------------------------------------------------------ LSTM, mixed precision
+// Under bfloat16 autocast (compiled.mixed_usable): projected (T, B, 4H) and w_hh (4H, H) in
+// bfloat16, h0 and c0 float32. Per step one bfloat16 product W_hh h_{t-1} (from a bfloat16
+// copy of h_{t-1} that the row pass writes) and one pass over the units in float32: the gates,
+// c_t and h_t, as the GRU's mixed loop does. The float32 loop's fused tiles sum the product
+// in float32 registers and have no bfloat16 form. Returns (states (T, B, H), c_T (B, H), the
+// activated gates (T, B, 4H), c (T, B, H), tanh(c) (T, B, H)), the last three float32 and
+// kept only when ``save``.
+std::vector<at::Tensor> lstm_mixed_forward(const at::Tensor& projected, const at::Tensor& h0, const at::Tensor& c0,
+                                           const at::Tensor& w_hh, const Opt& mask_opt, bool save) {
+  const at::Tensor mask = value(mask_opt);
+  const int64_t T = projected.size(0), B = h0.size(0), H = h0.size(1);
+  const int64_t kept = save ? T : 2;  // without a backward, two steps' worth, alternating
+  at::Tensor states = at::empty({T, B, H}, h0.options());
+  at::Tensor gates = at::empty({save ? T : 1, B, 4 * H}, h0.options());
+  at::Tensor cells = at::empty({kept, B, H}, h0.options());
+  at::Tensor tanh_cells = at::empty({save ? T : 1, B, H}, h0.options());
+  at::Tensor hh = at::empty({B, 4 * H}, w_hh.options());
+  at::Tensor h_low = h0.to(at::kBFloat16);
+  const StepProduct recurrent(w_hh, std::nullopt, B);
+  const float* c0p = c0.data_ptr<float>();
+  for (int64_t t = 0; t < T; ++t) {
+    recurrent.into(hh, h_low);
+    const int64_t s = save ? t : 0, cs = save ? t : t % 2;
+    const at::BFloat16* p = projected.data_ptr<at::BFloat16>() + t * B * 4 * H;
+    const at::BFloat16* q = hh.data_ptr<at::BFloat16>();
+    const float* hp = t == 0 ? h0.data_ptr<float>() : states.data_ptr<float>() + (t - 1) * B * H;
+    const float* cp = t == 0 ? c0p : cells.data_ptr<float>() + (save ? t - 1 : (t - 1) % 2) * B * H;
+    float* h = states.data_ptr<float>() + t * B * H;
+    float* c = cells.data_ptr<float>() + cs * B * H;
+    float* a = gates.data_ptr<float>() + s * B * 4 * H;
+    float* tc = tanh_cells.data_ptr<float>() + s * B * H;
+    at::BFloat16* hl = h_low.data_ptr<at::BFloat16>();
+    const bool* valid = mask_row(mask, t, B);
+    for_rows(B, 4 * H, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        if (valid != nullptr && !valid[b]) {  // ended: h and c carry over (h_low's row already holds h)
+          std::memcpy(h + b * H, hp + b * H, H * sizeof(float));
+          std::memcpy(c + b * H, cp + b * H, H * sizeof(float));
+        } else {
+          lstm_mixed_row(p + b * 4 * H, q + b * 4 * H, cp + b * H, a + b * 4 * H, c + b * H, tc + b * H, h + b * H,
+                         hl + b * H, H);
+        }
+      }
+    });
+  }
+  at::Tensor c_n = cells[save ? T - 1 : (T - 1) % 2].clone();
+  if (!save) return {states, c_n, at::Tensor(), at::Tensor(), at::Tensor()};
+  return {states, c_n, gates, cells, tanh_cells};
+}
+
+// Returns (dL/d pre-activations (T, B, 4H) in bfloat16, dL/dh0, dL/dc0).
+std::vector<at::Tensor> lstm_mixed_backward(const at::Tensor& gates, const at::Tensor& cells,
+                                            const at::Tensor& tanh_cells, const at::Tensor& states,
+                                            const at::Tensor& h0, const at::Tensor& c0, const at::Tensor& w_hh,
+                                            const Opt& mask_opt, const Opt& grad_states_opt, const Opt& grad_h_n,
+                                            const Opt& grad_c_n) {
+  const at::Tensor mask = value(mask_opt), grad_states = value(grad_states_opt);
+  const int64_t T = states.size(0), B = states.size(1), H = states.size(2), K = 4 * H;
+  const StepProduct back(w_hh.t(), std::nullopt, B);  // g -> g W_hh
+  at::Tensor grad_gates = at::empty({T, B, K}, w_hh.options());
+  at::Tensor grad_h = grad_h_n.has_value() ? grad_h_n->clone() : at::zeros_like(h0);
+  at::Tensor grad_c = grad_c_n.has_value() ? grad_c_n->clone() : at::zeros_like(c0);
+  at::Tensor through = at::empty({B, H}, w_hh.options());
+  for (int64_t t = T - 1; t >= 0; --t) {
+    const float* gs = grad_states.defined() ? grad_states.data_ptr<float>() + t * B * H : nullptr;
+    const float* a = gates.data_ptr<float>() + t * B * K;
+    const float* tc = tanh_cells.data_ptr<float>() + t * B * H;
+    const float* cp = t == 0 ? c0.data_ptr<float>() : cells.data_ptr<float>() + (t - 1) * B * H;
+    float* gh = grad_h.data_ptr<float>();
+    float* gc = grad_c.data_ptr<float>();
+    at::BFloat16* g = grad_gates.data_ptr<at::BFloat16>() + t * B * K;
+    const bool* valid = mask_row(mask, t, B);
+    for_rows(B, K, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        if (gs != nullptr) add_row(gh + b * H, gs + b * H, H);
+        if (valid != nullptr && !valid[b]) {  // ended: dL/dh_t and dL/dc_t pass to t-1 unchanged
+          std::fill(g + b * K, g + (b + 1) * K, at::BFloat16(0.0f));
+        } else {
+          lstm_back_row(a + b * K, tc + b * H, cp + b * H, gh + b * H, gc + b * H, g + b * K, H, H);
+        }
+      }
+    });
+    back.into(through, grad_gates[t]);  // dL/dh_{t-1} through the product
+    const at::BFloat16* th = through.data_ptr<at::BFloat16>();
+    for (int64_t b = 0; b < B; ++b) {
+      if (valid != nullptr && !valid[b]) continue;
+      for (int64_t j = 0; j < H; ++j) gh[b * H + j] = static_cast<float>(th[b * H + j]);
+    }
+  }
+  return {grad_gates, grad_h, grad_c};
+}
+
 // The minimal cells' whole layer after the input projection, fused: the coefficients a_t, b_t
 // of h_t = a_t h_{t-1} + b_t are computed from the projected input on the fly (nothing but the
 // states is written), and the backward recomputes them. g(v) = v + 1/2 (v >= 0), sigmoid(v)
@@ -1290,6 +1410,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("gru_backward", &gru_backward, "GRU recurrence's backward");
   m.def("lstm_forward", &lstm_forward, "LSTM recurrence");
   m.def("lstm_backward", &lstm_backward, "LSTM recurrence's backward");
+  m.def("lstm_mixed_forward", &lstm_mixed_forward, "LSTM recurrence, bfloat16 products around a float32 state");
+  m.def("lstm_mixed_backward", &lstm_mixed_backward, "lstm_mixed_forward's backward");
   m.def("min_gru_scan", [](const at::Tensor& p, const at::Tensor& h0, const Opt& mask) {
     return min_scan<2>(p, h0, value(mask));
   }, "minGRU layer after the input projection");
