@@ -21,10 +21,12 @@ Tracker runs (MLflow, W&B: :mod:`rnnlab.trackers`) continue with the run they be
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
 import math
 import os
+import platform
 import shutil
 import time
 from collections.abc import Callable
@@ -165,6 +167,7 @@ def train(cfg: DictConfig, before_fit: Callable[[], None] | None = None) -> tupl
     (the first moment the run directory is written to).
     """
     start = time.perf_counter()
+    reuse_heap(cfg.get("heap_reuse_mb"))
     check_launch(cfg)
     seed = check_seed(cfg)
     check_trainer(cfg)
@@ -271,6 +274,32 @@ def train(cfg: DictConfig, before_fit: Callable[[], None] | None = None) -> tupl
 
 
 # ------------------------------------------------------ the job around train()
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
+
+
+def reuse_heap(megabytes: int | None) -> bool:
+    """Have glibc serve allocations up to ``megabytes`` from the process's heap and keep the
+    freed ones there (``mallopt``: M_MMAP_THRESHOLD and M_TRIM_THRESHOLD); return whether it
+    was set. None: glibc's defaults; elsewhere than Linux with glibc: nothing to set.
+
+    Why: a training step allocates and frees the same tensors of several megabytes every step.
+    By default glibc maps fresh pages for each (or, once it has raised its threshold, returns
+    the freed heap top to the system), so each step's first writes to them fault page by page
+    into the kernel: a char-model step under bfloat16 autocast took 206 ms in a fresh process
+    and 151-156 ms with 256 MB kept (float32: 332 and 309 ms), measured on 2 cores here. The
+    cost is memory the process keeps after freeing it, up to its peak use.
+    """
+    if megabytes is None:
+        return False
+    if isinstance(megabytes, bool) or not isinstance(megabytes, int) or megabytes < 1:
+        raise ConfigError("heap_reuse_mb", f"expected an int >= 1 (megabytes) or null, got {megabytes!r}")
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    libc = ctypes.CDLL(None)
+    size = megabytes << 20
+    return bool(libc.mallopt(M_MMAP_THRESHOLD, size)) and bool(libc.mallopt(M_TRIM_THRESHOLD, size))
+
+
 def set_threads(cfg: DictConfig) -> None:
     """Give each of n parallel jobs (joblib launcher), or each of n CPU DDP processes, 1/n of
     the cores, unless ``threads`` is set."""

@@ -164,3 +164,56 @@ def test_checkpoint_alone_rebuilds_the_model(char_run):
     state = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     for name, tensor in task.state_dict().items():
         assert torch.equal(tensor, state[name])
+
+
+class _FakeLibc:
+    """glibc's mallopt, recording its calls."""
+
+    def __init__(self):
+        self.calls = []
+
+    def mallopt(self, param, value):
+        self.calls.append((param, value))
+        return 1
+
+
+def test_heap_reuse_sets_both_glibc_thresholds_before_anything_else(tmp_path, monkeypatch):
+    """heap_reuse_mb sets mallopt's M_MMAP_THRESHOLD and M_TRIM_THRESHOLD to that many
+    megabytes, first thing in train(); null sets nothing; bad values are refused by key."""
+    import rnnlab.train as train_module
+
+    libc = _FakeLibc()
+    monkeypatch.setattr(train_module.ctypes, "CDLL", lambda name: libc)
+    monkeypatch.setattr(train_module.platform, "libc_ver", lambda: ("glibc", "2.36"))
+    monkeypatch.setattr(train_module.platform, "system", lambda: "Linux")
+    assert train_module.reuse_heap(256)
+    assert libc.calls == [(train_module.M_MMAP_THRESHOLD, 256 << 20), (train_module.M_TRIM_THRESHOLD, 256 << 20)]
+    libc.calls.clear()
+    assert not train_module.reuse_heap(None) and libc.calls == []
+    for bad in (0, -5, 1.5, "big", True):
+        with pytest.raises(ValueError, match=r"heap_reuse_mb: expected an int >= 1 \(megabytes\) or null"):
+            train_module.reuse_heap(bad)
+    monkeypatch.setattr(train_module.platform, "libc_ver", lambda: ("", ""))  # musl, macOS: nothing to set
+    assert not train_module.reuse_heap(256) and libc.calls == []
+
+    seen = []
+
+    def stop(megabytes):
+        seen.append(megabytes)
+        raise KeyboardInterrupt  # nothing of the run is needed past this call
+
+    monkeypatch.setattr(train_module, "reuse_heap", stop)
+    with pytest.raises(KeyboardInterrupt):
+        train(compose_config("train", [*QUIET, *TINY["synthetic"], "heap_reuse_mb=64"], tmp_path))
+    assert seen == [64]
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="glibc's mallopt")
+def test_heap_reuse_is_accepted_by_this_machines_glibc():
+    import platform
+
+    from rnnlab.train import reuse_heap
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("not glibc")
+    assert reuse_heap(256)
