@@ -81,9 +81,10 @@ def _gradients_under(module, x, lengths, autocast_dtype=None):
 @pytest.mark.parametrize("varlen", [False, True], ids=["full", "lengths"])
 @pytest.mark.parametrize("size", [(20, 10, 64), (32, 96, 192)], ids=["seed", "packed"])
 def test_every_cell_trains_under_bf16_autocast_close_to_float32(cell, varlen, size):
-    """Mixed precision (trainer.precision=bf16-mixed): the hand-written recurrences run in
-    autocast's dtype, forward and backward, and stay within bf16's precision of float32.
-    The 'packed' size is one where float32 runs oneDNN's packed products."""
+    """Mixed precision (trainer.precision=bf16-mixed): the Python recurrences run in
+    autocast's dtype, forward and backward, the compiled loops in float32 at these sizes
+    (test_compiled.py has their bfloat16 form), and all stay within bf16's precision of
+    float32. The 'packed' size is one where float32 runs oneDNN's packed products."""
     torch.manual_seed(0)
     T, D, H = size
     rnn = RNN(D, H, 2, cell=cell)
