@@ -16,6 +16,11 @@ the LSTM's from 3.2x to about 0.85x ``torch.nn.LSTM``'s, a padded batch from aut
 the step loop to 0.4x ``pack_padded_sequence`` + torch.nn (docs/performance.md has every
 shape).
 
+Under the CPU's bfloat16 autocast the GRU's and LSTM's loops also run mixed: each step's
+product in bfloat16 around a float32 state (``GRU`` with a bfloat16 input, ``MixedLSTM``), where
+:func:`.recurrences.autocast_loop` finds the products large enough; smaller ones run the
+float32 loops (docs/performance.md, item 17).
+
 What it must equal: the Python recurrences and the readable cells, and torch.nn, in float64
 to 1e-10 and in float32 to torch.nn's float32 tolerance, with and without lengths
 (tests/models/test_compiled.py). float32 computes exp as a polynomial accurate to about one

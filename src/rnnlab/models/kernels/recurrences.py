@@ -8,8 +8,9 @@ step's results in place into preallocated (T, B, ...) tensors, and the backward
 precomputes every activation derivative for all steps at once, runs one (B, H) x (H, G*H)
 product per step for the state's gradient and gets W_hh's gradient as one product at the
 end. These loops are the reference for the compiled ones (:mod:`.compiled`), which run
-instead on the CPU in float32 and float64 where they could be built; they run as they are
-elsewhere (no compiler, CUDA, 16-bit autocast). Measurements: docs/performance.md.
+instead on the CPU in float32 and float64 where they could be built, and under the CPU's
+bfloat16 autocast where :func:`autocast_loop` says so; they run as they are elsewhere (no
+compiler, CUDA, float16 autocast). Measurements: docs/performance.md.
 
 What they must equal: the readable cells (:mod:`rnnlab.models.cells`), step by step, and
 torch.nn.RNN / GRU / LSTM, to 1e-10 in float64 for outputs, final states and every
@@ -20,7 +21,8 @@ a cell: the projected input (T*B, G*H) with rows in time-major order (a temporar
 caller gives up: the Elman and the compiled LSTM recurrences write into it), the initial
 state and W_hh, and, where :func:`takes_masks`, a mask of the valid steps. They return
 the outputs (T, B, H) and the final state, a tuple. Under autocast (mixed precision) the
-whole recurrence runs in autocast's dtype. Without a gradient to come (evaluation,
+Python loops run wholly in autocast's dtype; the compiled ones keep a float32 state, their
+products in bfloat16 or float32 (:func:`autocast_loop`). Without a gradient to come (evaluation,
 prediction) :func:`gru_inference` and :func:`lstm_inference` take the layer's input x and
 W_xh instead of the projected input: one compiled call projects a few steps at a time, so
 no (T, B, G*H) temporary is made (at the char shape that saves a 33 MB allocation whose
