@@ -186,10 +186,11 @@ def mixed_usable(projected: torch.Tensor):
     return extension()
 
 
+@functools.cache
 def native_bfloat16() -> bool:
     """Whether oneDNN runs bfloat16 products natively on this CPU (AVX-512 BF16, AMX or
     AVX-512 with its bfloat16 conversions); elsewhere they are converted and slower than
-    float32's."""
+    float32's. Asked once per process: the CPU does not change."""
     check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
     return bool(check is not None and check())
 
@@ -284,10 +285,7 @@ class GRU(torch.autograd.Function):
         grad_hh, grad_pre_n, grad_h0 = extension().gru_backward(
             rz, hn, n, states, h0, w_hh, packed_t, ctx.mask, _contiguous(grad_states), _contiguous(grad_h_n))
         grad_projected = torch.cat([grad_hh[..., :2 * H], grad_pre_n], dim=2).view(-1, 3 * H)  # (T*B, 3H)
-        if ctx.mixed:
-            grad_w_hh = _weight_grad(grad_hh, states.to(grad_hh.dtype), h0.to(grad_hh.dtype)).float()
-        else:
-            grad_w_hh = _weight_grad(grad_hh, states, h0)
+        grad_w_hh = _weight_grad(grad_hh, states, h0)
         grad_b_hn = grad_hh[..., 2 * H:].sum((0, 1), dtype=h0.dtype) if ctx.has_bias else None
         return grad_projected, grad_h0, grad_w_hh, grad_b_hn, None, None
 
@@ -358,7 +356,7 @@ class MixedLSTM(torch.autograd.Function):
         grad_gates, grad_h0, grad_c0 = extension().lstm_mixed_backward(
             gates, cells, tanh_cells, states, h0, c0, w_low, ctx.mask,
             _contiguous(grad_states), _contiguous(grad_h_n), _contiguous(grad_c_n))  # grad_gates (T, B, 4H) bfloat16
-        grad_w_hh = _weight_grad(grad_gates, states.to(torch.bfloat16), h0.to(torch.bfloat16)).float()
+        grad_w_hh = _weight_grad(grad_gates, states, h0)
         return grad_gates.view(-1, grad_gates.shape[-1]), grad_h0, grad_c0, grad_w_hh, None, None
 
 
@@ -423,6 +421,8 @@ def _contiguous(t: torch.Tensor | None) -> torch.Tensor | None:
 
 def _weight_grad(grad_pre: torch.Tensor, states: torch.Tensor, h0: torch.Tensor) -> torch.Tensor:
     """W_hh's gradient, sum over t of grad_pre_t^T h_{t-1}, as one (G*H, T*B) x (T*B, H) product
-    (steps of ended sequences have zero grad_pre, so they add nothing)."""
-    grad = grad_pre[1:].flatten(0, 1).t() @ states[:-1].flatten(0, 1)
-    return grad.addmm_(grad_pre[0].t(), h0)
+    (steps of ended sequences have zero grad_pre, so they add nothing), in grad_pre's dtype
+    (bfloat16 in mixed precision, the states cast to it) and returned in h0's."""
+    low = grad_pre.dtype
+    grad = grad_pre[1:].flatten(0, 1).t() @ states[:-1].flatten(0, 1).to(low)
+    return grad.addmm_(grad_pre[0].t(), h0.to(low)).to(h0.dtype)

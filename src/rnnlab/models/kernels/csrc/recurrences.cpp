@@ -385,6 +385,11 @@ std::vector<at::Tensor> elman_backward_impl(const at::Tensor& states, const at::
 //
 // Returns (states, rz (T, B, 2H), hn (T, B, H), n (T, B, H)); the last three when ``save``.
 // states and the rest are in h0's type.
+// Whether a loop runs in mixed precision: bfloat16 products (w_hh) around a float32 state (h0).
+inline bool mixed_precision(const at::Tensor& w_hh, const at::Tensor& h0) {
+  return w_hh.scalar_type() == at::kBFloat16 && h0.scalar_type() == at::kFloat;
+}
+
 template <typename T, typename P>
 void gru_forward_loop(StepInputs& inputs, const at::Tensor& h0, const StepProduct& recurrent, const at::Tensor& bias,
                       at::Tensor& states, at::Tensor& rz, at::Tensor& hn, at::Tensor& n, const at::Tensor& mask,
@@ -432,7 +437,7 @@ std::vector<at::Tensor> gru_forward_impl(StepInputs& inputs, const at::Tensor& h
   at::Tensor bias = at::zeros({B, 3 * H}, w_hh.options());  // (0, 0, b_hn) in every row, in the products' type
   if (b_hn.defined()) bias.narrow(1, 2 * H, H).copy_(b_hn.expand({B, H}));
   const StepProduct recurrent(w_hh, packed, B);
-  if (w_hh.scalar_type() == at::kBFloat16 && h0.scalar_type() == at::kFloat) {
+  if (mixed_precision(w_hh, h0)) {
     gru_forward_loop<float, at::BFloat16>(inputs, h0, recurrent, bias, states, rz, hn, n, mask, save);
   } else {
     AT_DISPATCH_FLOATING_TYPES(h0.scalar_type(), "gru_forward", [&] {
@@ -499,7 +504,7 @@ std::vector<at::Tensor> gru_backward_impl(const at::Tensor& rz, const at::Tensor
   at::Tensor grad_hh = at::empty({T, B, 3 * H}, w_hh.options());
   at::Tensor grad_pre_n = at::empty({T, B, H}, w_hh.options());
   at::Tensor grad_h = grad_h_n.defined() ? grad_h_n.clone() : at::zeros_like(h0);
-  if (w_hh.scalar_type() == at::kBFloat16 && h0.scalar_type() == at::kFloat) {
+  if (mixed_precision(w_hh, h0)) {
     gru_backward_loop<float, at::BFloat16>(rz, hn, n, states, h0, back, mask, grad_states, grad_hh, grad_pre_n,
                                            grad_h);
   } else {
