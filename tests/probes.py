@@ -40,3 +40,19 @@ class RecordLearningRates(L.Callback):
     def on_train_end(self, trainer, pl_module):
         self.out_file.parent.mkdir(parents=True, exist_ok=True)
         self.out_file.write_text(json.dumps(self.rates))
+
+
+class RecordWeights(L.Callback):
+    """Record the module's weights after every optimizer step (the raw weights: a weight
+    average swaps its own in only around validation), saved as a list of state dicts to
+    ``out_file`` at the end of training."""
+
+    def __init__(self, out_file: str):
+        self.out_file, self.steps = Path(out_file), []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.steps.append({k: v.detach().clone() for k, v in pl_module.state_dict().items()})
+
+    def on_train_end(self, trainer, pl_module):
+        self.out_file.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(self.steps, self.out_file)

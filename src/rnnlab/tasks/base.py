@@ -265,6 +265,14 @@ class RNNTask(L.LightningModule):
             "data": self.data_config,
             "run": self.run_config,
         }
+        # A weight average (callbacks=[default,ema]) has already put its weights in state_dict and
+        # the trained ones in current_model_state, with its own copy's stale best-so-far: the best
+        # is the run's, not a weight, so state_dict gets the run's (what a resume that only has the
+        # test left to run reports).
+        trained = checkpoint.get("current_model_state")
+        if trained is not None:
+            for key in [k for k in trained if k.startswith("monitor_best.")]:
+                checkpoint["state_dict"][key] = trained[key]
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         # data_config and run_config stay this run's: a resume may have changed how many

@@ -1,0 +1,103 @@
+"""callbacks=[default,ema]: Lightning's EMAWeightAveraging keeps an exponential moving average
+of the weights; validation, the checkpoints' weights and the final test read the average, the
+raw weights are kept beside it, and a resumed run goes on with both."""
+
+import csv
+
+import pytest
+import torch
+
+from conftest import tiny_train
+from rnnlab.checkpoints import load_task
+from rnnlab.eval import load_for_evaluation
+
+# 512 training sequences in batches of 64: 8 optimizer steps an epoch.
+DECAY = 0.6
+RUN = ["model=classifier", "model.net.hidden_size=8", "model.optimizer.lr=0.05", "callbacks=[default,ema]",
+       f"callbacks.ema.decay={DECAY}", "callbacks.hidden_state_monitor=null", "callbacks.parameter_histograms=null",
+       "callbacks.model_checkpoint.save_top_k=-1",  # epoch_000.ckpt, epoch_001.ckpt, ...
+       "logger=csv"]
+
+
+def probe(out_file) -> list[str]:
+    return ["+callbacks.weights._target_=probes.RecordWeights", f"+callbacks.weights.out_file={out_file}"]
+
+
+def metrics_of(run) -> list[float]:
+    """The val/acc logged at each epoch's end, in order."""
+    with open(run / "csv" / "metrics.csv") as f:
+        return [float(row["val/acc"]) for row in csv.DictReader(f) if row.get("val/acc")]
+
+
+def ema(steps: list[dict]) -> dict:
+    """The average written out: the first step's weights, then decay * average + (1 - decay) * weights."""
+    average = dict(steps[0])
+    for weights in steps[1:]:
+        average = {k: DECAY * average[k] + (1 - DECAY) * weights[k] for k in average}
+    return average
+
+
+def assert_same(ours: dict, theirs: dict, prefix: str = "") -> None:
+    """Equal tensors under every key (that starts with ``prefix``)."""
+    keys = [k for k in ours if k.startswith(prefix)]
+    assert keys and keys == [k for k in theirs if k.startswith(prefix)]
+    for key in keys:
+        torch.testing.assert_close(ours[key], theirs[key], msg=key)
+
+
+def val_loss(checkpoint_path, state: str = "state_dict") -> float:
+    """The validation split's mean loss with the checkpoint's weights (``state``), computed here
+    on the data module rebuilt from the checkpoint."""
+    task, data = load_for_evaluation(str(checkpoint_path), stage="fit")
+    task.load_state_dict(torch.load(checkpoint_path, map_location="cpu", weights_only=False)[state])
+    task.eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for x, y, *_ in data.val_dataloader():
+            total += float(torch.nn.functional.cross_entropy(task.net(x), y, reduction="sum"))
+            count += len(y)
+    return total / count
+
+
+def test_checkpoints_hold_the_average_of_every_steps_weights_and_the_raw_weights_beside_it(tmp_path):
+    run = tmp_path / "run"
+    _, metrics = tiny_train(run, *RUN, "trainer.max_epochs=2", *probe(run / "weights.pt"))
+    steps = torch.load(run / "weights.pt")
+    assert len(steps) == 16
+    for epoch, done in ((0, 8), (1, 16)):
+        checkpoint = torch.load(run / "checkpoints" / f"epoch_{epoch:03d}.ckpt", map_location="cpu",
+                                weights_only=False)
+        assert checkpoint["global_step"] == done
+        assert_same(checkpoint["state_dict"], ema(steps[:done]), "net.")
+        assert_same(checkpoint["current_model_state"], steps[done - 1], "net.")
+        # The best validation accuracy so far is the run's, in both (the average's own copy is stale).
+        best = max(metrics_of(run)[: epoch + 1])
+        for state in ("state_dict", "current_model_state"):
+            assert float(checkpoint[state]["monitor_best.max_value"]) == pytest.approx(best)
+    # The average is not the raw weights: the test would pass on no averaging otherwise.
+    assert not torch.allclose(ema(steps)["net.fc.weight"], steps[-1]["net.fc.weight"], atol=1e-3)
+
+
+def test_validation_reads_the_average_and_so_does_a_loaded_checkpoint(tmp_path):
+    run = tmp_path / "run"
+    _, metrics = tiny_train(run, *RUN, "trainer.max_epochs=1")
+    last = run / "checkpoints" / "last.ckpt"
+    averaged, raw = val_loss(last), val_loss(last, "current_model_state")
+    assert metrics["val/loss"] == pytest.approx(averaged, rel=1e-5)
+    assert abs(averaged - raw) > 1e-3
+    task, _ = load_task(last)  # what eval, predict and generate load
+    net_state = {k.removeprefix("net."): v for k, v in torch.load(last, weights_only=False)["state_dict"].items()
+                 if k.startswith("net.")}
+    assert_same(task.net.state_dict(), net_state)
+
+
+def test_a_resumed_run_goes_on_with_the_average_and_the_raw_weights_of_an_uninterrupted_one(tmp_path):
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    tiny_train(whole, *RUN, "trainer.max_epochs=3")
+    tiny_train(resumed, *RUN, "trainer.max_epochs=3", f"ckpt_path={whole / 'checkpoints' / 'epoch_000.ckpt'}")
+    ours, theirs = (torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+                    for run in (resumed, whole))
+    assert ours["global_step"] == theirs["global_step"] == 24
+    assert_same(ours["state_dict"], theirs["state_dict"])
+    assert_same(ours["current_model_state"], theirs["current_model_state"])
+    assert_same(ours["averaging_state"], theirs["averaging_state"])
