@@ -3,6 +3,7 @@
 import csv
 
 import pytest
+import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
@@ -52,7 +53,7 @@ def test_data_override_beats_the_models_choice(train_config):
 
 
 # Keys an experiment requires from the command line (${rnnlab.required:...}).
-REQUIRED = {"shakespeare": ["data.path=corpus.txt"]}
+REQUIRED = {"shakespeare": ["data.path=corpus.txt"], "shakespeare_10min": ["data.path=corpus.txt"]}
 
 
 @pytest.mark.parametrize("config_name,overrides", [
@@ -61,7 +62,8 @@ REQUIRED = {"shakespeare": ["data.path=corpus.txt"]}
     *[("train", [f"debug={d}"]) for d in ("fdr", "overfit", "limit", "profiler")],
     *[("train", [f"trainer={t}"]) for t in ("cpu", "gpu")],
     *[("train", [f"logger={lg}"]) for lg in ("csv", "tensorboard", "mlflow", "wandb", "many")],
-    *[("train", [f"callbacks={c}"]) for c in ("none", "with_early_stopping", "[default,budget_schedule]")],
+    *[("train", [f"callbacks={c}"]) for c in ("none", "with_early_stopping", "[default,budget_schedule]",
+                                             "[default,ema]")],
     *[("train", [f"hydra/launcher={launcher}"]) for launcher in ("joblib", "slurm", "submitit_local")],
     *[("train", [f"experiment={p.stem}", *REQUIRED.get(p.stem, [])])
       for p in sorted((CONF_DIR / "experiment").glob("*.yaml"))],
@@ -73,6 +75,30 @@ def test_every_config_composes_and_resolves(config_name, overrides, tmp_path):
             OmegaConf.to_container(cfg[key], resolve=True)  # raises on any broken interpolation
     launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
     assert launcher["_target_"].startswith(("hydra._internal", "hydra_plugins"))
+
+
+def test_the_ten_minute_shakespeare_experiment_trains_the_comparisons_row_at_its_matched_size(tmp_path):
+    """experiment=shakespeare_10min is conf/compare.yaml's gru_cosine_d25_wd20 row as
+    compare_cells.py trains it: the same model, optimiser, schedule, data and time budget, and
+    the hidden size that gives the reference LSTM's parameter count at tinyshakespeare's 65
+    characters."""
+    from rnnlab.compare import match_parameters, parameter_count
+
+    compare = OmegaConf.load(CONF_DIR / "compare.yaml")
+    shared = ["data.path=corpus.txt", "model.net.vocab_size=65"]
+    budget = ["model=char_rnn", "trainer.max_epochs=-1", "+trainer.max_time=00:00:10:00", *shared]
+    row = compose_config("train", [*budget, *compare.shakespeare_configs.gru_cosine_d25_wd20], tmp_path)
+    reference = compose_config("train", [*budget, *compare.shakespeare_configs[compare.reference]], tmp_path)
+    experiment = compose_config("train", ["experiment=shakespeare_10min", *shared], tmp_path)
+
+    assert match_parameters(row, parameter_count(reference)) == (297, 877_999)
+    assert parameter_count(experiment) == 877_999
+    mine, theirs = (OmegaConf.to_container(c.model, resolve=True) for c in (experiment, row))
+    assert mine.pop("sample_prompt") == "ROMEO:" and theirs.pop("sample_prompt") == "\n"
+    assert mine == theirs and mine["optimizer"]["_target_"] == "torch.optim.AdamW"
+    assert experiment.data == row.data and experiment.callbacks.budget_schedule == row.callbacks.budget_schedule
+    for key in ("max_time", "max_epochs", "precision", "gradient_clip_val"):
+        assert experiment.trainer[key] == row.trainer[key], key
 
 
 @pytest.mark.parametrize("search", sorted(p.stem for p in (CONF_DIR / "hparams_search").glob("*.yaml")))
@@ -136,7 +162,7 @@ def test_every_logger_set_writes_its_files_for_every_model(model, logger, train_
     assert bool(list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))) == (logger == "many")
 
 
-@pytest.mark.parametrize("callbacks", ["none", "with_early_stopping", "[default,budget_schedule]"])
+@pytest.mark.parametrize("callbacks", ["none", "with_early_stopping", "[default,budget_schedule]", "[default,ema]"])
 @pytest.mark.parametrize("model", sorted(MODELS))
 def test_every_callback_set_runs_for_every_model(model, callbacks, train_config, tmp_path):
     # Early stopping that no epoch can satisfy (an improvement of 10 units): it stops the
@@ -152,6 +178,11 @@ def test_every_callback_set_runs_for_every_model(model, callbacks, train_config,
         assert not (tmp_path / "checkpoints").exists()
     elif callbacks == "with_early_stopping":
         assert load_checkpoint(tmp_path / "checkpoints" / "last.ckpt")["epoch"] == 1  # stopped after 2 of 5
+    elif callbacks == "[default,ema]":  # the weights' average written beside the trained weights
+        checkpoint = load_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
+        assert int(checkpoint["averaging_state"]["n_averaged"]) == checkpoint["global_step"] > 1
+        assert any(not torch.equal(value, checkpoint["current_model_state"][key])
+                   for key, value in checkpoint["state_dict"].items() if key.startswith("net."))
     else:  # the learning rate annealed to near zero by the last of the 5 epochs
         (group,) = load_checkpoint(tmp_path / "checkpoints" / "last.ckpt")["optimizer_states"][0]["param_groups"]
         assert group["initial_lr"] == cfg.model.optimizer.lr and group["lr"] < 0.05 * group["initial_lr"]
