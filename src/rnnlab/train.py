@@ -37,7 +37,7 @@ import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from lightning.pytorch.callbacks import ModelSummary, ProgressBar
+from lightning.pytorch.callbacks import ModelSummary, ProgressBar, WeightAveraging
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -248,6 +248,10 @@ def train(cfg: DictConfig, before_fit: Callable[[], None] | None = None) -> tupl
         record_checkpoints(loggers, {"best": best, "last": last})
 
     if cfg.get("test", True):
+        # Lightning restores callbacks for the test too, and a weight average's callback
+        # (callbacks=[default,ema]) would load the checkpoint's trained weights over its average:
+        # the test reads the average, as validation did.
+        trainer.callbacks = [cb for cb in trainer.callbacks if not isinstance(cb, WeightAveraging)]
         if not best and cfg.get("train", True) and not trainer.fast_dev_run:
             print("No best checkpoint was saved; testing the weights in memory.")
         results = trainer.test(task, datamodule=datamodule, ckpt_path=best or None, verbose=False, weights_only=True)

@@ -1,6 +1,6 @@
 """callbacks=[default,ema]: Lightning's EMAWeightAveraging keeps an exponential moving average
 of the weights; validation, the checkpoints' weights and the final test read the average, the
-raw weights are kept beside it, and a resumed run goes on with both."""
+trained weights are kept beside it, and a resumed run goes on with both."""
 
 import csv
 
@@ -45,15 +45,15 @@ def assert_same(ours: dict, theirs: dict, prefix: str = "") -> None:
         torch.testing.assert_close(ours[key], theirs[key], msg=key)
 
 
-def val_loss(checkpoint_path, state: str = "state_dict") -> float:
-    """The validation split's mean loss with the checkpoint's weights (``state``), computed here
-    on the data module rebuilt from the checkpoint."""
-    task, data = load_for_evaluation(str(checkpoint_path), stage="fit")
+def mean_loss(checkpoint_path, split: str = "val", state: str = "state_dict") -> float:
+    """The ``split``'s mean loss with the checkpoint's weights (``state``), computed here on the
+    data module rebuilt from the checkpoint."""
+    task, data = load_for_evaluation(str(checkpoint_path), stage="fit" if split == "val" else "test")
     task.load_state_dict(torch.load(checkpoint_path, map_location="cpu", weights_only=False)[state])
     task.eval()
     total, count = 0.0, 0
     with torch.no_grad():
-        for x, y, *_ in data.val_dataloader():
+        for x, y, *_ in getattr(data, f"{split}_dataloader")():
             total += float(torch.nn.functional.cross_entropy(task.net(x), y, reduction="sum"))
             count += len(y)
     return total / count
@@ -78,13 +78,14 @@ def test_checkpoints_hold_the_average_of_every_steps_weights_and_the_raw_weights
     assert not torch.allclose(ema(steps)["net.fc.weight"], steps[-1]["net.fc.weight"], atol=1e-3)
 
 
-def test_validation_reads_the_average_and_so_does_a_loaded_checkpoint(tmp_path):
+def test_validation_the_final_test_and_a_loaded_checkpoint_read_the_average(tmp_path):
     run = tmp_path / "run"
     _, metrics = tiny_train(run, *RUN, "trainer.max_epochs=1")
-    last = run / "checkpoints" / "last.ckpt"
-    averaged, raw = val_loss(last), val_loss(last, "current_model_state")
-    assert metrics["val/loss"] == pytest.approx(averaged, rel=1e-5)
-    assert abs(averaged - raw) > 1e-3
+    last = run / "checkpoints" / "last.ckpt"  # one epoch: also the best checkpoint, which the test reads
+    for split in ("val", "test"):
+        averaged, trained = mean_loss(last, split), mean_loss(last, split, "current_model_state")
+        assert metrics[f"{split}/loss"] == pytest.approx(averaged, rel=1e-5), split
+        assert abs(averaged - trained) > 1e-3
     task, _ = load_task(last)  # what eval, predict and generate load
     net_state = {k.removeprefix("net."): v for k, v in torch.load(last, weights_only=False)["state_dict"].items()
                  if k.startswith("net.")}
