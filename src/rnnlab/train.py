@@ -43,6 +43,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torch.utils.tensorboard.summary import hparams as hparams_summary
 
+from . import checks
 from .callbacks import BudgetSchedule, StepSeed, StopOnInterrupt, StopOnNonFiniteLoss
 from .checkpoints import AtomicCheckpointIO, check_resumable, check_same_task, check_writable, describe_difference
 from .checkpoints import load_checkpoint
@@ -295,7 +296,7 @@ def reuse_heap(megabytes: int | None) -> bool:
     """
     if megabytes is None:
         return False
-    if isinstance(megabytes, bool) or not isinstance(megabytes, int) or megabytes < 1:
+    if not checks.is_int(megabytes) or megabytes < 1:
         raise ConfigError("heap_reuse_mb", f"expected an int >= 1 (megabytes) or null, got {megabytes!r}")
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False

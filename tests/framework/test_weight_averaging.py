@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import tiny_train
-from rnnlab.checkpoints import load_task
+from rnnlab.checkpoints import load_checkpoint, load_task
 from rnnlab.eval import load_for_evaluation
 
 # 512 training sequences in batches of 64: 8 optimizer steps an epoch.
@@ -49,7 +49,7 @@ def mean_loss(checkpoint_path, split: str = "val", state: str = "state_dict") ->
     """The ``split``'s mean loss with the checkpoint's weights (``state``), computed here on the
     data module rebuilt from the checkpoint."""
     task, data = load_for_evaluation(str(checkpoint_path), stage="fit" if split == "val" else "test")
-    task.load_state_dict(torch.load(checkpoint_path, map_location="cpu", weights_only=False)[state])
+    task.load_state_dict(load_checkpoint(checkpoint_path)[state])
     task.eval()
     total, count = 0.0, 0
     with torch.no_grad():
@@ -65,8 +65,7 @@ def test_checkpoints_hold_the_average_of_every_steps_weights_and_the_raw_weights
     steps = torch.load(run / "weights.pt")
     assert len(steps) == 16
     for epoch, done in ((0, 8), (1, 16)):
-        checkpoint = torch.load(run / "checkpoints" / f"epoch_{epoch:03d}.ckpt", map_location="cpu",
-                                weights_only=False)
+        checkpoint = load_checkpoint(run / "checkpoints" / f"epoch_{epoch:03d}.ckpt")
         assert checkpoint["global_step"] == done
         assert_same(checkpoint["state_dict"], ema(steps[:done]), "net.")
         assert_same(checkpoint["current_model_state"], steps[done - 1], "net.")
@@ -87,7 +86,7 @@ def test_validation_the_final_test_and_a_loaded_checkpoint_read_the_average(tmp_
         assert metrics[f"{split}/loss"] == pytest.approx(averaged, rel=1e-5), split
         assert abs(averaged - trained) > 1e-3
     task, _ = load_task(last)  # what eval, predict and generate load
-    net_state = {k.removeprefix("net."): v for k, v in torch.load(last, weights_only=False)["state_dict"].items()
+    net_state = {k.removeprefix("net."): v for k, v in load_checkpoint(last)["state_dict"].items()
                  if k.startswith("net.")}
     assert_same(task.net.state_dict(), net_state)
 
@@ -96,8 +95,7 @@ def test_a_resumed_run_goes_on_with_the_average_and_the_raw_weights_of_an_uninte
     whole, resumed = tmp_path / "whole", tmp_path / "resumed"
     tiny_train(whole, *RUN, "trainer.max_epochs=3")
     tiny_train(resumed, *RUN, "trainer.max_epochs=3", f"ckpt_path={whole / 'checkpoints' / 'epoch_000.ckpt'}")
-    ours, theirs = (torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
-                    for run in (resumed, whole))
+    ours, theirs = (load_checkpoint(run / "checkpoints" / "last.ckpt") for run in (resumed, whole))
     assert ours["global_step"] == theirs["global_step"] == 24
     assert_same(ours["state_dict"], theirs["state_dict"])
     assert_same(ours["current_model_state"], theirs["current_model_state"])
