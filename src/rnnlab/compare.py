@@ -12,14 +12,21 @@ the state through the whole text.
 
 For the seed task it also draws the gradient flow (∂loss/∂h_t over 60 steps) of every
 trained classifier in one figure (:func:`rnnlab.analyze.gradient_flow_figure`).
+
+A comparison of many configurations runs for hours, so the table is rewritten after every
+configuration, and each finished configuration leaves its row in its run directory
+(``<out>/<name>/compare_row.json``, with the exact overrides it trained with and the parameter
+target). After a crash, the same command with ``resume=true`` reads those rows back instead of
+training them again, and trains the rest; a row whose settings differ is trained again.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -97,7 +104,7 @@ def _sized_config(conf_dir: Path, overrides: Sequence[str], out: Path) -> DictCo
 
 def run(*, task: str, configs: Mapping[str, Sequence[str]], reference: str, seconds: int, out: str | Path,
         conf_dir: str | Path, overrides: Sequence[str] = (), gradient_flow: bool = True,
-        only: Sequence[str] | None = None) -> list[Row]:
+        only: Sequence[str] | None = None, resume: bool = False) -> list[Row]:
     """Train every configuration for ``seconds`` of wall time at the reference's parameter
     count; write compare.csv, compare.md (and gradient_flow.png for the seed task) to ``out``.
 
@@ -113,6 +120,9 @@ def run(*, task: str, configs: Mapping[str, Sequence[str]], reference: str, seco
         only: the names of the configurations to train (None: all); the reference need not be
             among them, its parameter count is the target all the same.
         gradient_flow: for the seed task, draw every trained classifier's gradient flow.
+        resume: read back the row of every configuration that a previous run into ``out``
+            finished with the same overrides, budget and parameter target, instead of
+            training it again.
     """
     if task not in TASKS:
         raise ConfigError("task", f"expected one of {sorted(TASKS)}, got {task!r}")
@@ -129,32 +139,66 @@ def run(*, task: str, configs: Mapping[str, Sequence[str]], reference: str, seco
     rows, recordings = [], []
     trained = {name: extra for name, extra in configs.items() if only is None or name in only}
     for name, extra in trained.items():
-        cfg = _sized_config(conf_dir, [*base, *extra], out / name)
-        size, params = match_parameters(cfg, target)
-        log.info(f"{name}: hidden_size {size}, {params:,} parameters (target {target:,}), {seconds} s")
-        start = time.perf_counter()
-        metrics, _ = train(cfg)
-        wall = time.perf_counter() - start
-        ckpt = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
-        steps = int(torch.load(ckpt, map_location="cpu", weights_only=True)["global_step"])
-        best = metrics.get(f"{spec['metric']}_best")
-        windows = carried = None
-        if task == "shakespeare":
-            best_ckpt = best_checkpoint(ckpt, spec["metric"])
-            windows, carried = text_bpc(best_ckpt, stateful=False), text_bpc(best_ckpt, stateful=True)
-        rows.append(Row(name, cfg.model.net.cell, " ".join(extra), size, params, spec["metric"],
-                        None if best is None else float(best), windows, carried, steps, round(wall, 1), seconds))
+        settings = {"overrides": [*base, *extra], "seconds": seconds, "target": target}
+        row = _finished_row(out / name, settings) if resume else None
+        if row is None:
+            row = _train_row(name, extra, settings, conf_dir, out, spec)
+        else:
+            log.info(f"{name}: read back from {out / name / ROW_FILE} (resume=true)")
+        rows.append(row)
         if task == "seed" and gradient_flow:
-            recordings.append(_recording(ckpt))
-    reverse = spec["mode"] == "max"
-    rows.sort(key=lambda r: (r.best is None, -r.best if reverse and r.best is not None else r.best or 0.0))
-    write(rows, out, task, target)
+            recordings.append(_recording(out / name / "checkpoints" / "last.ckpt"))
+        write(_sorted(rows, spec["mode"]), out, task, target)  # the table so far survives a crash
+    rows = _sorted(rows, spec["mode"])
     if recordings:
         from .analyze import gradient_flow_figure
 
         fig = gradient_flow_figure(recordings, [f"{name} (top layer)" for name in trained], name_layers=False)
         fig.savefig(out / "gradient_flow.png", dpi=110)
     return rows
+
+
+ROW_FILE = "compare_row.json"
+
+
+def _train_row(name: str, extra: Sequence[str], settings: dict, conf_dir: Path, out: Path, spec: dict) -> Row:
+    """Train one configuration at the parameter target and write its row beside its run."""
+    cfg = _sized_config(conf_dir, settings["overrides"], out / name)
+    size, params = match_parameters(cfg, settings["target"])
+    log.info(f"{name}: hidden_size {size}, {params:,} parameters (target {settings['target']:,}), "
+             f"{settings['seconds']} s")
+    start = time.perf_counter()
+    metrics, _ = train(cfg)
+    wall = time.perf_counter() - start
+    ckpt = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    steps = int(torch.load(ckpt, map_location="cpu", weights_only=True)["global_step"])
+    best = metrics.get(f"{spec['metric']}_best")
+    windows = carried = None
+    if spec["metric"] == "val/bpc":
+        best_ckpt = best_checkpoint(ckpt, spec["metric"])
+        windows, carried = text_bpc(best_ckpt, stateful=False), text_bpc(best_ckpt, stateful=True)
+    row = Row(name, cfg.model.net.cell, " ".join(extra), size, params, spec["metric"],
+              None if best is None else float(best), windows, carried, steps, round(wall, 1), settings["seconds"])
+    (out / name / ROW_FILE).write_text(json.dumps({"settings": settings, "row": asdict(row)}, indent=2) + "\n")
+    return row
+
+
+def _finished_row(run_dir: Path, settings: dict) -> Row | None:
+    """The row a previous run left in ``run_dir`` if it trained with exactly ``settings``."""
+    path = run_dir / ROW_FILE
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text())
+    if record.get("settings") != settings:
+        log.info(f"{run_dir.name}: {path} was trained with other settings; training it again")
+        return None
+    return Row(**record["row"])
+
+
+def _sorted(rows: list[Row], mode: str) -> list[Row]:
+    """Best first; rows without a value last."""
+    reverse = mode == "max"
+    return sorted(rows, key=lambda r: (r.best is None, -r.best if reverse and r.best is not None else r.best or 0.0))
 
 
 def _duration(seconds: int) -> str:

@@ -3,8 +3,10 @@ configuration at the reference's parameter count, trained for the same wall time
 best validation value, steps and wall time in the table, and the gradient-flow figure."""
 
 import csv
+import json
 import subprocess
 import sys
+from dataclasses import asdict
 
 import pytest
 from hydra.utils import instantiate
@@ -129,3 +131,29 @@ def test_every_configuration_in_compare_yaml_composes_with_its_settings_and_buil
         else:
             net.vocab_size = 65
         assert sum(p.numel() for p in instantiate(net).parameters()) > 0, name
+
+
+def test_a_comparison_that_stops_keeps_its_table_and_resume_reads_back_its_finished_rows(tmp_path):
+    """The table is written after every configuration, and ``resume=True`` reads a finished
+    configuration's row back instead of training it again, unless its settings changed."""
+    base = dict(task="seed", reference="gru", out=tmp_path, conf_dir=CONF_DIR, overrides=[*QUIET, *TINY["synthetic"]],
+                gradient_flow=False)
+    configs = {"gru": ["model.net.cell=gru"], "lstm": ["model.net.cell=lstm", "model.net.dropout=2.0"]}
+    with pytest.raises(Exception, match="dropout"):  # the second configuration fails before training
+        compare.run(configs=configs, seconds=1, **base)
+    with (tmp_path / "compare.csv").open() as f:
+        assert [r["config"] for r in csv.DictReader(f)] == ["gru"]
+    assert "| gru | gru | 64 |" in (tmp_path / "compare.md").read_text()
+    last = tmp_path / "gru" / "checkpoints" / "last.ckpt"
+    first, trained_at = json.loads((tmp_path / "gru" / "compare_row.json").read_text())["row"], last.stat().st_mtime_ns
+
+    configs["lstm"] = ["model.net.cell=lstm"]
+    rows = {r.config: r for r in compare.run(configs=configs, seconds=1, resume=True, **base)}
+    assert asdict(rows["gru"]) == first and last.stat().st_mtime_ns == trained_at  # read back, not trained
+    assert rows["lstm"].steps > 0 and (tmp_path / "lstm" / "compare_row.json").is_file()
+    with (tmp_path / "compare.csv").open() as f:
+        assert {r["config"] for r in csv.DictReader(f)} == {"gru", "lstm"}
+
+    # Another budget is another setting: both are trained again.
+    rows = {r.config: r for r in compare.run(configs=configs, seconds=2, resume=True, **base)}
+    assert last.stat().st_mtime_ns != trained_at and {r.seconds for r in rows.values()} == {2}
