@@ -163,6 +163,7 @@ ROW_FILE = "compare_row.json"
 
 def _train_row(name: str, extra: Sequence[str], settings: dict, conf_dir: Path, out: Path, spec: dict) -> Row:
     """Train one configuration at the parameter target and write its row beside its run."""
+    (out / name / ROW_FILE).unlink(missing_ok=True)  # a row left by an earlier run no longer describes this one
     cfg = _sized_config(conf_dir, settings["overrides"], out / name)
     size, params = match_parameters(cfg, settings["target"])
     log.info(f"{name}: hidden_size {size}, {params:,} parameters (target {settings['target']:,}), "

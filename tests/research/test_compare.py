@@ -157,3 +157,9 @@ def test_a_comparison_that_stops_keeps_its_table_and_resume_reads_back_its_finis
     # Another budget is another setting: both are trained again.
     rows = {r.config: r for r in compare.run(configs=configs, seconds=2, resume=True, **base)}
     assert last.stat().st_mtime_ns != trained_at and {r.seconds for r in rows.values()} == {2}
+
+    # A configuration that starts training again no longer has a finished row until it ends.
+    configs["lstm"] = ["model.net.cell=lstm", "model.net.dropout=2.0"]
+    with pytest.raises(Exception, match="dropout"):
+        compare.run(configs=configs, seconds=2, resume=True, **base)
+    assert not (tmp_path / "lstm" / "compare_row.json").exists() and (tmp_path / "gru" / "compare_row.json").exists()
