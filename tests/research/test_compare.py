@@ -9,6 +9,7 @@ import sys
 from dataclasses import asdict
 
 import pytest
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
@@ -139,7 +140,7 @@ def test_a_comparison_that_stops_keeps_its_table_and_resume_reads_back_its_finis
     base = dict(task="seed", reference="gru", out=tmp_path, conf_dir=CONF_DIR, overrides=[*QUIET, *TINY["synthetic"]],
                 gradient_flow=False)
     configs = {"gru": ["model.net.cell=gru"], "lstm": ["model.net.cell=lstm", "model.net.dropout=2.0"]}
-    with pytest.raises(Exception, match="dropout"):  # the second configuration fails before training
+    with pytest.raises(InstantiationException, match=r"expected dropout in \[0, 1\), got 2.0"):  # fails before training
         compare.run(configs=configs, seconds=1, **base)
     with (tmp_path / "compare.csv").open() as f:
         assert [r["config"] for r in csv.DictReader(f)] == ["gru"]
@@ -160,6 +161,6 @@ def test_a_comparison_that_stops_keeps_its_table_and_resume_reads_back_its_finis
 
     # A configuration that starts training again no longer has a finished row until it ends.
     configs["lstm"] = ["model.net.cell=lstm", "model.net.dropout=2.0"]
-    with pytest.raises(Exception, match="dropout"):
+    with pytest.raises(InstantiationException, match="expected dropout"):
         compare.run(configs=configs, seconds=2, resume=True, **base)
     assert not (tmp_path / "lstm" / "compare_row.json").exists() and (tmp_path / "gru" / "compare_row.json").exists()
