@@ -145,11 +145,10 @@ def run(*, task: str, configs: Mapping[str, Sequence[str]], reference: str, seco
             row = _train_row(name, extra, settings, conf_dir, out, spec)
         else:
             log.info(f"{name}: read back from {out / name / ROW_FILE} (resume=true)")
-        rows.append(row)
+        rows = _sorted([*rows, row], spec["mode"])
+        write(rows, out, task, target)  # the table so far survives a crash
         if task == "seed" and gradient_flow:
             recordings.append(_recording(out / name / "checkpoints" / "last.ckpt"))
-        write(_sorted(rows, spec["mode"]), out, task, target)  # the table so far survives a crash
-    rows = _sorted(rows, spec["mode"])
     if recordings:
         from .analyze import gradient_flow_figure
 
