@@ -613,8 +613,8 @@ inline void lstm_units(const T (&pre)[4][N], T* __restrict__ a, const T* __restr
 // A forward's panel of more than kL1PanelBytes (H rows of 4 vectors: in float32 with AVX-512,
 // H > 128) is read by its tiles from the second-level cache, and the tiles' sums run faster
 // when they fetch each k's weights kPrefetchAhead k ahead (``stream``). Measured on 2
-// cores of a Xeon with AVX-512 (docs/performance.md, item 17): the LSTM's recurrence 4% faster
-// at H = 256 and 512, the Elman's 2% and 10%; at H = 64, where the panel stays in the
+// cores of a Xeon with AVX-512 (docs/performance.md, item 19): the LSTM's recurrence 4-5%
+// faster at H = 256 and 512, the Elman's 2-5%; at H = 64, where the panel stays in the
 // first-level cache, fetching ahead made the LSTM's 2-5% slower, hence the threshold.
 // (Summing the panel in blocks of rows that stay in the first-level cache, as the backward
 // does, made the forward 4-9% slower.)
